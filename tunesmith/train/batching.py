@@ -1,0 +1,66 @@
+"""Batches from tokenized examples: a seeded order per epoch, right padding, -100 on padding labels.
+
+The order of epoch ``e`` depends only on ``(seed, e)``, so the position in the data is two integers
+(epoch, batch index) — which is what makes resume exact without pickling a sampler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n_examples, generator=generator).tolist()
+
+
+def collate(
+    input_ids: list[list[int]], labels: list[list[int]] | None, pad_id: int, pad_left: bool = False
+) -> dict[str, torch.Tensor]:
+    """Pad to the longest row. Left padding is for generation prompts; training pads right."""
+    width = max(len(ids) for ids in input_ids)
+    ids_t = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(input_ids), width), dtype=torch.long)
+    lab_t = torch.full((len(input_ids), width), -100, dtype=torch.long)
+    for row, ids in enumerate(input_ids):
+        cols = slice(width - len(ids), width) if pad_left else slice(0, len(ids))
+        ids_t[row, cols] = torch.tensor(ids, dtype=torch.long)
+        attn[row, cols] = 1
+        if labels is not None:
+            lab_t[row, cols] = torch.tensor(labels[row], dtype=torch.long)
+    batch = {"input_ids": ids_t, "attention_mask": attn}
+    if labels is not None:
+        batch["labels"] = lab_t
+    return batch
+
+
+def iter_batches(
+    input_ids: list[list[int]],
+    labels: list[list[int]],
+    batch_size: int,
+    pad_id: int,
+    seed: int,
+    epoch: int,
+    start_batch: int = 0,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield the micro-batches of one epoch, skipping the first ``start_batch`` (resume)."""
+    order = epoch_order(len(input_ids), seed, epoch)
+    for b in range(start_batch, batches_per_epoch(len(input_ids), batch_size)):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        yield collate([input_ids[i] for i in idx], [labels[i] for i in idx], pad_id)
+
+
+def batches_per_epoch(n_examples: int, batch_size: int) -> int:
+    return (n_examples + batch_size - 1) // batch_size
+
+
+def iter_eval_batches(
+    input_ids: list[list[int]], labels: list[list[int]], batch_size: int, pad_id: int
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Evaluation batches in a fixed order, sorted by length so padding is small."""
+    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield collate([input_ids[i] for i in idx], [labels[i] for i in idx], pad_id)
