@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_llama
-from tunesmith.config import TrainConfig
+from tunesmith.config import FreezeMethod, FullMethod, LoraMethod, TrainConfig
 from tunesmith.methods import count_parameters, prepare_model
-from tunesmith.config import FreezeMethod, FullMethod, LoraMethod
 from tunesmith.train.loop import TokenData, train_loop
 
 VOCAB = 128
@@ -104,8 +103,14 @@ def test_keep_last_prunes(tmp_path):
 
 def test_early_stopping_restores_best(tmp_path):
     # A huge learning rate makes validation loss rise after the first evaluations.
-    cfg = _cfg(max_steps=30, lr=0.5, scheduler="constant", warmup_steps=0, eval_every=1,
-               early_stopping={"patience": 2})
+    cfg = _cfg(
+        max_steps=30,
+        lr=0.5,
+        scheduler="constant",
+        warmup_steps=0,
+        eval_every=1,
+        early_stopping={"patience": 2},
+    )
     model, res, run_dir = _run(tmp_path, "es", cfg)
     assert res.stopped_early and res.steps < 30
     assert res.restored_best and res.best_step < res.steps
@@ -128,8 +133,15 @@ def test_lora_trains_only_adapters(tmp_path):
     model = prepare_model(make_tiny_llama(VOCAB), LoraMethod(r=4, alpha=8))
     trainable, total = count_parameters(model)
     # 2 layers x 7 linear layers; each LoRA pair is r*(in+out).
-    dims = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "o_proj": (64, 64),
-            "gate_proj": (64, 128), "up_proj": (64, 128), "down_proj": (128, 64)}
+    dims = {
+        "q_proj": (64, 64),
+        "k_proj": (64, 32),
+        "v_proj": (64, 32),
+        "o_proj": (64, 64),
+        "gate_proj": (64, 128),
+        "up_proj": (64, 128),
+        "down_proj": (128, 64),
+    }
     assert trainable == 2 * sum(4 * (i + o) for i, o in dims.values())
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     # lora_B starts at zero, so lora_A receives gradient only from the second step on.

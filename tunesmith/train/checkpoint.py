@@ -40,14 +40,18 @@ class TrainState:
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Trainable parameters by name (contiguous CPU clones; safetensors refuses shared storage)."""
-    return {n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
     if missing:
-        raise RunError(f"checkpoint does not match the model: missing {missing[:3]}... ({len(missing)} tensors)")
+        raise RunError(
+            f"checkpoint does not match the model: missing {missing[:3]}... ({len(missing)} tensors)"
+        )
     with torch.no_grad():
         for name, tensor in tensors.items():
             params[name].copy_(tensor.to(params[name].device, params[name].dtype))
@@ -66,7 +70,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)

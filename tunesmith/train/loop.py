@@ -116,7 +116,9 @@ def train_loop(
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; see the module docstring. ``on_step(step, loss)`` runs after each step."""
-    accelerator = Accelerator(mixed_precision=pick_mixed_precision(cfg.precision), cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(
+        mixed_precision=pick_mixed_precision(cfg.precision), cpu=not torch.cuda.is_available()
+    )
     model = model.to(accelerator.device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -152,7 +154,9 @@ def train_loop(
                     loss_sum, _ = loss_fn(model, batch)
                 loss = loss_sum / max(n_target, 1)
                 accelerator.backward(loss)
-                step_loss += float(loss.detach())  # a CPU-GPU sync per micro-batch; cheap next to the step itself
+                step_loss += float(
+                    loss.detach()
+                )  # a CPU-GPU sync per micro-batch; cheap next to the step itself
             if cfg.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
@@ -165,12 +169,21 @@ def train_loop(
             tok_s = n_tokens / (time.perf_counter() - step_start)
             lr = scheduler.get_last_lr()[0]
             if state.step % cfg.log_every == 0 or state.step == total_steps:
-                log.write({"step": state.step, "epoch": round(epoch + batch_idx / max(1, _n_batches(train_data, cfg)), 4),
-                           "train_loss": step_loss, "lr": lr, "tokens_per_s": round(tok_s, 1)})
+                log.write(
+                    {
+                        "step": state.step,
+                        "epoch": round(epoch + batch_idx / max(1, _n_batches(train_data, cfg)), 4),
+                        "train_loss": step_loss,
+                        "lr": lr,
+                        "tokens_per_s": round(tok_s, 1),
+                    }
+                )
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             if val_data is not None and _should_eval(state.step, total_steps, cfg):
-                if _evaluate_and_track(model, val_data, cfg, pad_id, accelerator, state, log, best_dir, result):
+                if _evaluate_and_track(
+                    model, val_data, cfg, pad_id, accelerator, state, log, best_dir, result
+                ):
                     result.stopped_early = True
             if cfg.save_every and state.step % cfg.save_every == 0:
                 ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last)
@@ -183,17 +196,25 @@ def train_loop(
         # last completed step, so --resume continues exactly from there.
         result.interrupted = True
         path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last)
-        print(f"\ntunesmith: interrupted at step {state.step}; checkpoint saved to {path}. Resume with --resume")
+        print(
+            f"\ntunesmith: interrupted at step {state.step}; checkpoint saved to {path}. Resume with --resume"
+        )
     finally:
         bar.close()
     result.steps = state.step
     result.train_seconds = time.perf_counter() - start_time
     result.best_step, result.best_val_loss = state.best_step, state.best_val_loss
-    if not result.interrupted and cfg.early_stopping.patience is not None and (best_dir / "trainable.safetensors").exists():
+    if (
+        not result.interrupted
+        and cfg.early_stopping.patience is not None
+        and (best_dir / "trainable.safetensors").exists()
+    ):
         if state.best_step != state.step:
             ckpt.restore_weights(best_dir, model)
             result.restored_best = True
-            print(f"tunesmith: restored the best weights (step {state.best_step}, val_loss {state.best_val_loss:.4f})")
+            print(
+                f"tunesmith: restored the best weights (step {state.best_step}, val_loss {state.best_val_loss:.4f})"
+            )
     result.history = log.rows
     result.peak_memory_mb = peak_rss_mb()
     return result

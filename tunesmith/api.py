@@ -1,0 +1,248 @@
+"""The Python API: what the CLI and users call.
+
+import tunesmith
+summary = tunesmith.train("recipes/lora.yaml", overrides=["train.max_steps=50"])
+metrics = tunesmith.evaluate("runs/lora-demo", data="new.jsonl")
+tunesmith.predict("runs/lora-demo", data="questions.jsonl", out="answers.jsonl")
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tunesmith.config import RunConfig, dump_config, load_config
+from tunesmith.data.prepare import PreparedData, Split, prepare_data
+from tunesmith.errors import DataError
+from tunesmith.evaluate.runner import classify, evaluate_split, predict_texts, resolve_task
+from tunesmith.io import write_json_atomic, write_text_atomic
+from tunesmith.methods import count_parameters, prepare_model
+from tunesmith.models.loading import load_causal_lm, load_tokenizer
+from tunesmith.runs import load_trained, read_run_config, save_trained
+from tunesmith.train.loop import TokenData, TrainResult, train_loop
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _as_config(config: RunConfig | str | Path | None, overrides: list[str] | None) -> RunConfig:
+    if isinstance(config, RunConfig):
+        if overrides:
+            raw = config.model_dump(mode="json")
+            from tunesmith.config import apply_overrides, config_from_dict
+
+            return config_from_dict(apply_overrides(raw, overrides), "<config + overrides>")
+        return config
+    return load_config(config, overrides)
+
+
+def _versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    import tunesmith
+
+    return {
+        "tunesmith": tunesmith.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+    }
+
+
+def _print_data_report(report: dict[str, Any]) -> None:
+    for split, counts in report.get("splits", {}).items():
+        shown = ", ".join(f"{k}={v}" for k, v in counts.items() if v)
+        print(f"tunesmith: data {split}: {shown}")
+
+
+def _eval_splits(data: PreparedData) -> dict[str, Split]:
+    return {name: s for name, s in (("validation", data.validation), ("test", data.test)) if s is not None}
+
+
+def _evaluate_all(
+    model: Any, tokenizer: Any, data: PreparedData, task: str, cfg: RunConfig, save_as: Path | None = None
+) -> dict[str, Any]:
+    """Metrics per evaluation split; with ``save_as``, predictions go to ``<save_as>_<split>.jsonl``."""
+    from tunesmith.io import write_jsonl_atomic
+
+    results = {}
+    for name, split in _eval_splits(data).items():
+        metrics, predictions = evaluate_split(model, tokenizer, split, task, data.label_names, cfg)
+        results[name] = metrics
+        if save_as is not None and predictions:
+            key = "label" if task == "classification" else "prediction"
+            write_jsonl_atomic(f"{save_as}_{name}.jsonl", [{key: p} for p in predictions])
+    return results
+
+
+def _base_eval(run_dir: Path, model: Any, tokenizer: Any, data: PreparedData, task: str, cfg: RunConfig):
+    """Base-model metrics, cached in the run dir so --resume does not recompute them."""
+    path = run_dir / "base_eval.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    print("tunesmith: evaluating the base model")
+    result = _evaluate_all(model, tokenizer, data, task, cfg, save_as=run_dir / "predictions_base")
+    write_json_atomic(path, result)
+    return result
+
+
+def _summary(
+    cfg: RunConfig,
+    task: str,
+    model: Any,
+    result: TrainResult,
+    evals: dict[str, dict[str, Any]],
+    data: PreparedData,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    trainable, total = count_parameters(model)
+    tokens_per_s = result.train_tokens / result.train_seconds if result.train_seconds else 0.0
+    return {
+        "name": cfg.name,
+        "status": "interrupted" if result.interrupted else "completed",
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "task": task,
+        "trainable_params": trainable,
+        "total_params": total,
+        "eval": evals,
+        "train": {
+            "steps": result.steps,
+            "total_steps": result.total_steps,
+            "tokens": result.train_tokens,
+            "tokens_per_s": round(tokens_per_s, 1),
+            "stopped_early": result.stopped_early,
+            "restored_best": result.restored_best,
+            "final_val_loss": result.final_val_loss,
+        },
+        "best": {"step": result.best_step, "val_loss": result.best_val_loss},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "peak_memory_mb": result.peak_memory_mb,
+        "versions": _versions(),
+        "data_hashes": {k: v.get("sha256") for k, v in data.report.get("files", {}).items()},
+    }
+
+
+def train(
+    config: RunConfig | str | Path | None = None, overrides: list[str] | None = None, resume: bool = False
+) -> dict[str, Any]:
+    """Prepare data, evaluate the base, train, save, evaluate the tuned model, write the run directory.
+
+    Returns the summary (also written to ``summary.json``). Ctrl-C saves a checkpoint; ``resume=True`` continues.
+    """
+    cfg = _as_config(config, overrides)
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed)
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+    data = prepare_data(cfg.data, tokenizer, cfg.seed)
+    write_json_atomic(run_dir / "data_report.json", data.report)
+    _print_data_report(data.report)
+    if not data.train.input_ids:
+        raise DataError(
+            f"{cfg.data.train}: no training examples left after validation (see data_report.json)"
+        )
+    task = resolve_task(cfg, data.kind)
+    model = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code)
+    t_eval = time.perf_counter()
+    base = _base_eval(run_dir, model, tokenizer, data, task, cfg) if cfg.eval.compare_base else {}
+    base_s = time.perf_counter() - t_eval
+    seed_everything(cfg.seed)  # training randomness must not depend on whether the base was evaluated
+    model = prepare_model(model, cfg.method)
+    val = data.validation
+    result = train_loop(
+        model,
+        TokenData(data.train.input_ids, data.train.labels),
+        TokenData(val.input_ids, val.labels) if val is not None else None,
+        cfg.train,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        pad_id=tokenizer.pad_token_id,
+        resume=resume,
+    )
+    timings = {"base_eval_s": base_s, "train_s": result.train_seconds}
+    evals: dict[str, dict[str, Any]] = {}
+    if not result.interrupted:
+        save_trained(model, tokenizer, run_dir)
+        t_eval = time.perf_counter()
+        tuned = _evaluate_all(model, tokenizer, data, task, cfg, save_as=run_dir / "predictions_tuned")
+        timings["tuned_eval_s"] = time.perf_counter() - t_eval
+        evals = {s: {"base": base.get(s), "tuned": m} if base else {"tuned": m} for s, m in tuned.items()}
+    timings["total_s"] = time.perf_counter() - t_start
+    summary = _summary(cfg, task, model, result, evals, data, timings)
+    write_json_atomic(run_dir / "summary.json", summary)
+    from tunesmith.report.html import write_report
+
+    write_report(run_dir)
+    return summary
+
+
+def _prepare_file(cfg: RunConfig, tokenizer: Any, path: str | Path) -> PreparedData:
+    """Prepare an arbitrary file with a run's data settings, as its validation split."""
+    data_cfg = cfg.data.model_copy(
+        update={"train": str(path), "validation": None, "test": None, "validation_fraction": 0.0}
+    )
+    prepared = prepare_data(data_cfg, tokenizer, cfg.seed)
+    return PreparedData(
+        train=prepared.train,
+        validation=prepared.train,
+        test=None,
+        kind=prepared.kind,
+        label_names=prepared.label_names,
+        report=prepared.report,
+    )
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a finished run on ``data`` (default: the run's own validation/test splits)."""
+    model, tokenizer, cfg = load_trained(run_dir)
+    if data is not None:
+        prepared = _prepare_file(cfg, tokenizer, data)
+        if prepared.label_names is None:
+            prepared.label_names = json.loads((Path(run_dir) / "data_report.json").read_text()).get(
+                "label_names"
+            )
+    else:
+        prepared = prepare_data(cfg.data, tokenizer, cfg.seed)
+    task = resolve_task(cfg, prepared.kind)
+    return _evaluate_all(model, tokenizer, prepared, task, cfg)
+
+
+def predict(run_dir: str | Path, data: str | Path, out: str | Path) -> Path:
+    """One prediction per input row, in input order: generated text, or the label for classification."""
+    model, tokenizer, cfg = load_trained(run_dir)
+    prepared = _prepare_file(cfg, tokenizer, data)
+    split = prepared.train
+    label_names = json.loads((Path(run_dir) / "data_report.json").read_text()).get("label_names")
+    task = resolve_task(cfg, prepared.kind)
+    if task == "classification" and label_names:
+        predicted, probs = classify(model, tokenizer, split, label_names, cfg)
+        rows = [
+            {"label": int(p), "label_name": label_names[p], "probs": [round(x, 6) for x in pr]}
+            for p, pr in zip(predicted, probs, strict=True)
+        ]
+    else:
+        rows = [{"prediction": text} for text in predict_texts(model, tokenizer, split, cfg)]
+    from tunesmith.io import write_jsonl_atomic
+
+    write_jsonl_atomic(out, rows)
+    return Path(out)
+
+
+__all__ = ["evaluate", "predict", "read_run_config", "train"]

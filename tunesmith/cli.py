@@ -1,0 +1,117 @@
+"""Command line: a thin layer over :mod:`tunesmith.api`.
+
+tunesmith train recipes/lora.yaml --set train.max_steps=50 [--resume]
+tunesmith eval runs/lora-demo [--data FILE]
+tunesmith predict runs/lora-demo --data FILE --out FILE
+tunesmith chat runs/lora-demo
+tunesmith demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from tunesmith.errors import TunesmithError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tunesmith.api import train
+
+    summary = train(args.config, overrides=args.set, resume=args.resume)
+    if summary["status"] == "interrupted":
+        return 130
+    tr = summary["train"]
+    evals = summary.get("eval", {}).get("validation", {})
+    headline = {k: v for k, v in (evals.get("tuned") or {}).items() if isinstance(v, float)}
+    print(
+        f"tunesmith: {summary['name']} done: {tr['steps']} steps, {tr['tokens_per_s']:.0f} tok/s, "
+        f"{summary['timings']['total_s']:.0f}s, peak {summary['peak_memory_mb']:.0f} MB; "
+        + ", ".join(f"{k}={v:.4f}" for k, v in list(headline.items())[:4])
+    )
+    print(f"tunesmith: run directory runs/{summary['name']} (report.html, summary.json)")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from tunesmith.api import evaluate
+
+    print(json.dumps(evaluate(args.run_dir, data=args.data), indent=2))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from tunesmith.api import predict
+
+    path = predict(args.run_dir, data=args.data, out=args.out)
+    print(f"tunesmith: predictions written to {path}")
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from tunesmith.chat import chat_loop
+
+    chat_loop(args.run_dir, max_new_tokens=args.max_new_tokens)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tunesmith.demo.run import run_demo
+
+    result = run_demo(out_dir=args.out, quick=args.quick)
+    return 0 if result.get("passed", True) or args.quick else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune an LLM on your own data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a run from a YAML config")
+    p.add_argument("config", help="YAML config (see recipes/)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="evaluate a finished run; prints JSON metrics")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="file to evaluate on (default: the run's validation/test splits)")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("predict", help="one prediction per input line, in input order")
+    p.add_argument("run_dir")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("chat", help="chat with a run's model in the terminal")
+    p.add_argument("run_dir")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.set_defaults(func=_chat)
+
+    p = sub.add_parser("demo", help="the store-assistant demo: generate data, LoRA-tune, show before/after")
+    p.add_argument("--out", default="runs/demo", help="where the demo writes its data and run")
+    p.add_argument(
+        "--quick", action="store_true", help="a tiny version for smoke tests (not the real targets)"
+    )
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except TunesmithError as err:
+        print(f"tunesmith: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
