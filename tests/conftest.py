@@ -51,3 +51,12 @@ def make_tiny_llama(vocab_size: int, seed: int = 0):
 @pytest.fixture
 def tiny_model(default_tokenizer):
     return make_tiny_llama(len(default_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_tokenizer):
+    """A tiny random Llama saved like a real HF model directory (safetensors + the default tokenizer)."""
+    path = tmp_path_factory.mktemp("tiny-base")
+    make_tiny_llama(len(default_tokenizer)).save_pretrained(path, safe_serialization=True)
+    default_tokenizer.save_pretrained(path)
+    return path

@@ -187,6 +187,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    method = raw.get("method")
+    if isinstance(method, dict) and "name" not in method:  # a method section without a name means the default
+        raw = {**raw, "method": {"name": LoraMethod().name, **method}}
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:

@@ -21,7 +21,7 @@ from tunesmith.config import RunConfig, config_from_dict
 from tunesmith.demo.catalogue import answer_contains, generate_demo_data
 from tunesmith.io import write_json_atomic
 
-SYSTEM_PROMPT = "You are the shop assistant of an online store. Answer briefly."
+SYSTEM_PROMPT = "You are a shop assistant."
 TARGETS = {"tuned_min": 0.80, "base_max": 0.10}
 
 

@@ -1,0 +1,81 @@
+"""The config schema: defaults, overrides, and error messages that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import RunConfig, dump_config, load_config
+from tunesmith.errors import ConfigError
+
+RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*.yaml"))
+
+
+def test_defaults_are_lora_on_default_model():
+    cfg = load_config()
+    assert cfg.model.name == "default" and cfg.method.name == "lora" and cfg.train.lr == 2e-4
+
+
+def test_overrides_parse_types():
+    cfg = load_config(None, ["train.lr=1e-4", "method.r=8", "data.labels=[a, b]", "train.max_steps=3"])
+    assert cfg.train.lr == 1e-4 and cfg.method.r == 8 and cfg.data.labels == ["a", "b"]
+    assert cfg.train.max_steps == 3
+
+
+def test_switching_method_by_override():
+    cfg = load_config(None, ["method.name=freeze", "method.train_last_n_blocks=1"])
+    assert cfg.method.name == "freeze" and cfg.method.train_last_n_blocks == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.lrr=1", "train.lrr: unknown key"),
+        ("train.scheduler=foo", "train.scheduler: Input should be 'cosine', 'linear' or 'constant'"),
+        ("method.name=magic", "unknown value 'magic'; allowed: 'full', 'freeze', 'lora'"),
+        ("train.batch_size=zero", "train.batch_size: Input should be a valid integer"),
+        ("method.rank=8", "method.lora.rank: unknown key"),
+        ("name=a/b", "name: Value error, must be a plain directory name"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+
+
+def test_yaml_unknown_key_names_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  epochs: 1\n  lrate: 3\n")
+    with pytest.raises(ConfigError, match=r"invalid configuration in .*bad.yaml:\n  train.lrate: unknown key"):
+        load_config(path)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="must look like key.path=value"):
+        load_config(None, ["train.lr"])
+
+
+def test_dump_round_trips():
+    cfg = load_config(None, ["method.name=full", "train.epochs=2"])
+    import yaml
+
+    again = RunConfig.model_validate(yaml.safe_load(dump_config(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_recipe_validates(recipe):
+    text = recipe.read_text()
+    assert text.startswith("#"), "a recipe opens with a comment saying what it does"
+    assert "tunesmith train" in text.split("\n\n")[0] or "tunesmith" in text.splitlines()[2]
+    cfg = load_config(recipe)
+    assert cfg.data.train is None or cfg.data.train.startswith("../shared/datasets")
+    if cfg.data.train:
+        assert (Path(__file__).resolve().parents[2] / cfg.data.train).exists()
