@@ -137,6 +137,16 @@ def _summary(
     }
 
 
+def _run_prepare_steps(cfg: RunConfig, run_dir: Path) -> tuple[Any, list[dict[str, Any]]]:
+    """Apply ``data.prepare`` steps to the training file; the run trains on the last step's output."""
+    if not cfg.data.prepare or cfg.data.train is None:
+        return cfg.data, []
+    from tunesmith.data.tools.pipeline import run_prepare_steps
+
+    prepared, reports = run_prepare_steps(cfg.data.train, cfg.data.prepare, run_dir / "prepared")
+    return cfg.data.model_copy(update={"train": str(prepared)}), reports
+
+
 def train(
     config: RunConfig | str | Path | None = None, overrides: list[str] | None = None, resume: bool = False
 ) -> dict[str, Any]:
@@ -151,7 +161,10 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-    data = prepare_data(cfg.data, tokenizer, cfg.seed)
+    data_cfg, prepare_reports = _run_prepare_steps(cfg, run_dir)
+    data = prepare_data(data_cfg, tokenizer, cfg.seed)
+    if prepare_reports:
+        data.report["prepare"] = prepare_reports
     write_json_atomic(run_dir / "data_report.json", data.report)
     _print_data_report(data.report)
     if not data.train.input_ids:

@@ -99,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="a tiny version for smoke tests (not the real targets)"
     )
     p.set_defaults(func=_demo)
+
+    from tunesmith.data.tools.cli import add_parser as add_data_parser
+    from tunesmith.export.cli import add_parser as add_export_parser
+    from tunesmith.serve.cli import add_parser as add_serve_parser
+
+    add_data_parser(sub)
+    add_export_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 

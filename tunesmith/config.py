@@ -19,7 +19,7 @@ from tunesmith.errors import ConfigError
 class Strict(BaseModel):
     """Base for every section: unknown keys are rejected instead of silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class ModelConfig(Strict):
@@ -41,6 +41,7 @@ class DataConfig(Strict):
     format: Literal["auto", "chat", "instruction", "prompt_completion", "text", "classification"] = "auto"
     """Row format; ``auto`` detects it from the first row's keys."""
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of train held out for validation when no validation file is given (0 = none)."""
     max_length: int = Field(512, ge=8)
     """Token budget per example, prompt and answer together."""
     overlong: Literal["truncate", "drop"] = "truncate"
@@ -51,16 +52,22 @@ class DataConfig(Strict):
     """Classification label names in id order (the verbalisers); inferred from the data when absent."""
     label_prompt: str = "Classify the text.\nText: {text}\nLabel:"
     """Prompt used to score classification labels by log-likelihood."""
+    prepare: list[dict[str, Any]] = Field(default_factory=list)
+    """Data steps run on the training file before training, in order, e.g. ``[{step: clean}, {step: dedup},
+    {step: pii}]`` (clean, dedup, pii, leakage, augment; see ``tunesmith data --help``); outputs go to the run's
+    ``prepared/`` folder and their reports into data_report.json."""
     on_bad_row: Literal["stop", "skip"] = "stop"
     """``stop`` fails on the first malformed row with file:line; ``skip`` drops and counts it."""
 
 
 class FullMethod(Strict):
     name: Literal["full"] = "full"
+    """Every parameter trains."""
 
 
 class FreezeMethod(Strict):
     name: Literal["freeze"] = "freeze"
+    """Only the top blocks and/or head train."""
     train_last_n_blocks: int = Field(2, ge=0)
     """Transformer blocks, counted from the top, that stay trainable."""
     train_head: bool = True
@@ -71,10 +78,13 @@ class FreezeMethod(Strict):
 
 class LoraMethod(Strict):
     name: Literal["lora"] = "lora"
+    """Low-rank adapters (PEFT) on the target modules; the base is frozen."""
     r: int = Field(16, ge=1)
+    """Adapter rank: capacity of the update."""
     alpha: float = 32.0
     """Scaling numerator; the update is scaled by alpha / r (usually alpha = 2 * r)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
     """Module names to adapt, or ``all-linear`` for every linear layer except the output head."""
 
@@ -86,28 +96,41 @@ class EarlyStopping(Strict):
     patience: int | None = None
     """Stop after this many evaluations without improvement; None disables early stopping."""
     min_delta: float = 0.0
+    """Smallest decrease of validation loss that counts as an improvement."""
 
 
 class TrainConfig(Strict):
     epochs: float = Field(1.0, gt=0)
+    """Passes over the training data (fractions allowed)."""
     max_steps: int | None = Field(None, ge=1)
     """Optimizer steps; overrides ``epochs`` when set."""
     batch_size: int = Field(8, ge=1)
+    """Examples per micro-batch."""
     grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step (effective batch = batch_size x grad_accum)."""
     lr: float = Field(2e-4, gt=0)
+    """Peak learning rate (AdamW)."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
     warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps from 0 to ``lr``."""
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warm-up."""
     max_grad_norm: float | None = 1.0
+    """Gradient clipping norm; None disables clipping."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``auto``: bf16 autocast on CUDA with bf16 support, fp32 elsewhere (see README for CPU numbers)."""
+    group_by_length: bool = True
+    """Batch examples of similar length together (less padding = less wasted compute); order stays seeded."""
     eval_every: int | None = Field(None, ge=1)
     """Validation loss every N optimizer steps (and always at the end)."""
     save_every: int | None = Field(None, ge=1)
     """Checkpoint every N optimizer steps (and on Ctrl-C)."""
     keep_last: int = Field(2, ge=1)
+    """Checkpoints kept on disk (older ones are deleted)."""
     early_stopping: EarlyStopping = EarlyStopping()
     log_every: int = Field(1, ge=1)
+    """Write a metrics.jsonl row every N steps."""
 
 
 class EvalConfig(Strict):
@@ -117,12 +140,16 @@ class EvalConfig(Strict):
     max_examples: int | None = Field(None, ge=1)
     """Cap evaluation examples (per split) to bound time; None evaluates all."""
     batch_size: int = Field(16, ge=1)
+    """Examples per evaluation batch (generation and scoring)."""
 
 
 class RunConfig(Strict):
     name: str = "run"
+    """Run name: the run directory is ``output_dir/name``."""
     output_dir: str = "runs"
+    """Parent directory of run directories."""
     seed: int = 0
+    """Seeds data splits, batch order, initialisation and dropout: same seed, same run."""
     task: Literal["auto", "generation", "classification"] = "auto"
     """What evaluation to run; ``auto`` follows the data format."""
     model: ModelConfig = ModelConfig()
@@ -221,3 +248,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML, every default written out."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if not getattr(annotation, "__args__", None) else None
+    return text or str(annotation).replace("typing.", "").replace("NoneType", "None")
+
+
+def reference_markdown() -> str:
+    """The config reference table in README.md, generated from this schema (a test keeps them equal)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{key}.")
+                continue
+            if name == "method" and prefix == "":
+                for variant in (FullMethod, FreezeMethod, LoraMethod):
+                    walk(variant, f"method ({variant().name}).")
+                continue
+            default = field.get_default(call_default_factory=True)
+            meaning = (field.description or "").replace("\n", " ").replace("|", "\\|")
+            type_text = _type_name(annotation).replace("|", "\\|")
+            rows.append(f"| `{key}` | {type_text} | `{default!r}` | {meaning} |")
+
+    walk(RunConfig, "")
+    return "\n".join(rows)

@@ -48,7 +48,9 @@ def test_bad_values_name_the_key(override, message):
 def test_yaml_unknown_key_names_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  epochs: 1\n  lrate: 3\n")
-    with pytest.raises(ConfigError, match=r"invalid configuration in .*bad.yaml:\n  train.lrate: unknown key"):
+    with pytest.raises(
+        ConfigError, match=r"invalid configuration in .*bad.yaml:\n  train.lrate: unknown key"
+    ):
         load_config(path)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tests.conftest import make_tiny_llama
 from tunesmith.config import LoraMethod

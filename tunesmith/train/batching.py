@@ -10,10 +10,34 @@ from collections.abc import Iterator
 
 import torch
 
+GROUP_CHUNK_BATCHES = 32
+"""With length grouping, examples are sorted by length within windows of this many batches: enough to
+gather similar lengths, small enough that every batch still mixes examples from across the data."""
+
 
 def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(n_examples, generator=generator).tolist()
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int, epoch: int, group: bool = True
+) -> list[list[int]]:
+    """The epoch's batches as index lists; a pure function of (lengths, batch_size, seed, epoch).
+
+    Grouping: shuffle, sort each window of ``GROUP_CHUNK_BATCHES`` batches by length, cut into batches, then
+    shuffle the batch order (so long batches are not all at the end of each window).
+    """
+    order = epoch_order(len(lengths), seed, epoch)
+    if not group:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * GROUP_CHUNK_BATCHES
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
 def collate(
@@ -44,11 +68,12 @@ def iter_batches(
     seed: int,
     epoch: int,
     start_batch: int = 0,
+    group_by_length: bool = True,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield the micro-batches of one epoch, skipping the first ``start_batch`` (resume)."""
-    order = epoch_order(len(input_ids), seed, epoch)
-    for b in range(start_batch, batches_per_epoch(len(input_ids), batch_size)):
-        idx = order[b * batch_size : (b + 1) * batch_size]
+    lengths = [len(ids) for ids in input_ids]
+    batches = length_grouped_batches(lengths, batch_size, seed, epoch, group_by_length)
+    for idx in batches[start_batch:]:
         yield collate([input_ids[i] for i in idx], [labels[i] for i in idx], pad_id)
 
 

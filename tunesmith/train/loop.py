@@ -97,7 +97,9 @@ def _micro_batches(data: TokenData, cfg: TrainConfig, seed: int, pad_id: int, st
     epoch, start = state.epoch, state.batch_in_epoch
     while True:
         for offset, batch in enumerate(
-            iter_batches(data.input_ids, data.labels, cfg.batch_size, pad_id, seed, epoch, start)
+            iter_batches(
+                data.input_ids, data.labels, cfg.batch_size, pad_id, seed, epoch, start, cfg.group_by_length
+            )
         ):
             yield epoch, start + offset, batch
         epoch, start = epoch + 1, 0
@@ -146,33 +148,20 @@ def train_loop(
         while state.step < total_steps:
             step_start = time.perf_counter()
             micro = [next(stream) for _ in range(cfg.grad_accum)]
-            n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for _, _, b in micro)
-            step_loss = 0.0
-            for _, _, batch in micro:
-                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-                with accelerator.autocast():
-                    loss_sum, _ = loss_fn(model, batch)
-                loss = loss_sum / max(n_target, 1)
-                accelerator.backward(loss)
-                step_loss += float(
-                    loss.detach()
-                )  # a CPU-GPU sync per micro-batch; cheap next to the step itself
-            if cfg.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            step_loss, n_tokens = _optimizer_step(
+                model, [b for _, _, b in micro], loss_fn, accelerator, cfg, params, optimizer, scheduler
+            )
             epoch, batch_idx, _ = micro[-1]
             state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, batch_idx + 1
-            n_tokens = sum(int(b["attention_mask"].sum()) for _, _, b in micro)
             result.train_tokens += n_tokens
             tok_s = n_tokens / (time.perf_counter() - step_start)
             lr = scheduler.get_last_lr()[0]
             if state.step % cfg.log_every == 0 or state.step == total_steps:
+                epoch_pos = round(epoch + batch_idx / max(1, _n_batches(train_data, cfg)), 4)
                 log.write(
                     {
                         "step": state.step,
-                        "epoch": round(epoch + batch_idx / max(1, _n_batches(train_data, cfg)), 4),
+                        "epoch": epoch_pos,
                         "train_loss": step_loss,
                         "lr": lr,
                         "tokens_per_s": round(tok_s, 1),
@@ -181,10 +170,10 @@ def train_loop(
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             if val_data is not None and _should_eval(state.step, total_steps, cfg):
-                if _evaluate_and_track(
+                stop = _evaluate_and_track(
                     model, val_data, cfg, pad_id, accelerator, state, log, best_dir, result
-                ):
-                    result.stopped_early = True
+                )
+                result.stopped_early = stop
             if cfg.save_every and state.step % cfg.save_every == 0:
                 ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last)
             if on_step is not None:
@@ -196,28 +185,56 @@ def train_loop(
         # last completed step, so --resume continues exactly from there.
         result.interrupted = True
         path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last)
-        print(
-            f"\ntunesmith: interrupted at step {state.step}; checkpoint saved to {path}. Resume with --resume"
-        )
+        print(f"\ntunesmith: interrupted at step {state.step}; saved {path}. Continue with --resume")
     finally:
         bar.close()
     result.steps = state.step
     result.train_seconds = time.perf_counter() - start_time
     result.best_step, result.best_val_loss = state.best_step, state.best_val_loss
-    if (
-        not result.interrupted
-        and cfg.early_stopping.patience is not None
-        and (best_dir / "trainable.safetensors").exists()
-    ):
-        if state.best_step != state.step:
-            ckpt.restore_weights(best_dir, model)
-            result.restored_best = True
-            print(
-                f"tunesmith: restored the best weights (step {state.best_step}, val_loss {state.best_val_loss:.4f})"
-            )
+    if not result.interrupted and cfg.early_stopping.patience is not None:
+        result.restored_best = _restore_best(model, best_dir, state)
     result.history = log.rows
     result.peak_memory_mb = peak_rss_mb()
     return result
+
+
+def _optimizer_step(
+    model: Any,
+    batches: list[dict[str, torch.Tensor]],
+    loss_fn: LossFn,
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> tuple[float, int]:
+    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, tokens seen incl. prompts)."""
+    n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    step_loss = 0.0
+    for batch in batches:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            loss_sum, _ = loss_fn(model, batch)
+        loss = loss_sum / max(n_target, 1)
+        accelerator.backward(loss)
+        step_loss += float(loss.detach())  # a CPU-GPU sync per micro-batch; cheap next to the step itself
+    if cfg.max_grad_norm is not None:
+        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return step_loss, sum(int(b["attention_mask"].sum()) for b in batches)
+
+
+def _restore_best(model: Any, best_dir: Path, state: ckpt.TrainState) -> bool:
+    """Early stopping's promise: finish with the best validation weights, not the last ones."""
+    if not (best_dir / "trainable.safetensors").exists() or state.best_step == state.step:
+        return False
+    ckpt.restore_weights(best_dir, model)
+    print(
+        f"tunesmith: restored the best weights (step {state.best_step}, val_loss {state.best_val_loss:.4f})"
+    )
+    return True
 
 
 def _n_batches(data: TokenData, cfg: TrainConfig) -> int:

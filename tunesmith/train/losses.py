@@ -48,7 +48,9 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     loss_sum = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, picked.shape[0], CHUNK_POSITIONS):
         logits = head(picked[start : start + CHUNK_POSITIONS]).float()
-        loss_sum = loss_sum + F.cross_entropy(logits, wanted[start : start + CHUNK_POSITIONS], reduction="sum")
+        loss_sum = loss_sum + F.cross_entropy(
+            logits, wanted[start : start + CHUNK_POSITIONS], reduction="sum"
+        )
     return loss_sum, mask.sum()
 
 

@@ -12,9 +12,13 @@ JSONL file atomically and returns a report of what changed, how many rows and wh
     ]
 """
 
+from tunesmith.data.tools.augment import augment_file, split_keeping_augmented
 from tunesmith.data.tools.clean import CleanOptions, clean_file, clean_text
 from tunesmith.data.tools.dedup import NearDupConfig, contamination, dedup_file, find_leakage
+from tunesmith.data.tools.inspect import inspect_file
+from tunesmith.data.tools.lint import lint_file
 from tunesmith.data.tools.pii import find_pii, redact_file, redact_text
+from tunesmith.data.tools.pipeline import run_prepare_steps
 from tunesmith.data.tools.split import split_file
 from tunesmith.data.tools.stream import add_report_entry, transform_file
 from tunesmith.data.tools.textfields import map_text, text_fields
@@ -23,16 +27,21 @@ __all__ = [
     "CleanOptions",
     "NearDupConfig",
     "add_report_entry",
+    "augment_file",
     "clean_file",
     "clean_text",
     "contamination",
     "dedup_file",
     "find_leakage",
     "find_pii",
+    "inspect_file",
+    "lint_file",
     "map_text",
     "redact_file",
     "redact_text",
+    "run_prepare_steps",
     "split_file",
+    "split_keeping_augmented",
     "text_fields",
     "transform_file",
 ]

@@ -1,0 +1,219 @@
+"""Throughput and latency of ``tunesmith serve`` under concurrent clients, with and without dynamic batching,
+against a serial ``model.generate`` baseline on the same model, in the same process.
+
+    .venv/bin/python bench/bench_serve.py                                  # 8 clients x 4 requests, 32 tokens
+    .venv/bin/python bench/bench_serve.py --clients 16 --requests 4 --max-tokens 64
+
+The real default model (``default``) is loaded once. Phases: (1) ``serial``: each prompt through
+``model.generate`` one after another (greedy, left as the model would be used without a server); (2)
+``server_batched``: N concurrent ``AsyncOpenAI`` clients, each sending its requests one after another, to a
+server on 127.0.0.1 with dynamic batching; (3) ``server_unbatched``: the same load with batching off
+(``max_batch_size=1``). Every request is greedy with the same ``max_tokens``; a request may stop earlier at
+the end-of-turn token, so tokens/s counts the tokens actually generated (from ``usage``).
+
+Clients and server share this interpreter (the client is light: a few JSON messages per request; the model
+runs in the server's worker thread, outside the GIL for the heavy parts). Peak RSS is sampled per phase
+(the model is already loaded, so it is the model plus what the phase adds). Results go to
+``bench/results/serve.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import re
+import resource
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from tunesmith.io import write_json_atomic
+
+RESULTS = Path(__file__).resolve().parent / "results" / "serve.json"
+TOPICS = (
+    "opening hours",
+    "returns",
+    "gift cards",
+    "delivery",
+    "loyalty points",
+    "store pickup",
+    "sizes",
+    "repairs",
+)
+
+
+class PeakRss:
+    """Samples this process's RSS every 20 ms on a thread while the block runs; ``peak_mb`` after."""
+
+    def __enter__(self) -> PeakRss:
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.stop.wait(0.02)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def questions(n: int) -> list[str]:
+    return [f"Customer {i}: can you explain your policy on {TOPICS[i % len(TOPICS)]}?" for i in range(n)]
+
+
+def summarize(latencies: list[float], tokens: int, wall: float) -> dict[str, float]:
+    ordered = sorted(latencies)
+    p99_index = min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))
+    return {
+        "requests": len(latencies),
+        "wall_s": round(wall, 3),
+        "requests_per_s": round(len(latencies) / wall, 3),
+        "generated_tokens": tokens,
+        "tokens_per_s": round(tokens / wall, 2),
+        "latency_p50_s": round(statistics.median(ordered), 3),
+        "latency_p99_s": round(ordered[p99_index], 3),
+    }
+
+
+@torch.no_grad()
+def serial_baseline(served: Any, texts: list[str], max_tokens: int) -> dict[str, Any]:
+    """Each prompt through ``model.generate`` alone, one after another: no server, no batching."""
+    model, tokenizer = served.base.model, served.tokenizer
+    latencies, tokens = [], 0
+    start = time.perf_counter()
+    for text in texts:
+        t0 = time.perf_counter()
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
+        )
+        ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = out[0, ids.shape[1] :].tolist()
+        tokens += len(new) - (1 if new and new[-1] == tokenizer.eos_token_id else 0)  # as usage counts them
+        latencies.append(time.perf_counter() - t0)
+    return summarize(latencies, tokens, time.perf_counter() - start)
+
+
+async def client_load(
+    url: str, texts: list[str], clients: int, max_tokens: int
+) -> tuple[list[float], int, float]:
+    """``clients`` concurrent clients splitting ``texts``; each sends its share one request at a time."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    latencies: list[float] = []
+    tokens = 0
+
+    async def one_client(share: list[str]) -> None:
+        nonlocal tokens
+        for text in share:  # bounded: exactly len(share) requests
+            t0 = time.perf_counter()
+            resp = await client.chat.completions.create(
+                model="default",
+                messages=[{"role": "user", "content": text}],
+                max_tokens=max_tokens,
+                temperature=0,
+            )
+            latencies.append(time.perf_counter() - t0)
+            tokens += resp.usage.completion_tokens
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client(texts[i::clients]) for i in range(clients)))
+    wall = time.perf_counter() - start
+    await client.close()
+    return latencies, tokens, wall
+
+
+def batch_sizes(metrics_text: str) -> dict[str, float]:
+    total = float(re.search(r"^tunesmith_batch_size_sum (\S+)$", metrics_text, re.M).group(1))
+    count = float(re.search(r"^tunesmith_batch_size_count (\S+)$", metrics_text, re.M).group(1))
+    return {"batches": int(count), "mean_batch_size": round(total / count, 2) if count else 0.0}
+
+
+def server_phase(registry: Any, texts: list[str], args: argparse.Namespace, batching: bool) -> dict[str, Any]:
+    from urllib.request import urlopen
+
+    from tunesmith.serve.app import ServeSettings, create_app
+    from tunesmith.serve.server import ServerThread
+
+    settings = ServeSettings(
+        max_concurrent=args.clients * 2,
+        max_tokens_cap=max(args.max_tokens, 64),
+        max_batch_size=args.max_batch if batching else 1,
+        batch_wait_ms=args.wait_ms if batching else 0.0,
+    )
+    with PeakRss() as rss, ServerThread(create_app(registry, settings)) as server:
+        latencies, tokens, wall = asyncio.run(client_load(server.url, texts, args.clients, args.max_tokens))
+        with urlopen(server.url + "/metrics", timeout=30) as resp:  # loopback only
+            metrics = resp.read().decode()
+    return {**summarize(latencies, tokens, wall), **batch_sizes(metrics), "peak_rss_mb": rss.peak_mb}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=4, help="requests per client")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--wait-ms", type=float, default=5.0)
+    args = parser.parse_args()
+    os.environ.setdefault("TUNESMITH_HOME", str(Path(__file__).resolve().parents[1] / ".tunesmith"))
+    from tunesmith.serve.models import load_registry
+
+    registry = load_registry(["default"])
+    served = registry.models["default"]
+    texts = questions(args.clients * args.requests)
+    serial_baseline(served, texts[:1], 4)  # warm-up: first-call allocations out of the timings
+    with PeakRss() as rss:
+        serial = {**serial_baseline(served, texts, args.max_tokens), "peak_rss_mb": rss.peak_mb}
+    results = {
+        "config": vars(args) | {"model": "default", "torch_threads": torch.get_num_threads()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "serial": serial,
+        "server_batched": server_phase(registry, texts, args, batching=True),
+        "server_unbatched": server_phase(registry, texts, args, batching=False),
+        "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    batched, unbatched = results["server_batched"], results["server_unbatched"]
+    results["speedup_batched_vs_unbatched"] = round(batched["tokens_per_s"] / unbatched["tokens_per_s"], 2)
+    results["speedup_batched_vs_serial"] = round(batched["tokens_per_s"] / serial["tokens_per_s"], 2)
+    write_json_atomic(RESULTS, results)
+    print(f"{'phase':18} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p99 s':>7} {'batch':>6} {'RSS MB':>8}")
+    for name in ("serial", "server_batched", "server_unbatched"):
+        r = results[name]
+        print(
+            f"{name:18} {r['requests_per_s']:7.2f} {r['tokens_per_s']:7.1f} {r['latency_p50_s']:7.2f} "
+            f"{r['latency_p99_s']:7.2f} {r.get('mean_batch_size', 1.0):6.2f} {r['peak_rss_mb']:8.0f}"
+        )
+    print(f"batched vs unbatched: {results['speedup_batched_vs_unbatched']}x tokens/s; written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,392 @@
+"""``tunesmith data ...``: look at, check and fix a data file before training on it.
+
+::
+
+    tunesmith data inspect train.jsonl [--max-length 512] [--json inspect.json] [--html inspect.html]
+    tunesmith data lint train.jsonl [--system-prompt "You are ..."]        # exit 1 on template errors
+    tunesmith data clean raw.jsonl --out work/clean.jsonl
+    tunesmith data dedup work/clean.jsonl --out work/dedup.jsonl
+    tunesmith data pii work/dedup.jsonl --out work/redacted.jsonl
+    tunesmith data augment work/redacted.jsonl --out work/aug.jsonl --ops swap,delete
+    tunesmith data split work/aug.jsonl --out splits/ --ratios 0.8,0.1,0.1  # augmented rows stay in train
+    tunesmith data leakage splits/train.jsonl --eval splits/validation.jsonl --out splits/train.noleak.jsonl
+    tunesmith data contamination splits/test.jsonl --train splits/train.jsonl
+
+Every step that writes a file takes ``--out`` and appends its report to ``--report`` (default:
+``data_report.json`` beside the output). Exit codes: 0 done, 1 a check failed (lint errors, contamination over
+``--fail-above``), 2 tunesmith error (``tunesmith: error: ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import DataError, TunesmithError
+from tunesmith.io import write_json_atomic, write_text_atomic
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guarded(func: Handler) -> Handler:
+    """Print a TunesmithError as ``tunesmith: error: ...`` and return 2 (also when called without main)."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except TunesmithError as err:
+            print(f"tunesmith: error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _report_path(args: argparse.Namespace, beside: Path) -> Path:
+    return Path(args.report) if args.report else beside / "data_report.json"
+
+
+def _record(args: argparse.Namespace, report: dict[str, Any], beside: Path) -> Path:
+    path = _report_path(args, beside)
+    from tunesmith.data.tools.stream import add_report_entry
+
+    add_report_entry(path, report)
+    return path
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items()) or "none"
+
+
+def _print_transform(report: dict[str, Any], report_path: Path) -> None:
+    """The short summary of a row step (clean, dedup, pii, leakage)."""
+    print(
+        f"tunesmith data {report['step']}: {report['rows_in']} rows in, {report['rows_out']} out -> "
+        f"{report['output']}"
+    )
+    print(f"  dropped: {_counts(report['dropped'])}")
+    if report["changed"]:
+        print(f"  changed: {_counts(report['changed'])}")
+    print(f"  report: {report_path}")
+
+
+def _tokenizer(args: argparse.Namespace) -> Any:
+    from tunesmith.data.render import ensure_chat_template
+    from tunesmith.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model)
+    if args.chat_template:
+        path = Path(args.chat_template)
+        if not path.is_file():
+            raise DataError(f"chat template file {path} does not exist")
+        tokenizer.chat_template = path.read_text(encoding="utf-8")
+    ensure_chat_template(tokenizer)
+    return tokenizer
+
+
+def _color(choice: str) -> bool:
+    return choice == "always" or (choice == "auto" and sys.stdout.isatty())
+
+
+# ------------------------------------------------------------------------------------------- handlers
+
+
+@_guarded
+def _inspect(args: argparse.Namespace) -> int:
+    from tunesmith.data.tools.inspect import format_inspect, inspect_file, inspect_html
+
+    report = inspect_file(
+        args.file,
+        _tokenizer(args),
+        max_length=args.max_length,
+        fmt=args.format,
+        system_prompt=args.system_prompt,
+        label_prompt=args.label_prompt,
+    )
+    print(format_inspect(report, color=_color(args.color)))
+    if args.json:
+        write_json_atomic(args.json, report)
+        print(f"  json report: {args.json}")
+    if args.html:
+        write_text_atomic(args.html, inspect_html(report))
+        print(f"  html report: {args.html}")
+    return 0
+
+
+@_guarded
+def _lint(args: argparse.Namespace) -> int:
+    from tunesmith.data.tools.lint import format_lint, lint_file
+
+    report = lint_file(
+        args.file,
+        _tokenizer(args),
+        system_prompt=args.system_prompt,
+        fmt=args.format,
+        label_prompt=args.label_prompt,
+    )
+    print(format_lint(report))
+    if args.json:
+        write_json_atomic(args.json, report)
+    return 0 if report["ok"] else 1
+
+
+@_guarded
+def _clean(args: argparse.Namespace) -> int:
+    from tunesmith.data.tools.clean import CleanOptions, clean_file
+
+    options = CleanOptions(
+        unicode=args.unicode,
+        strip_html=not args.keep_html,
+        drop_empty=not args.keep_empty,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        missing=args.missing,
+        format=args.format,
+    )
+    report = clean_file(args.file, args.out, options)
+    _print_transform(report, _record(args, report, Path(args.out).parent))
+    return 0
+
+
+@_guarded
+def _dedup(args: argparse.Namespace) -> int:
+    from tunesmith.data.tools.dedup import NearDupConfig, dedup_file
+
+    config = NearDupConfig(threshold=args.threshold)
+    report = dedup_file(args.file, args.out, near=not args.exact_only, config=config)
+    _print_transform(report, _record(args, report, Path(args.out).parent))
+    return 0
+
+
+@_guarded
+def _leakage(args: argparse.Namespace) -> int:
+    from tunesmith.data.tools.dedup import NearDupConfig, find_leakage
+
+    config = NearDupConfig(threshold=args.threshold)
+    report = find_leakage(args.file, args.eval, args.out, near=not args.exact_only, config=config)
+    _print_transform(report, _record(args, report, Path(args.out).parent))
+    per_file = report["details"]["per_eval_file"]
+    if per_file:
+        print(f"  leaks per eval file: {_counts(per_file)}")
+    return 0
+
+
+@_guarded
+def _contamination(args: argparse.Namespace) -> int:
+    from tunesmith.data.tools.dedup import contamination
+
+    report = contamination(args.file, args.train, n=args.n)
+    print(
+        f"tunesmith data contamination: {report['contaminated_rows']} of {report['eval_rows']} rows of "
+        f"{report['eval']} share a {report['n']}-gram with {report['train']} "
+        f"({100 * report['fraction']:.2f}%)"
+    )
+    lines = ", ".join(str(r["line"]) for r in report["rows"][:10])
+    if lines:
+        print(f"  first contaminated lines: {lines}")
+    if args.report:
+        print(f"  report: {_record(args, report, Path(args.report).parent)}")
+    if args.fail_above is not None and report["fraction"] > args.fail_above:
+        print(f"  contamination {report['fraction']:.4f} is above --fail-above {args.fail_above}")
+        return 1
+    return 0
+
+
+@_guarded
+def _pii(args: argparse.Namespace) -> int:
+    from tunesmith.data.tools.pii import redact_file
+
+    report = redact_file(args.file, args.out, names=args.names)
+    _print_transform(report, _record(args, report, Path(args.out).parent))
+    print(f"  replacements: {_counts(report['details']['occurrences'])}; names: {report['details']['names']}")
+    return 0
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"ratios must be numbers separated by commas, got {text!r}"
+        ) from None
+
+
+@_guarded
+def _split(args: argparse.Namespace) -> int:
+    from tunesmith.data.tools.augment import split_keeping_augmented
+
+    report = split_keeping_augmented(
+        args.file,
+        args.out,
+        ratios=args.ratios,
+        seed=args.seed,
+        stratify_by=args.stratify_by,
+        group_by=args.group_by,
+    )
+    report_path = _record(args, report, Path(args.out))
+    print(f"tunesmith data split: {_counts(report['rows'])} -> {args.out}")
+    aug = report["augmented"]
+    if aug["to_train"] or aug["dropped_source_held_out"]:
+        print(
+            f"  augmented rows: {aug['to_train']} to train, {aug['dropped_source_held_out']} dropped "
+            "(their source row is in validation/test)"
+        )
+    print(f"  report: {report_path}")
+    return 0
+
+
+@_guarded
+def _augment(args: argparse.Namespace) -> int:
+    from tunesmith.data.tools.augment import Paraphraser, augment_file
+
+    ops = [op.strip() for op in args.ops.split(",")]
+    paraphraser = Paraphraser(args.model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    report = augment_file(
+        args.file, args.out, n=args.n, ops=ops, seed=args.seed, rate=args.rate, paraphraser=paraphraser
+    )
+    report_path = _record(args, report, Path(args.out).parent)
+    print(
+        f"tunesmith data augment: {report['rows_in']} rows in, {report['rows_out']} out "
+        f"({report['augmented_rows']} new) -> {report['output']}"
+    )
+    print(f"  new rows per op: {_counts(report['augmented'])}; dropped: {_counts(report['dropped'])}")
+    print(f"  report: {report_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def _data_default(name: str) -> Any:
+    """A ``data.*`` default from the config schema (light to import: building the parser stays fast)."""
+    from tunesmith.config import DataConfig
+
+    return DataConfig.model_fields[name].default
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="model whose tokenizer renders the data")
+    p.add_argument("--chat-template", help="file with a Jinja chat template to use instead of the model's")
+    p.add_argument("--format", default="auto", help="row format (auto, chat, instruction, ...)")
+    p.add_argument(
+        "--system-prompt", help="data.system_prompt: the system turn used in training and inference"
+    )
+    p.add_argument("--label-prompt", default=_data_default("label_prompt"), help="data.label_prompt")
+
+
+def _out_args(p: argparse.ArgumentParser, out_help: str = "output JSONL file") -> None:
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--report", help="report file to append to (default: data_report.json beside --out)")
+
+
+def _near_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exact-only", action="store_true", help="only exact (normalised) duplicates")
+    p.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
+
+
+def _add_looking(sub: Any) -> None:
+    p = sub.add_parser(
+        "inspect", help="format, counts, bad rows, token lengths, labels, one rendered example"
+    )
+    p.add_argument("file")
+    p.add_argument("--max-length", type=int, default=_data_default("max_length"), help="data.max_length")
+    _model_args(p)
+    p.add_argument("--json", help="also write the report as JSON here")
+    p.add_argument("--html", help="also write a self-contained HTML page here")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("lint", help="check training renders match inference prompts (exit 1 on errors)")
+    p.add_argument("file")
+    _model_args(p)
+    p.add_argument("--json", help="also write the report as JSON here")
+    p.set_defaults(func=_lint)
+
+    p = sub.add_parser("contamination", help="how many eval rows share a word n-gram with the train file")
+    p.add_argument("file", help="evaluation file")
+    p.add_argument("--train", required=True, help="training file")
+    p.add_argument("--n", type=int, default=8, help="n-gram length in words")
+    p.add_argument("--report", help="report file to append to (default: none)")
+    p.add_argument("--fail-above", type=float, help="exit 1 when the contaminated fraction is above this")
+    p.set_defaults(func=_contamination)
+
+
+def _add_writing(sub: Any) -> None:
+    p = sub.add_parser("clean", help="strip HTML, normalise Unicode/whitespace, drop empty or odd rows")
+    p.add_argument("file")
+    _out_args(p)
+    p.add_argument("--unicode", choices=["NFC", "NFKC", "none"], default="NFC")
+    p.add_argument("--keep-html", action="store_true", help="do not strip HTML remnants")
+    p.add_argument("--keep-empty", action="store_true", help="do not drop rows with nothing to learn")
+    p.add_argument("--min-chars", type=int, help="drop rows with fewer characters of text")
+    p.add_argument("--max-chars", type=int, help="drop rows with more characters of text")
+    p.add_argument("--missing", choices=["drop", "fill"], default="drop", help="rows lacking a field")
+    p.add_argument("--format", default="auto")
+    p.set_defaults(func=_clean)
+
+    p = sub.add_parser("dedup", help="drop exact and near-duplicate rows (first occurrence kept)")
+    p.add_argument("file")
+    _out_args(p)
+    _near_args(p)
+    p.set_defaults(func=_dedup)
+
+    p = sub.add_parser("leakage", help="drop training rows that repeat validation/test rows")
+    p.add_argument("file", help="training file")
+    p.add_argument("--eval", nargs="+", required=True, help="validation/test files to protect")
+    _out_args(p, "training rows without leaks (JSONL)")
+    _near_args(p)
+    p.set_defaults(func=_leakage)
+
+    p = sub.add_parser("pii", help="replace e-mails, phones, cards, IBANs, IDs, IPs with placeholders")
+    p.add_argument("file")
+    _out_args(p)
+    p.add_argument("--names", action="store_true", help="also person names (needs spaCy and a model)")
+    p.set_defaults(func=_pii)
+
+    p = sub.add_parser("split", help="seeded train/validation/test split; augmented rows stay in train")
+    p.add_argument("file")
+    _out_args(p, "directory for train.jsonl, validation.jsonl, test.jsonl")
+    p.add_argument("--ratios", type=_ratios, default=(0.8, 0.1, 0.1), help="train,validation[,test]")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stratify-by", help="row key (a label) whose proportions every split keeps")
+    p.add_argument("--group-by", help="row key whose rows always share a split (user, document...)")
+    p.set_defaults(func=_split)
+
+    p = sub.add_parser("augment", help="add paraphrased / word-edited copies of training rows")
+    p.add_argument("file", help="training file (not validation/test)")
+    _out_args(p)
+    p.add_argument("--n", type=int, default=1, help="new rows per row and op")
+    p.add_argument("--ops", default="paraphrase,swap,delete", help="comma list of paraphrase, swap, delete")
+    p.add_argument("--model", default="default", help="model that writes the paraphrases")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate", type=float, default=0.1, help="fraction of words swapped / deleted")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_augment)
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``data`` and its subcommands on the ``tunesmith`` parser's subparsers.
+
+    Each subcommand sets ``func(args) -> exit code``; TunesmithErrors are printed and give exit code 2.
+    """
+    data = subparsers.add_parser("data", help="inspect, lint, clean, dedup, split and augment data files")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
+    _add_looking(sub)
+    _add_writing(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``tunesmith data ...`` on its own (``python -m tunesmith.data.tools.cli inspect FILE``)."""
+    parser = argparse.ArgumentParser(prog="tunesmith")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Run a list of data steps over the training file before training: ``data.prepare`` in a run config.
+
+::
+
+    data:
+      train: raw.jsonl
+      prepare:
+        - {step: clean, unicode: NFKC, min_chars: 10}
+        - {step: dedup}                              # exact + near duplicates
+        - {step: pii}
+        - {step: leakage, eval_files: [val.jsonl]}       # drop train rows that repeat validation rows
+        - {step: augment, ops: [swap, delete], n: 1}
+
+Each step reads the previous step's output and writes ``<work_dir>/<NN>-<step>.jsonl``; the original file is
+never modified. The reports come back in order, ready for ``data_report.json``::
+
+    train_path, reports = run_prepare_steps("raw.jsonl", cfg.data.prepare, run_dir / "data")
+
+A step is one entry in :data:`PREPARE_STEPS`: its name and a function ``(src, dst, **options) -> report``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.tools.augment import augment_file
+from tunesmith.data.tools.clean import CleanOptions, clean_file
+from tunesmith.data.tools.dedup import NearDupConfig, dedup_file, find_leakage
+from tunesmith.data.tools.pii import redact_file
+from tunesmith.errors import ConfigError, DataError
+
+
+def _clean(src: Path, dst: Path, **options: Any) -> dict[str, Any]:
+    return clean_file(src, dst, CleanOptions(**options))
+
+
+def _dedup(src: Path, dst: Path, near: bool = True, threshold: float = 0.8) -> dict[str, Any]:
+    return dedup_file(src, dst, near=near, config=NearDupConfig(threshold=threshold))
+
+
+def _pii(src: Path, dst: Path, names: bool = False) -> dict[str, Any]:
+    return redact_file(src, dst, names=names)
+
+
+def _leakage(
+    src: Path, dst: Path, eval_files: Sequence[str], near: bool = True, threshold: float = 0.8
+) -> dict[str, Any]:
+    return find_leakage(src, list(eval_files), dst, near=near, config=NearDupConfig(threshold=threshold))
+
+
+def _augment(
+    src: Path,
+    dst: Path,
+    n: int = 1,
+    ops: Sequence[str] = ("swap", "delete"),
+    seed: int = 0,
+    rate: float = 0.1,
+    model: str = "default",
+) -> dict[str, Any]:
+    # Paraphrasing loads a model: opt in with ops: [paraphrase, ...]; the default is the cheap word edits.
+    return augment_file(src, dst, n=n, ops=ops, seed=seed, rate=rate, model_name=model)
+
+
+PREPARE_STEPS: dict[str, Callable[..., dict[str, Any]]] = {
+    "clean": _clean,
+    "dedup": _dedup,
+    "pii": _pii,
+    "leakage": _leakage,
+    "augment": _augment,
+}
+"""Steps a run config may list under ``data.prepare``, by name."""
+
+
+def _options(fn: Callable[..., Any], step: dict[str, Any], index: int) -> dict[str, Any]:
+    """The step's options, checked against what its function accepts (so a typo is an error, not ignored)."""
+    options = {k: v for k, v in step.items() if k != "step"}
+    if fn is _clean:
+        accepted = set(CleanOptions.__dataclass_fields__)
+    else:
+        accepted = set(list(inspect.signature(fn).parameters)[2:])
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ConfigError(
+            f"data.prepare[{index}] ({step['step']}): unknown option(s) {unknown}; "
+            f"accepted: {', '.join(sorted(accepted)) or 'none'}"
+        )
+    return options
+
+
+def run_prepare_steps(
+    train_path: str | Path, steps: Sequence[dict[str, Any]], work_dir: str | Path
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Apply ``steps`` in order to the training file.
+
+    Args:
+        train_path: The training file (never modified).
+        steps: ``[{"step": "clean", ...options}, ...]``; names and options as in :data:`PREPARE_STEPS`.
+        work_dir: Where the intermediate files go (``01-clean.jsonl``, ``02-dedup.jsonl``...).
+
+    Returns:
+        The last step's output (``train_path`` itself when there are no steps) and the step reports in order.
+
+    Raises:
+        ConfigError: an unknown step or option.
+        DataError: a step failed (unreadable file, malformed row...).
+    """
+    current = Path(train_path)
+    if not current.is_file():
+        raise DataError(f"training file {current} does not exist; check data.train")
+    work_dir = Path(work_dir)
+    reports: list[dict[str, Any]] = []
+    for i, step in enumerate(steps):
+        name = step.get("step") if isinstance(step, dict) else None
+        if name not in PREPARE_STEPS:
+            raise ConfigError(
+                f"data.prepare[{i}]: unknown step {name!r}; known steps: {', '.join(PREPARE_STEPS)} "
+                "(write each as {step: NAME, ...options})"
+            )
+        fn = PREPARE_STEPS[name]
+        options = _options(fn, step, i)
+        dst = work_dir / f"{i + 1:02d}-{name}.jsonl"
+        try:
+            inspect.signature(fn).bind(current, dst, **options)
+        except TypeError as err:  # e.g. leakage without its required ``eval_files`` list
+            raise ConfigError(f"data.prepare[{i}] ({name}): {err}") from None
+        reports.append(fn(current, dst, **options))
+        current = dst
+    return current, reports

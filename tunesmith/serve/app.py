@@ -1,0 +1,375 @@
+"""The OpenAI-compatible HTTP API over a :class:`~tunesmith.serve.models.Registry`.
+
+app = create_app(load_registry(["runs/support-bot"]), ServeSettings(api_keys=("s3cret",)))
+uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions`` (both with
+``stream``), ``POST /v1/classify`` (classification runs), ``GET /health``, ``GET /metrics`` (Prometheus).
+Handlers only validate, tokenize and wait: every forward runs on the batching worker's thread. A fixed
+number of slots bounds the work in progress; a request finding none free gets 429 at once instead of
+queueing without limit, and a streaming client that disconnects gives its slot back and stops its row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith.errors import DataError
+from tunesmith.serve import protocol as p
+from tunesmith.serve.batcher import (
+    Batcher,
+    Event,
+    Failed,
+    Finished,
+    Job,
+    SamplingParams,
+    Scores,
+    TextDelta,
+    classification_prompt,
+)
+from tunesmith.serve.http import EventStream, Guard, Slots
+from tunesmith.serve.metrics import Metrics
+from tunesmith.serve.models import Registry, ServedModel
+
+ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify", "/health", "/metrics")
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and batching knobs; the defaults suit one CPU box."""
+
+    api_keys: tuple[str, ...] = ()
+    """Accepted bearer keys; empty means no authentication (only sensible on 127.0.0.1)."""
+    max_body_bytes: int = 1 << 20
+    max_tokens_cap: int = 1024
+    """Largest ``max_tokens`` a request may ask for."""
+    default_max_tokens: int = 256
+    """``max_tokens`` when a request gives none (never past the model's context)."""
+    max_concurrent: int = 16
+    """Requests generating or waiting to generate at once; more get 429."""
+    max_inputs: int = 32
+    """Prompts per /v1/completions request and texts per /v1/classify request."""
+    max_batch_size: int = 8
+    """Requests per batched forward; 1 turns dynamic batching off."""
+    batch_wait_ms: float = 5.0
+
+
+class _Api:
+    """Route logic, kept apart from FastAPI wiring so each handler reads as validate -> submit -> answer."""
+
+    def __init__(self, registry: Registry, settings: ServeSettings, metrics: Metrics) -> None:
+        self.registry, self.settings, self.metrics = registry, settings, metrics
+        self.batcher = Batcher(metrics, settings.max_batch_size, settings.batch_wait_ms)
+        self.slots = Slots(settings.max_concurrent, metrics)
+
+    def served(self, model_id: str, task: str | None = None) -> ServedModel:
+        served = self.registry.models.get(model_id)
+        if served is None:
+            known = ", ".join(sorted(self.registry.models))
+            raise p.APIError(
+                404,
+                f"The model `{model_id}` does not exist; served: {known}",
+                param="model",
+                code="model_not_found",
+            )
+        if task is not None and served.task != task:
+            raise p.APIError(400, f"`{model_id}` is a {served.task} model, not a {task} one", param="model")
+        return served
+
+    def _submit(
+        self, served: ServedModel, prompts: list[list[int]], params: SamplingParams | None
+    ) -> tuple[asyncio.Queue[tuple[int, Event]], list[Job]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+
+        def emitter(index: int) -> Callable[[Event], None]:
+            def emit(event: Event) -> None:
+                # RuntimeError: the loop closed, the server is stopping and nobody is listening.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+
+            return emit
+
+        if params is None:
+            jobs = [Job(served, emitter(0), prompts=prompts)]
+        else:
+            jobs = [Job(served, emitter(i), prompt_ids=ids, params=params) for i, ids in enumerate(prompts)]
+        for job in jobs:
+            self.batcher.submit(job)
+        return queue, jobs
+
+    async def _results(self, queue: asyncio.Queue[tuple[int, Event]], n: int) -> list[Any]:
+        results: list[Any] = [None] * n
+        left = n
+        while left:
+            index, event = await queue.get()
+            if isinstance(event, Failed):
+                raise p.APIError(500, f"generation failed: {event.message}", type_="server_error")
+            if isinstance(event, Finished | Scores):
+                results[index], left = event, left - 1
+        return results
+
+    async def generate(
+        self, served: ServedModel, prompts: list[list[int]], params: SamplingParams, chunk: Callable
+    ) -> Any:
+        """Run prompts; a JSON-ready list of :class:`Finished`, or (with ``chunk``) a streaming response."""
+        release = self.slots.acquire()
+        try:
+            queue, jobs = self._submit(served, prompts, params)
+        except BaseException:
+            release()
+            raise
+
+        def close() -> None:
+            for job in jobs:
+                job.cancelled = True  # read by the worker: a row whose client left stops at its next token
+            release()
+
+        if chunk is not None:
+            return EventStream(self._stream(queue, len(prompts), chunk), close)
+        try:
+            return await self._results(queue, len(prompts))
+        finally:
+            close()
+
+    async def _stream(
+        self, queue: asyncio.Queue[tuple[int, Event]], n: int, chunk: Callable
+    ) -> AsyncIterator[bytes]:
+        """SSE chunks as tokens arrive; ``chunk(index, text, finish, usage)`` builds the JSON."""
+        first = chunk(0, None, None, None)
+        if first is not None:
+            yield p.sse(first)
+        left, prompt_total, completion_total = n, 0, 0
+        while left:
+            index, event = await queue.get()
+            if isinstance(event, TextDelta):
+                yield p.sse(chunk(index, event.text, None, None))
+            elif isinstance(event, Finished):
+                left -= 1
+                prompt_total += event.prompt_tokens
+                completion_total += event.completion_tokens
+                yield p.sse(chunk(index, "", event.finish_reason, None))
+            elif isinstance(event, Failed):
+                yield p.sse(p.error_body(f"generation failed: {event.message}", "server_error"))
+                break
+        if left == 0:
+            usage = chunk(0, None, None, p.usage(prompt_total, completion_total))
+            if usage is not None:
+                yield p.sse(usage)
+        yield p.sse("[DONE]")
+
+    async def classify(self, served: ServedModel, texts: list[str]) -> list[list[float]]:
+        try:
+            prompts = [classification_prompt(served, text) for text in texts]
+        except DataError as err:
+            raise p.APIError(500, str(err), type_="server_error") from None
+        longest = max(len(ids) for ids in prompts) + max(
+            len(served.tokenizer.encode(name, add_special_tokens=False)) + 1
+            for name in served.label_names or [""]
+        )
+        if longest > served.context_length:
+            raise p.APIError(
+                400,
+                f"This model's maximum context length is {served.context_length} tokens, but an input and "
+                f"its label need {longest}. Shorten the input.",
+                param="input",
+                code="context_length_exceeded",
+            )
+        release = self.slots.acquire()
+        jobs: list[Job] = []
+        try:
+            queue, jobs = self._submit(served, prompts, None)
+            (scores,) = await self._results(queue, 1)
+        finally:
+            for job in jobs:
+                job.cancelled = True  # a no-op once scored; skips the work if the handler was cancelled
+            release()
+        return scores.probabilities
+
+
+def _chat_prompt(served: ServedModel, req: p.ChatRequest) -> list[int]:
+    """Messages rendered with the model's own chat template, ready to generate the assistant turn."""
+    tokenizer = served.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise p.APIError(400, f"`{served.id}` has no chat template; use /v1/completions", param="model")
+    messages = p.message_dicts(req.messages, served.system_prompt)
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as err:  # jinja errors, unknown roles: the messages cannot be rendered
+        raise p.APIError(400, f"the chat template rejected these messages: {err}", param="messages") from None
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _inputs(value: str | list[str], name: str, limit: int) -> list[str]:
+    texts = [value] if isinstance(value, str) else list(value)
+    if not texts or len(texts) > limit:
+        raise p.APIError(400, f"{name} takes 1 to {limit} strings per request, got {len(texts)}", param=name)
+    return texts
+
+
+def _chat_chunks(cid: str, model: str, include_usage: bool) -> Callable[..., dict[str, Any] | None]:
+    def chunk(index: int, text: str | None, finish: str | None, use: dict | None) -> dict[str, Any] | None:
+        if use is not None:
+            return p.chat_chunk(cid, model, {}, use=use) if include_usage else None
+        if text is None:
+            return p.chat_chunk(cid, model, {"role": "assistant", "content": ""})
+        return p.chat_chunk(cid, model, {"content": text} if text else {}, finish)
+
+    return chunk
+
+
+def _completion_chunks(cid: str, model: str, include_usage: bool) -> Callable[..., dict[str, Any] | None]:
+    def chunk(index: int, text: str | None, finish: str | None, use: dict | None) -> dict[str, Any] | None:
+        if use is not None:
+            return p.completion_chunk(cid, model, 0, "", use=use) if include_usage else None
+        return None if text is None else p.completion_chunk(cid, model, index, text, finish)
+
+    return chunk
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in the OpenAI shape, whatever raised it."""
+
+    async def api_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, p.APIError)
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def invalid(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(x) for x in first["loc"] if x != "body") or None
+        message = f"{param}: {first['msg']}" if param else str(first["msg"])
+        return JSONResponse(p.error_body(message, param=param, code="invalid_request"), status_code=400)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        body = p.error_body(str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(body, status_code=exc.status_code)
+
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        body = p.error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error")
+        return JSONResponse(body, status_code=500)
+
+    app.add_exception_handler(p.APIError, api_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, crashed)
+
+
+def _add_routes(app: FastAPI, api: _Api) -> None:
+    settings, registry = api.settings, api.registry
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": sorted(registry.models)}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(api.metrics.render(), media_type=PROMETHEUS_TEXT)
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [p.model_card(s) for s in registry.models.values()]}
+
+    @app.get("/v1/models/{model_id}")
+    async def get_model(model_id: str) -> dict[str, Any]:
+        return p.model_card(api.served(model_id))
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: p.ChatRequest) -> Any:
+        served = api.served(req.model)
+        ids = _chat_prompt(served, req)
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        params = p.sampling_params(
+            req,
+            max_tokens,
+            len(ids),
+            served.context_length,
+            settings.max_tokens_cap,
+            settings.default_max_tokens,
+        )
+        cid = p.new_id("chatcmpl")
+        if req.stream:
+            include = bool((req.stream_options or {}).get("include_usage"))
+            return await api.generate(served, [ids], params, _chat_chunks(cid, served.id, include))
+        (done,) = await api.generate(served, [ids], params, None)
+        return p.chat_response(cid, served.id, done)
+
+    @app.post("/v1/completions")
+    async def completions(req: p.CompletionRequest) -> Any:
+        served = api.served(req.model)
+        prompts = [
+            list(served.tokenizer(t)["input_ids"]) for t in _inputs(req.prompt, "prompt", settings.max_inputs)
+        ]
+        if any(not ids for ids in prompts):
+            raise p.APIError(400, "prompt is empty", param="prompt")
+        longest = max(len(ids) for ids in prompts)
+        params = p.sampling_params(
+            req,
+            req.max_tokens,
+            longest,
+            served.context_length,
+            settings.max_tokens_cap,
+            settings.default_max_tokens,
+        )
+        cid = p.new_id("cmpl")
+        if req.stream:
+            include = bool((req.stream_options or {}).get("include_usage"))
+            return await api.generate(served, prompts, params, _completion_chunks(cid, served.id, include))
+        return p.completion_response(cid, served.id, await api.generate(served, prompts, params, None))
+
+    @app.post("/v1/classify")
+    async def classify(req: p.ClassifyRequest) -> dict[str, Any]:
+        served = api.served(req.model, task="classification")
+        texts = _inputs(req.input, "input", settings.max_inputs)
+        probabilities = await api.classify(served, texts)
+        labels = served.label_names or []
+        data = [
+            {
+                "index": i,
+                "label": labels[max(range(len(row)), key=row.__getitem__)],
+                "probabilities": dict(zip(labels, row, strict=True)),
+            }
+            for i, row in enumerate(probabilities)
+        ]
+        return {"object": "list", "model": served.id, "data": data}
+
+
+def create_app(registry: Registry, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``registry``; its batching worker starts and stops with the app's lifespan.
+
+    Args:
+        registry: models to serve (see :func:`tunesmith.serve.models.load_registry`).
+        settings: keys, limits and batching; defaults when None.
+    """
+    settings = settings or ServeSettings()
+    api = _Api(registry, settings, Metrics(ROUTES))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        api.batcher.start()
+        try:
+            yield
+        finally:
+            api.batcher.stop()
+
+    # No /docs or /openapi.json: the API is OpenAI's, documented there and in the README.
+    app = FastAPI(title="tunesmith", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.api = api
+    app.add_middleware(
+        Guard, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes, metrics=api.metrics
+    )
+    _add_error_handlers(app)
+    _add_routes(app, api)
+    return app

@@ -1,0 +1,82 @@
+"""``tunesmith serve SOURCE... [--host 127.0.0.1] [--port 8000] [--api-key-file F]``.
+
+tunesmith serve runs/support-bot runs/triage default          # two adapters and their base, one copy
+curl -s localhost:8000/v1/models
+tunesmith serve runs/support-bot --host 0.0.0.0 --api-key-file ~/.tunesmith-keys   # reachable by others
+
+Registered on the main parser by ``tunesmith.cli`` with :func:`add_parser`; imports nothing heavy until a
+server starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from tunesmith.errors import ConfigError
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register the ``serve`` subcommand on ``parser.add_subparsers()``'s result."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serve runs over an OpenAI-compatible HTTP API",
+        description="Serve runs over an OpenAI-compatible API (/v1/models, /v1/chat/completions, "
+        "/v1/completions, /v1/classify, /health, /metrics). Runs that share a base share one copy of it.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="run dir, model dir, or `default`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; non-loopback needs --api-key-file")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key-file", help="file with one API key per line; clients send `Bearer KEY`")
+    p.add_argument("--engine", choices=("torch", "vllm"), default="torch", help="vllm: hand over to vLLM")
+    p.add_argument("--max-concurrent", type=int, default=16, help="requests in progress before 429")
+    p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests per batched forward")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--no-batching", action="store_true", help="one request per forward")
+    p.set_defaults(func=run_serve)
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be 0-65535, got {args.port}")
+    for name in ("max_concurrent", "max_tokens_cap", "max_body_bytes", "max_batch_size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.batch_wait_ms < 0:
+        raise ConfigError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Check the bind policy and limits, load the sources, serve until Ctrl-C."""
+    from tunesmith.serve.server import check_bind, read_api_keys
+
+    keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
+    check_bind(args.host, keys)  # before loading anything: a refused bind should fail in milliseconds
+    _check_numbers(args)
+    if args.engine == "vllm":
+        from tunesmith.serve.vllm import exec_vllm
+
+        exec_vllm(args.sources, args.host, args.port, keys)
+    # Progress bars (weight loading, label scoring) would print on every request of a long-running server.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from tunesmith.serve.app import ServeSettings, create_app
+    from tunesmith.serve.models import load_registry
+    from tunesmith.serve.server import serve_forever
+
+    registry = load_registry(args.sources)
+    settings = ServeSettings(
+        api_keys=keys,
+        max_body_bytes=args.max_body_bytes,
+        max_tokens_cap=args.max_tokens_cap,
+        max_concurrent=args.max_concurrent,
+        max_batch_size=1 if args.no_batching else args.max_batch_size,
+        batch_wait_ms=0.0 if args.no_batching else args.batch_wait_ms,
+    )
+    for served in registry.models.values():
+        print(f"tunesmith: serving {served.id!r} ({served.kind}, {served.task}) from {served.source}")
+    print(f"tunesmith: {len(registry.bases)} model(s) in memory; API at http://{args.host}:{args.port}/v1")
+    serve_forever(create_app(registry, settings), args.host, args.port)
+    return 0

@@ -1,0 +1,231 @@
+"""What the server serves: sources (run directories, exported model directories, ``default``) loaded into a
+registry in which runs that share a base model share ONE copy of it.
+
+registry = load_registry(["runs/support-bot", "runs/triage", "default"])
+registry.models["triage"].task          # "classification"
+registry.models["support-bot"].base is registry.models["default"].base   # one base, two adapters on it
+
+LoRA runs become named PEFT adapters on their base (``load_adapter``); a request picks one with
+:func:`activate`, which the batching worker calls before each forward. Full-model runs and exported (merged)
+model directories are loaded as models of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import ConfigError, RunError
+from tunesmith.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model_path
+
+
+@dataclass
+class LoadedBase:
+    """One model in memory; ``model`` becomes a ``PeftModel`` once an adapter is attached to it."""
+
+    key: str
+    model: Any
+    adapters: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ServedModel:
+    """A model id the API answers to, and how to run it."""
+
+    id: str
+    kind: str
+    """``base`` (a model directory or ``default``, no adapter), ``adapter`` (a LoRA run) or ``full`` (a
+    full-model run's ``model/``)."""
+    base: LoadedBase
+    tokenizer: Any
+    source: str
+    adapter_name: str | None = None
+    task: str = "generation"
+    """``generation``, ``classification`` or ``language_modeling`` (from the run's summary.json)."""
+    label_names: list[str] | None = None
+    system_prompt: str | None = None
+    label_prompt: str = "Classify the text.\nText: {text}\nLabel:"
+    context_length: int = 2048
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+@dataclass
+class Registry:
+    """Served models by id, and the distinct models in memory by their resolved location."""
+
+    models: dict[str, ServedModel] = field(default_factory=dict)
+    bases: dict[str, LoadedBase] = field(default_factory=dict)
+
+    def add(self, served: ServedModel) -> None:
+        if served.id in self.models:
+            raise ConfigError(
+                f"two sources are both named {served.id!r} ({self.models[served.id].source} and "
+                f"{served.source}); model ids are directory names, so rename one of them"
+            )
+        self.models[served.id] = served
+        self.bases.setdefault(served.base.key, served.base)
+
+
+def context_length(model: Any, tokenizer: Any) -> int:
+    """The longest sequence the model was built for (prompt and completion together)."""
+    config = getattr(model, "config", None)
+    for attr in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    # Tokenizers without a limit report a huge sentinel (1e30); fall back to a conservative 2048.
+    return limit if isinstance(limit, int) and 0 < limit < 1_000_000 else 2048
+
+
+@contextmanager
+def activate(served: ServedModel) -> Iterator[Any]:
+    """The model to run for ``served``, with its adapter switched on (or all adapters off for the base).
+
+    Only the batching worker calls this, one batch at a time, so switching adapters cannot race a forward.
+    """
+    model = served.base.model
+    if served.adapter_name is not None:
+        model.set_adapter(served.adapter_name)
+        yield model
+    elif served.base.adapters:  # other runs put adapters on this model: switch them all off
+        with model.disable_adapter():
+            yield model
+    else:
+        yield model
+
+
+def base_key(name: str) -> str:
+    """Where a base model lives, so ``default``, ``./base`` and ``/abs/base`` share one copy."""
+    location = resolve_model_path(name)
+    return str(Path(location).resolve()) if isinstance(location, Path) else str(location)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path} is not valid JSON ({err}); re-run the step that wrote it") from None
+
+
+def _adapter_name(run_id: str, taken: list[str]) -> str:
+    # PEFT keeps adapters in ModuleDicts, whose keys may not contain '.'; keep names readable and unique.
+    name = re.sub(r"\W", "_", run_id) or "adapter"
+    while name in taken:
+        name += "_"
+    return name
+
+
+def _attach_adapter(base: LoadedBase, adapter_dir: Path, run_id: str) -> str:
+    name = _adapter_name(run_id, base.adapters)
+    if base.adapters:
+        base.model.load_adapter(str(adapter_dir), adapter_name=name)
+    else:
+        from peft import PeftModel
+
+        base.model = PeftModel.from_pretrained(base.model, str(adapter_dir), adapter_name=name)
+    base.adapters.append(name)
+    base.model.eval()
+    return name
+
+
+class _Loader:
+    """Loads sources one by one, reusing bases already in memory."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.tokenizers: dict[str, Any] = {}
+
+    def base(self, name: str, dtype: str = "auto", trust_remote_code: bool = False) -> LoadedBase:
+        key = base_key(name)
+        if key not in self.registry.bases:
+            model = load_causal_lm(name, dtype, trust_remote_code)
+            model.eval()
+            self.registry.bases[key] = LoadedBase(key, model)
+            self.tokenizers[key] = load_tokenizer(name, trust_remote_code)
+        return self.registry.bases[key]
+
+    def add_model_dir(self, served_id: str, name: str) -> None:
+        """``default``, an exported merged model, or any transformers model directory, without adapters."""
+        base = self.base(name)
+        tokenizer = self.tokenizers[base.key]
+        length = context_length(base.model, tokenizer)
+        self.registry.add(ServedModel(served_id, "base", base, tokenizer, name, context_length=length))
+
+    def add_run(self, run_dir: Path) -> None:
+        from tunesmith.runs import read_run_config
+
+        cfg = read_run_config(run_dir)
+        summary = _read_json(run_dir / "summary.json")
+        report = _read_json(run_dir / "data_report.json")
+        trust = cfg.model.trust_remote_code
+        if (run_dir / "adapter").is_dir():
+            base = self.base(cfg.model.name, cfg.model.dtype, trust)
+            adapter_name = _attach_adapter(base, run_dir / "adapter", run_dir.name)
+            has_tokenizer = (run_dir / "adapter" / "tokenizer_config.json").exists()
+            tokenizer = (
+                load_tokenizer(str(run_dir / "adapter"), trust)
+                if has_tokenizer
+                else self.tokenizers[base.key]
+            )
+            kind = "adapter"
+        elif (run_dir / "model").is_dir():
+            base = self.base(str(run_dir / "model"), cfg.model.dtype, trust)
+            adapter_name, tokenizer, kind = None, self.tokenizers[base.key], "full"
+        else:
+            raise RunError(f"{run_dir} has no adapter/ or model/: the run did not finish (try --resume)")
+        task = summary.get("task") or (cfg.task if cfg.task != "auto" else "generation")
+        served = ServedModel(
+            id=run_dir.name,
+            kind=kind,
+            base=base,
+            tokenizer=tokenizer,
+            source=str(run_dir),
+            adapter_name=adapter_name,
+            task=task,
+            label_names=report.get("label_names") or cfg.data.labels,
+            system_prompt=cfg.data.system_prompt,
+            label_prompt=cfg.data.label_prompt,
+            context_length=context_length(base.model, tokenizer),
+        )
+        if task == "classification" and not served.label_names:
+            raise RunError(f"{run_dir} is a classification run but data_report.json lists no label_names")
+        self.registry.add(served)
+
+
+def load_registry(sources: list[str]) -> Registry:
+    """Load every source once; runs on the same base share it (one copy in memory, one adapter each).
+
+    Args:
+        sources: run directories (``config.yaml`` + ``adapter/`` or ``model/``), exported model directories
+            (``config.json`` + safetensors), or ``default``.
+
+    Raises:
+        ConfigError: no sources, a missing path, or two sources with the same directory name.
+        RunError: an unfinished run directory.
+    """
+    if not sources:
+        raise ConfigError("give at least one model to serve: a run directory, a model directory or `default`")
+    registry = Registry()
+    loader = _Loader(registry)
+    for source in sources:
+        path = Path(source).expanduser()
+        if source == DEFAULT_MODEL:
+            loader.add_model_dir(DEFAULT_MODEL, DEFAULT_MODEL)
+        elif (path / "config.yaml").is_file():
+            loader.add_run(path)
+        elif (path / "config.json").is_file():
+            loader.add_model_dir(path.resolve().name, str(path))
+        else:
+            raise ConfigError(
+                f"{source} is not a run directory (config.yaml), a model directory (config.json) or `default`"
+            )
+    return registry
