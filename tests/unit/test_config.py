@@ -81,3 +81,12 @@ def test_every_recipe_validates(recipe):
     assert cfg.data.train is None or cfg.data.train.startswith("../shared/datasets")
     if cfg.data.train:
         assert (Path(__file__).resolve().parents[2] / cfg.data.train).exists()
+
+
+def test_readme_config_reference_is_current():
+    from tunesmith.config import reference_markdown
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert reference_markdown() in readme, (
+        "regenerate the README table from tunesmith.config.reference_markdown()"
+    )

@@ -189,13 +189,40 @@ def test_permute_qk_matches_llama_cpp_layout_and_transformers_inverts_it():
         assert np.array_equal(restored, weights)
 
 
-@pytest.mark.parametrize(("kind", "bound"), [("f32", 1e-6), ("f16", 2e-3), ("q8_0", 3e-2)])
-def test_gguf_round_trip_logits(exports, kind, bound, sample_ids):
+@pytest.fixture(scope="module")
+def merged_logits(exports, sample_ids) -> torch.Tensor:
     from transformers import AutoModelForCausalLM
 
-    merged = _logits(AutoModelForCausalLM.from_pretrained(exports["merged"]), sample_ids)
-    gguf_model = AutoModelForCausalLM.from_pretrained(exports[kind], gguf_file=GGUF_NAME, dtype=torch.float32)
-    assert _rel_err(_logits(gguf_model, sample_ids), merged) < bound
+    return _logits(AutoModelForCausalLM.from_pretrained(exports["merged"]), sample_ids)
+
+
+@pytest.fixture(scope="module")
+def gguf_config(exports):
+    """The config transformers reads from the f32 file's metadata (reading it costs seconds: done once)."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(exports["f32"], gguf_file=GGUF_NAME)
+
+
+def test_gguf_metadata_reads_back_as_the_model_config(gguf_config, exports):
+    from transformers import AutoConfig
+
+    original = AutoConfig.from_pretrained(exports["merged"])
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        assert getattr(gguf_config, key) == getattr(original, key)
+    assert gguf_config.num_key_value_heads == 2 and gguf_config.max_position_embeddings == 512
+    assert gguf_config.head_dim == 16 and gguf_config.tie_word_embeddings is True
+    assert gguf_config.rms_norm_eps == pytest.approx(original.rms_norm_eps)
+
+
+@pytest.mark.parametrize(("kind", "bound"), [("f32", 1e-6), ("f16", 2e-3), ("q8_0", 3e-2)])
+def test_gguf_round_trip_logits(exports, gguf_config, merged_logits, kind, bound, sample_ids):
+    from transformers import AutoModelForCausalLM
+
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        exports[kind], gguf_file=GGUF_NAME, config=gguf_config, dtype=torch.float32
+    )
+    assert _rel_err(_logits(gguf_model, sample_ids), merged_logits) < bound
 
 
 def test_gguf_tokenizer_round_trip(exports, default_tokenizer):
@@ -209,12 +236,14 @@ def test_gguf_tokenizer_round_trip(exports, default_tokenizer):
 
 
 def _fields(path: Path) -> tuple[dict, dict]:
-    from gguf import GGUFReader
+    """(metadata, {tensor name: GGML type name}) via transformers' fast header reader (gguf's takes seconds)."""
+    from gguf import GGMLQuantizationType
+    from transformers.integrations.gguf.reader import GgufHeader, read_gguf_metadata
 
-    reader = GGUFReader(path)
-    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
-    fields.update({k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.ggml.")})
-    return fields, {t.name: t.tensor_type.name for t in reader.tensors}
+    arrays = ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type")
+    metadata, _ = read_gguf_metadata(str(path), arrays)
+    header = GgufHeader.from_file(str(path))
+    return metadata, {t.name: GGMLQuantizationType(t.ggml_type).name for t in header.tensors}
 
 
 def test_gguf_metadata_and_tensor_types(exports, default_tokenizer):
@@ -314,7 +343,7 @@ def test_int8_export_loads_with_exact_weights_and_close_logits(exports, adapter_
     expected_q, expected_scale = quantize_weight(merged.model.layers[1].mlp.down_proj.weight)
     assert torch.equal(layer.weight().int_repr(), expected_q)
     assert torch.allclose(layer.weight().q_per_channel_scales().float(), expected_scale)
-    assert type(model.lm_head).__name__ == "DynamicQuantizedLinear"
+    assert isinstance(model.lm_head, torch.ao.nn.quantized.dynamic.Linear)  # the head is int8 too
     assert torch.equal(model.model.embed_tokens.weight, merged.model.embed_tokens.weight)
     int8_logits, fp32_logits = _logits(model, sample_ids), _logits(merged, sample_ids)
     assert _rel_err(int8_logits, fp32_logits) < 8e-2
