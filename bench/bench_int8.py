@@ -1,22 +1,25 @@
 """int8 export vs fp32 on the default model (SmolLM2-135M): CPU latency and logit agreement.
 
-    .venv/bin/python bench/bench_int8.py [--runs 3] [--out bench/results/int8.json]
+    .venv/bin/python bench/bench_int8.py [--runs 3] [--threads 1] [--out bench/results/int8.json (default)]
 
-Latency: greedy generation of exactly 32 new tokens after a 50-token prompt, batch 1, median of --runs
-(after one warm-up); tokens/s = 32 / seconds. Quality: over a few chat prompts plus the fp32 model's own
-continuations, at every position: top-1 agreement between int8 and fp32, and mean KL(fp32 || int8) in nats.
-The int8 model is the real export path: ``save_int8`` to a temp folder, then ``load_int8``.
+Models: fp32; ``int8`` = the real export path (``save_int8`` to a temp folder, then ``load_int8``); and
+``naive_dynamic`` = ``torch.ao.quantization.quantize_dynamic`` on every nn.Linear, the textbook recipe, for
+comparison. Latency: greedy generation of exactly 32 new tokens after a 50-token prompt, batch 1, median
+of --runs (after one warm-up); tokens/s = 32 / seconds. Quality: over a few chat prompts plus the fp32
+model's own continuations, at every position: top-1 agreement with fp32 and mean KL(fp32 || model) in nats.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -70,21 +73,21 @@ def tokens_per_second(model: Any, prompt: torch.Tensor, pad_id: int, runs: int) 
     return NEW_TOKENS / statistics.median(once() for _ in range(runs))
 
 
-def agreement(fp32: Any, int8: Any, tokenizer: Any) -> dict[str, float]:
-    """Top-1 agreement and mean KL(fp32 || int8) over prompts + the fp32 model's greedy continuations."""
+def agreement(reference: Any, model: Any, tokenizer: Any) -> dict[str, float]:
+    """Top-1 agreement and mean KL(reference || model) over prompts + the reference's greedy continuations."""
     agree, kl, positions = 0, 0.0, 0
     for question in QUESTIONS:
         prompt = _prompt_ids(tokenizer, question)
         with torch.no_grad():
-            seq = fp32.generate(
+            seq = reference.generate(
                 prompt,
                 attention_mask=torch.ones_like(prompt),
                 max_new_tokens=NEW_TOKENS,
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            ref = fp32(seq).logits[0].log_softmax(-1)
-            got = int8(seq).logits[0].log_softmax(-1)
+            ref = reference(seq).logits[0].log_softmax(-1)
+            got = model(seq).logits[0].log_softmax(-1)
         agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
         kl += float((ref.exp() * (ref - got)).sum(-1).sum())
         positions += ref.shape[0]
@@ -96,8 +99,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--runs", type=int, default=3, help="timed generations per model (median reported)")
-    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "int8.json",
+        help="JSON results",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     tokenizer = load_tokenizer("default")
     fp32 = load_causal_lm("default").eval()
@@ -107,24 +118,29 @@ def main() -> None:
         int8, _ = load_int8(tmp)
     fp32_mb = (Path(resolve_model_path("default")) / "model.safetensors").stat().st_size / 1e6
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notices
+        naive = torch.ao.quantization.quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, torch.qint8)
+
     prompt = _latency_prompt(tokenizer)
-    results = {
+    results: dict[str, Any] = {
         "model": "default (SmolLM2-135M-Instruct)",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "prompt_tokens": prompt.shape[1],
         "new_tokens": NEW_TOKENS,
-        "fp32_tokens_per_s": round(tokens_per_second(fp32, prompt, tokenizer.pad_token_id, args.runs), 2),
-        "int8_tokens_per_s": round(tokens_per_second(int8, prompt, tokenizer.pad_token_id, args.runs), 2),
         "fp32_weights_mb": round(fp32_mb, 1),
         "int8_weights_mb": round(int8_mb, 1),
-        **agreement(fp32, int8, tokenizer),
     }
-    results["speedup"] = round(results["int8_tokens_per_s"] / results["fp32_tokens_per_s"], 2)
+    for name, model in (("fp32", fp32), ("int8", int8), ("naive_dynamic", naive)):
+        speed = tokens_per_second(model, prompt, tokenizer.pad_token_id, args.runs)
+        results[name] = {"tokens_per_s": round(speed, 2)}
+        if model is not fp32:
+            results[name].update(agreement(fp32, model, tokenizer))
+    results["int8_speedup"] = round(results["int8"]["tokens_per_s"] / results["fp32"]["tokens_per_s"], 2)
     print(json.dumps(results, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def _export(args: argparse.Namespace) -> int:
     out = export(args.run_dir, args.format, args.out, gguf_type=args.gguf_type, force=args.force)
     manifest = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
     size_mb = sum(p.stat().st_size for p in Path(out).rglob("*") if p.is_file()) / 1e6
-    print(f"tunesmith: exported {args.format} to {out} ({len(manifest['files'])} files, {size_mb:.0f} MB)")
+    count = len(manifest["files"]) + 1  # the manifest lists every file but itself
+    print(f"tunesmith: exported {args.format} to {out} ({count} files, {size_mb:.0f} MB)")
     print("tunesmith: " + _NEXT_STEP[args.format].format(out=str(out)))
     return 0
 

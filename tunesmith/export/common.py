@@ -67,7 +67,7 @@ def load_merged(source: Source) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _local_base_dir(name: str) -> Path | None:
+def _local_base_dir(name: str) -> Path:
     from tunesmith.models.loading import resolve_model_path
 
     resolved = resolve_model_path(name)
@@ -87,7 +87,6 @@ def _local_base_dir(name: str) -> Path | None:
 def base_model_info(cfg: RunConfig) -> dict[str, Any]:
     """The base model's name, where it was found, and the sha256 of each of its weight files."""
     folder = _local_base_dir(cfg.model.name)
-    assert folder is not None
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelError(f"the base model folder {folder} holds no .safetensors weights to hash")

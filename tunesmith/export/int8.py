@@ -23,14 +23,19 @@ How it runs (``int8_config.json`` names a kernel per layer):
   rescaled per channel while the logits are not).
 * ``weight-only`` -- every other layer: int8 weights expanded to fp16 at load, fp32 activations (fbgemm fp16
   kernel). Quantizing these layers' activations too is what ``torch.ao.quantization.quantize_dynamic`` does,
-  and on SmolLM2-135M it is ruinous: top-1 agreement with fp32 41 %, mean KL 1.7 nats (down_proj inputs carry
-  per-token spikes of 100x; q/k/v and gate/up inputs have outlier channels). Weight-only int8 keeps 95 %
-  top-1 / KL 0.007, the smoothed int8 head costs ~0.01 more KL (bench/bench_int8.py measures both).
+  and on SmolLM2-135M it is ruinous (down_proj inputs carry rare, huge per-token spikes; q/k/v and gate/up
+  inputs have outlier channels).
 
-``torch.ao.quantization`` is deprecated in torch 2.13 in favour of torchao, yet it is still the only fast
-eager int8 CPU path in core torch (torchao needs ``torch.compile`` for CPU speed; ``torch._weight_int8pack_mm``
-measured 3-6x slower than fp32 on our AVX2 CPU). If a future torch drops it, ``load_int8`` still works: it
-expands the int8 weights to fp32 ``nn.Linear`` (same numbers, no speed-up) and warns.
+bench/bench_int8.py on the default model (50-token prompt + 32 greedy tokens, our 2-core AVX2 CPU): this
+export 23.0 tokens/s vs fp32 11.0 with 2 threads (2.1x), 16-18 vs 11-12 with 1 thread (noisy under load);
+top-1 agreement with fp32 92 %, mean KL 0.016 nats; weights 249 MB vs 538 MB. ``quantize_dynamic`` on every
+layer runs at 26.9 tokens/s but agrees on top-1 only 36 % of the time (KL 1.9): a different model.
+
+``torch.ao.quantization`` is deprecated in torch 2.13 in favour of torchao, yet it is still the only
+fast eager int8 CPU path in core torch (torchao needs ``torch.compile`` for CPU speed;
+``torch._weight_int8pack_mm`` measured 3-6x slower than fp32 on our AVX2 CPU). If a future torch drops it,
+``load_int8`` still works: it expands the int8 weights to fp32 ``nn.Linear`` (same numbers, no speed-up)
+and warns.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ _CALIBRATION = [
     ),
     (
         "Summarize Romeo and Juliet in two sentences.",
-        "Two young lovers from feuding families marry in secret. A chain of misunderstandings ends in both their deaths.",
+        "Two lovers from feuding families marry in secret. Misunderstandings end in both their deaths.",
     ),
     (
         "What are three benefits of exercise?",
@@ -100,7 +105,7 @@ def _head_and_norm(model: Any) -> tuple[str, str] | None:
 
 
 def calibration_ids(tokenizer: Any) -> list[Any]:
-    """Token ids of the built-in calibration chats, rendered with the tokenizer's chat template if it has one."""
+    """Token ids of the built-in calibration chats (through the chat template when there is one)."""
     texts = []
     for question, answer in _CALIBRATION:
         chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
@@ -183,7 +188,11 @@ def save_int8(model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
 
 
 def _dynamic_linear(q: Any, scale: Any, bias: Any, kind: str) -> Any:
-    """A fbgemm dynamic Linear for ``kind`` holding ``q``/``scale``, or None if torch no longer has it."""
+    """A fbgemm dynamic Linear for ``kind`` holding ``q``/``scale``; None where torch cannot run one.
+
+    None when ``torch.ao`` is gone or this CPU's quantized engine lacks the kernel (e.g. fp16 weights on
+    qnnpack/ARM): one probe call at load finds out, instead of a crash at the first generate.
+    """
     import torch
 
     try:
@@ -196,14 +205,19 @@ def _dynamic_linear(q: Any, scale: Any, bias: Any, kind: str) -> Any:
         # deprecation notices for torch.ao / quantized tensors: see the module docstring for why we use them
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        if kind == WEIGHT_ONLY:
-            layer = DynamicLinear(in_f, out_f, bias_=bias is not None, dtype=torch.float16)
-            layer.set_weight_bias(weight, bias)
-            return layer
-        layer = DynamicLinear(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
-        # requantizing q * scale with the same scale gives back q exactly (|error| << 0.5 before rounding)
-        zero = torch.zeros(out_f, dtype=torch.long)
-        layer.set_weight_bias(torch.quantize_per_channel(weight, scale.double(), zero, 0, torch.qint8), bias)
+        try:
+            if kind == WEIGHT_ONLY:
+                layer = DynamicLinear(in_f, out_f, bias_=bias is not None, dtype=torch.float16)
+                layer.set_weight_bias(weight, bias)
+            else:
+                layer = DynamicLinear(in_f, out_f, bias_=bias is not None, dtype=torch.qint8)
+                # requantizing q * scale with the same scale gives back exactly q
+                zero = torch.zeros(out_f, dtype=torch.long)
+                qweight = torch.quantize_per_channel(weight, scale.double(), zero, 0, torch.qint8)
+                layer.set_weight_bias(qweight, bias)
+            layer(torch.zeros(1, in_f))
+        except (RuntimeError, NotImplementedError):
+            return None
     return layer
 
 
@@ -261,7 +275,10 @@ def load_int8(path: str | Path) -> tuple[Any, Any]:
             layer = _fp32_linear(q, scale, bias)
         model.set_submodule(name, layer)
     if fallback:
-        warnings.warn("torch has no dynamic quantized Linear; running int8 weights as fp32", stacklevel=2)
+        warnings.warn(
+            "this torch/CPU cannot run some dynamic quantized Linear layers; those run int8 weights as fp32",
+            stacklevel=2,
+        )
     model.eval()
     return model, AutoTokenizer.from_pretrained(path)
 
