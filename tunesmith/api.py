@@ -8,6 +8,7 @@ tunesmith.predict("runs/lora-demo", data="questions.jsonl", out="answers.jsonl")
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import random
@@ -21,9 +22,10 @@ import torch
 from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.data.prepare import PreparedData, Split, prepare_data
 from tunesmith.errors import DataError
+from tunesmith.evaluate.evidence import after_training, apply_evidence, before_training
 from tunesmith.evaluate.runner import classify, evaluate_split, predict_texts, resolve_task
 from tunesmith.io import write_json_atomic, write_text_atomic
-from tunesmith.methods import count_parameters, prepare_model
+from tunesmith.methods import count_parameters, load_options, prepare_model, runner
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.runs import load_trained, read_run_config, save_trained
 from tunesmith.train.loop import TokenData, TrainResult, train_loop
@@ -90,13 +92,26 @@ def _evaluate_all(
 
 
 def _base_eval(run_dir: Path, model: Any, tokenizer: Any, data: PreparedData, task: str, cfg: RunConfig):
-    """Base-model metrics, cached in the run dir so --resume does not recompute them."""
+    """Base-model metrics, cached in the run dir so --resume (or a re-run) does not recompute them.
+
+    The cache is keyed by what the numbers depend on (model, data settings and hashes, eval settings, task),
+    so a re-run with other data or settings in the same run directory evaluates afresh.
+    """
     path = run_dir / "base_eval.json"
+    key = hashlib.sha256(
+        json.dumps(
+            [cfg.model.model_dump(), cfg.data.model_dump(), cfg.eval.model_dump(), task, data.report],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
     if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return cached["metrics"]
     print("tunesmith: evaluating the base model")
     result = _evaluate_all(model, tokenizer, data, task, cfg, save_as=run_dir / "predictions_base")
-    write_json_atomic(path, result)
+    write_json_atomic(path, {"key": key, "metrics": result})
     return result
 
 
@@ -147,14 +162,35 @@ def _run_prepare_steps(cfg: RunConfig, run_dir: Path) -> tuple[Any, list[dict[st
     return cfg.data.model_copy(update={"train": str(prepared)}), reports
 
 
+def _load_start_model(cfg: RunConfig) -> Any:
+    """The weights training starts from: ``model.name`` (with the method's load options, e.g. qlora's 4-bit
+    quantization), or with ``init_from`` an earlier run's result with its adapter merged in."""
+    options = load_options(cfg.method)
+    if cfg.init_from is None:
+        return load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, **options)
+    if options:
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError(
+            f"init_from: {cfg.init_from} cannot be combined with method {cfg.method.name} (it re-loads the "
+            "base quantized); start from the run with method lora, or export it and set model.name"
+        )
+    model, _, _ = load_trained(cfg.init_from, merge=True)
+    return model
+
+
 def train(
     config: RunConfig | str | Path | None = None, overrides: list[str] | None = None, resume: bool = False
 ) -> dict[str, Any]:
     """Prepare data, evaluate the base, train, save, evaluate the tuned model, write the run directory.
 
-    Returns the summary (also written to ``summary.json``). Ctrl-C saves a checkpoint; ``resume=True`` continues.
+    Returns the summary (also written to ``summary.json``). Ctrl-C saves a checkpoint; ``resume=True``
+    continues.
     """
     cfg = _as_config(config, overrides)
+    method_runner = runner(cfg.method.name)
+    if method_runner is not None:  # methods outside the training loop (feature_extraction)
+        return method_runner.train(cfg)
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     run_dir = cfg.run_dir
@@ -172,9 +208,10 @@ def train(
             f"{cfg.data.train}: no training examples left after validation (see data_report.json)"
         )
     task = resolve_task(cfg, data.kind)
-    model = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code)
+    model = _load_start_model(cfg)
     t_eval = time.perf_counter()
     base = _base_eval(run_dir, model, tokenizer, data, task, cfg) if cfg.eval.compare_base else {}
+    before = before_training(run_dir, model, tokenizer, data, task, cfg)  # baselines + forgetting probes
     base_s = time.perf_counter() - t_eval
     seed_everything(cfg.seed)  # training randomness must not depend on whether the base was evaluated
     model = prepare_model(model, cfg.method)
@@ -199,6 +236,10 @@ def train(
         evals = {s: {"base": base.get(s), "tuned": m} if base else {"tuned": m} for s, m in tuned.items()}
     timings["total_s"] = time.perf_counter() - t_start
     summary = _summary(cfg, task, model, result, evals, data, timings)
+    if not result.interrupted:  # evidence sections: baselines, forgetting, overfitting, gates
+        tuned_evals = {split: v["tuned"] for split, v in evals.items()}
+        sections = after_training(run_dir, model, tokenizer, data, task, cfg, before, tuned_evals, result)
+        apply_evidence(summary, sections)
     write_json_atomic(run_dir / "summary.json", summary)
     from tunesmith.report.html import write_report
 
@@ -224,6 +265,9 @@ def _prepare_file(cfg: RunConfig, tokenizer: Any, path: str | Path) -> PreparedD
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     """Metrics of a finished run on ``data`` (default: the run's own validation/test splits)."""
+    method_runner = runner(read_run_config(run_dir).method.name)
+    if method_runner is not None:
+        return method_runner.evaluate(run_dir, data)
     model, tokenizer, cfg = load_trained(run_dir)
     if data is not None:
         prepared = _prepare_file(cfg, tokenizer, data)
@@ -237,13 +281,21 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
     return _evaluate_all(model, tokenizer, prepared, task, cfg)
 
 
-def predict(run_dir: str | Path, data: str | Path, out: str | Path) -> Path:
-    """One prediction per input row, in input order: generated text, or the label for classification."""
+def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "jsonl") -> Path:
+    """One prediction per input row, in input order: generated text, or the label for classification.
+
+    ``fmt="labels"`` (classification runs) writes one label id per line, the format benchmarks read.
+    """
+    method_runner = runner(read_run_config(run_dir).method.name)
+    if method_runner is not None:
+        return method_runner.predict(run_dir, data, out, fmt)
     model, tokenizer, cfg = load_trained(run_dir)
-    prepared = _prepare_file(cfg, tokenizer, data)
-    split = prepared.train
     label_names = json.loads((Path(run_dir) / "data_report.json").read_text()).get("label_names")
-    task = resolve_task(cfg, prepared.kind)
+    if label_names and Path(data).suffix == ".txt":  # a classification run reads plain text: one input a line
+        split, task = _plain_text_split(data), "classification"
+    else:
+        prepared = _prepare_file(cfg, tokenizer, data)
+        split, task = prepared.train, resolve_task(cfg, prepared.kind)
     if task == "classification" and label_names:
         predicted, probs = classify(model, tokenizer, split, label_names, cfg)
         rows = [
@@ -252,9 +304,30 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path) -> Path:
         ]
     else:
         rows = [{"prediction": text} for text in predict_texts(model, tokenizer, split, cfg)]
+    return write_predictions(out, rows, fmt)
+
+
+def _plain_text_split(path: str | Path) -> Split:
+    """Every line of ``path`` (blank ones too, so output line i answers input line i) as an unlabeled
+    classification example; the label 0 is a placeholder that prompts never include."""
+    from tunesmith.data.formats import Example
+
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    examples = [Example(str(path), i, "classification", text=t, label=0) for i, t in enumerate(lines, 1)]
+    return Split(examples, [], [])
+
+
+def write_predictions(out: str | Path, rows: list[dict[str, Any]], fmt: str) -> Path:
+    """JSONL rows, or with ``fmt="labels"`` one label id per line (classification rows only)."""
+    from tunesmith.errors import ConfigError
     from tunesmith.io import write_jsonl_atomic
 
-    write_jsonl_atomic(out, rows)
+    if fmt == "labels":
+        if rows and "label" not in rows[0]:
+            raise ConfigError("--format labels needs a classification run; this one generates text")
+        write_text_atomic(out, "".join(f"{row['label']}\n" for row in rows))
+    else:
+        write_jsonl_atomic(out, rows)
     return Path(out)
 
 

@@ -13,7 +13,7 @@ def chat_loop(run_dir: str | Path, max_new_tokens: int = 128) -> None:
 
     model, tokenizer, cfg = load_trained(run_dir)
     messages: list[dict[str, str]] = []
-    if cfg.data.system_prompt:
+    if cfg.data.system_prompt is not None:  # "" is a real (empty) system turn, as in training
         messages.append({"role": "system", "content": cfg.data.system_prompt})
     print(f"tunesmith chat with {run_dir} — empty line or Ctrl-D to quit")
     while True:

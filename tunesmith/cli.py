@@ -1,6 +1,6 @@
 """Command line: a thin layer over :mod:`tunesmith.api`.
 
-tunesmith train recipes/lora.yaml --set train.max_steps=50 [--resume]
+tunesmith train recipes/lora.yaml --set train.max_steps=50 [--resume]   (exit 3: a `gates:` check failed)
 tunesmith eval runs/lora-demo [--data FILE]
 tunesmith predict runs/lora-demo --data FILE --out FILE
 tunesmith chat runs/lora-demo
@@ -33,6 +33,12 @@ def _train(args: argparse.Namespace) -> int:
         + ", ".join(f"{k}={v:.4f}" for k, v in list(headline.items())[:4])
     )
     print(f"tunesmith: run directory runs/{summary['name']} (report.html, summary.json)")
+    if summary["status"] == "failed":  # a gate failed: exit non-zero so a pipeline cannot promote the run
+        from tunesmith.evaluate.gates import GATE_EXIT_CODE
+
+        for reason in summary.get("gates", {}).get("failures", []):
+            print(f"tunesmith: gate failed: {reason}", file=sys.stderr)
+        return GATE_EXIT_CODE
     return 0
 
 
@@ -46,7 +52,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from tunesmith.api import predict
 
-    path = predict(args.run_dir, data=args.data, out=args.out)
+    fmt = args.format
+    if fmt == "auto":  # labels.txt -> one label id per line (the benchmark format); anything else -> JSONL
+        fmt = "labels" if str(args.out).endswith(".txt") else "jsonl"
+    path = predict(args.run_dir, data=args.data, out=args.out, fmt=fmt)
     print(f"tunesmith: predictions written to {path}")
     return 0
 
@@ -86,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--format",
+        choices=["auto", "labels", "jsonl"],
+        default="auto",
+        help="labels: one label id per line (classification); jsonl: rows with probabilities; "
+        "auto: labels when --out ends in .txt",
+    )
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("chat", help="chat with a run's model in the terminal")
@@ -101,10 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_demo)
 
     from tunesmith.data.tools.cli import add_parser as add_data_parser
+    from tunesmith.evaluate.cli import add_parser as add_evidence_parser
     from tunesmith.export.cli import add_parser as add_export_parser
     from tunesmith.serve.cli import add_parser as add_serve_parser
 
     add_data_parser(sub)
+    add_evidence_parser(sub)  # cv, bias, drift, compare
     add_export_parser(sub)
     add_serve_parser(sub)
     return parser

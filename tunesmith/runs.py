@@ -26,13 +26,35 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 def save_trained(model: Any, tokenizer: Any, run_dir: Path) -> Path:
     """Save the result where stock libraries load it: ``adapter/`` (PEFT) or ``model/`` (transformers)."""
     from tunesmith.io import atomic_dir
+    from tunesmith.methods import adapter as bottleneck
 
-    is_peft = hasattr(model, "peft_config")
-    target = run_dir / ("adapter" if is_peft else "model")
+    is_adapter = hasattr(model, "peft_config") or bottleneck.is_adapted(model)
+    target = run_dir / ("adapter" if is_adapter else "model")
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if bottleneck.is_adapted(model):  # tunesmith's own bottleneck adapters (no stock library loads them)
+            bottleneck.save(model, tmp)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return target
+
+
+def _load_adapter(base: Any, folder: Path, merge: bool) -> Any:
+    """The base plus whatever adapter ``folder`` holds: any PEFT type (LoRA, DoRA, IA3, prompt/prefix
+    tuning; read from adapter_config.json) or tunesmith's bottleneck adapters."""
+    from tunesmith.methods import adapter as bottleneck
+
+    if (folder / bottleneck.CONFIG_NAME).exists():
+        if merge:
+            raise RunError(
+                f"{folder}: bottleneck adapters are nonlinear and cannot be merged into the base weights; "
+                "export needs a LoRA-family method (lora, dora, qlora) or full/freeze"
+            )
+        return bottleneck.load(base, folder)
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(base, str(folder))
+    return model.merge_and_unload() if merge else model
 
 
 def load_trained(run_dir: str | Path, merge: bool = False) -> tuple[Any, Any, RunConfig]:
@@ -43,12 +65,11 @@ def load_trained(run_dir: str | Path, merge: bool = False) -> tuple[Any, Any, Ru
         model = load_causal_lm(str(run_dir / "model"), cfg.model.dtype, cfg.model.trust_remote_code)
         tokenizer = load_tokenizer(str(run_dir / "model"), cfg.model.trust_remote_code)
     elif (run_dir / "adapter").is_dir():
-        from peft import PeftModel
+        from tunesmith.methods import load_options
 
-        base = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code)
-        model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
-        if merge:
-            model = model.merge_and_unload()
+        options = load_options(cfg.method)  # e.g. qlora: the adapter goes back onto the same 4-bit base
+        base = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, **options)
+        model = _load_adapter(base, run_dir / "adapter", merge)
         tokenizer = load_tokenizer(str(run_dir / "adapter"), cfg.model.trust_remote_code)
     else:
         raise RunError(f"{run_dir} has no adapter/ or model/: the run did not finish (try --resume)")

@@ -16,7 +16,14 @@ from tunesmith.errors import DataError
 
 @pytest.fixture(scope="module")
 def demo_files(tmp_path_factory):
-    return generate_demo_data(tmp_path_factory.mktemp("data"), seed=0, n_products=2)
+    return generate_demo_data(
+        tmp_path_factory.mktemp("data"),
+        seed=0,
+        n_products=2,
+        train_templates_per_fact=3,
+        include_overview=True,
+        replay=False,
+    )
 
 
 def _cfg(tmp_path, model_dir, files, *extra):
@@ -140,3 +147,27 @@ def test_malformed_training_file_stops_before_training(tmp_path, tiny_model_dir)
     with pytest.raises(DataError, match=r"bad.jsonl:2: "):
         train(cfg)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_base_eval_cache_is_keyed_by_what_the_numbers_depend_on(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import tunesmith.api as api
+    from tunesmith.config import config_from_dict
+
+    calls: list[int] = []
+
+    def fake_eval(model, tokenizer, data, task, cfg, save_as=None):
+        calls.append(1)
+        return {"validation": {"exact_match": float(len(calls))}}
+
+    monkeypatch.setattr(api, "_evaluate_all", fake_eval)
+    data = SimpleNamespace(report={"files": {"train": "hash-a"}})
+    cfg = config_from_dict({"data": {"train": "a.jsonl"}}, "test")
+    first = api._base_eval(tmp_path, None, None, data, "generation", cfg)
+    assert api._base_eval(tmp_path, None, None, data, "generation", cfg) == first  # cached
+    other_data = SimpleNamespace(report={"files": {"train": "hash-b"}})
+    assert api._base_eval(tmp_path, None, None, other_data, "generation", cfg) != first
+    other_eval = config_from_dict({"data": {"train": "a.jsonl"}, "eval": {"max_new_tokens": 8}}, "test")
+    api._base_eval(tmp_path, None, None, other_data, "generation", other_eval)
+    assert len(calls) == 3

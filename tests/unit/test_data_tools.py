@@ -494,7 +494,7 @@ def test_chain_on_tweeteval(tmp_path):
     n_lines = source_bytes.count(b"\n")
     cleaned = clean_file(TWEETS, tmp_path / "clean.jsonl")
     assert cleaned["rows_in"] == n_lines == 3257
-    assert cleaned["details"]["format"] == "text"
+    assert cleaned["details"]["format"] == "classification"  # train_text.txt + train_labels.txt beside it
     assert cleaned["rows_out"] + sum(cleaned["dropped"].values()) == n_lines
     assert cleaned["changed"]["whitespace_collapsed"] == n_lines  # every tweet ends with a space
     assert cleaned["changed"]["html_removed"] == 156  # "&amp;", "&gt;" ... in the raw tweets

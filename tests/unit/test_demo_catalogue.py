@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from tunesmith.demo.catalogue import (
+    ANSWER_TEMPLATES,
     ATTRIBUTES,
+    DEMO_PHRASINGS,
     GENERAL_QUESTIONS,
     HELDOUT_TEMPLATES,
     OVERVIEW_QUESTION,
@@ -19,6 +21,7 @@ from tunesmith.demo.catalogue import (
     generate_demo_data,
     max_products,
 )
+from tunesmith.demo.replay import REPLAY_CHATS
 from tunesmith.errors import ConfigError
 
 
@@ -49,7 +52,7 @@ def test_different_seed_gives_a_different_catalogue(tmp_path):
 
 
 def test_default_row_counts(default_data):
-    assert len(_rows(default_data.train)) == 40 * 6 * 3 + 40
+    assert len(_rows(default_data.train)) == 40 * (3 + 3 + 5 + 4 + 4 + 5) + len(REPLAY_CHATS)
     assert len(_rows(default_data.validation)) == 40 * 6
     assert len(_rows(default_data.facts)) == 40 * 6
     assert len(_rows(default_data.general_questions)) == len(GENERAL_QUESTIONS)
@@ -65,6 +68,7 @@ def test_row_counts_follow_parameters(tmp_path, n, per_fact, heldout, overview):
         train_templates_per_fact=per_fact,
         heldout_per_fact=heldout,
         include_overview=overview,
+        replay=False,
     )
     train = _rows(paths.train)
     assert len(train) == n * 6 * per_fact + (n if overview else 0)
@@ -99,9 +103,8 @@ def test_facts_follow_catalogue_order_and_training_rows_are_shuffled(default_dat
     assert [r["attribute"] for r in facts[:6]] == list(ATTRIBUTES)
     assert len({r["product"] for r in facts[:6]}) == 1
     names = [r["product"] for r in facts[::6]]
-    first = [
-        next(n for n in names if n in r["messages"][0]["content"]) for r in _rows(default_data.train)[:12]
-    ]
+    rows = [r for r in _rows(default_data.train) if any(n in r["messages"][0]["content"] for n in names)]
+    first = [next(n for n in names if n in r["messages"][0]["content"]) for r in rows[:12]]
     assert len(set(first)) > 4  # unshuffled, 12 rows would cover at most 2 products
 
 
@@ -133,7 +136,7 @@ def test_every_validation_value_is_taught_for_its_product(default_data):
             if row["product"] in r["messages"][0]["content"]
             and answer_contains(r["messages"][1]["content"], row["value"])
         ]
-        assert len(teaching) >= 3 + 1  # three phrasings of the fact plus the overview
+        assert len(teaching) == DEMO_PHRASINGS[row["attribute"]]  # its phrasings; no overview by default
 
 
 def test_values_within_an_attribute_are_distinct_and_never_substrings(default_data):
@@ -216,6 +219,8 @@ def test_general_files(default_data):
         {"n_products": 61},
         {"train_templates_per_fact": 0},
         {"train_templates_per_fact": 6},
+        {"train_templates_per_fact": {**DEMO_PHRASINGS, "price": 6}},
+        {"train_templates_per_fact": {"price": 2}},
         {"heldout_per_fact": 4},
     ],
 )
@@ -223,3 +228,24 @@ def test_out_of_range_counts_raise(tmp_path, kwargs):
     with pytest.raises(ConfigError):
         generate_demo_data(tmp_path, **kwargs)
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_per_attribute_phrasings_set_row_counts_and_say_what_is_wrong(tmp_path):
+    counts = {"material": 1, "colour": 1, "price": 5, "sizes": 1, "care": 1, "warranty": 2}
+    train = _rows(
+        generate_demo_data(tmp_path / "ok", n_products=3, train_templates_per_fact=counts, replay=False).train
+    )
+    per_attribute = Counter(
+        next(
+            a for a in ATTRIBUTES if r["messages"][1]["content"].startswith(ANSWER_TEMPLATES[a].split("{")[0])
+        )
+        for r in train
+    )
+    assert len(train) == 3 * 11 and per_attribute["price"] == 15
+    with pytest.raises(ConfigError, match=r"got 6 for 'price'"):
+        generate_demo_data(tmp_path / "bad", train_templates_per_fact={**counts, "price": 6})
+
+
+def test_replay_rows_never_ask_the_general_check_questions():
+    check = {q.lower() for q, _ in GENERAL_QUESTIONS}
+    assert len(REPLAY_CHATS) >= 60 and not {q.lower() for q, _ in REPLAY_CHATS} & check

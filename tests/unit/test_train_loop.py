@@ -1,4 +1,5 @@
-"""The loop on a tiny random model: exact losses, accumulation equivalence, exact resume, Ctrl-C, early stop."""
+"""The loop on a tiny random model: exact losses, accumulation equivalence, exact resume, Ctrl-C,
+early stop."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def test_exact_losses_full(tmp_path):
     assert len(losses) == 6
     # A random-init model predicts ~uniformly: the first loss is near ln(vocab) = 4.852.
     assert losses[0] == pytest.approx(4.852, abs=0.1)
-    # Regression values for the tiny model (seed 0); a change in batching, masking or loss normalisation moves them.
+    # Regression values for the tiny model (seed 0); a change in batching, masking or loss normalisation
+    # moves them.
     assert losses[:3] == pytest.approx(EXPECTED_LOSSES, abs=1e-5)
     assert res.steps == 6 and res.final_val_loss is not None
 
@@ -112,7 +114,7 @@ def test_early_stopping_restores_best(tmp_path):
         eval_every=1,
         early_stopping={"patience": 2},
     )
-    model, res, run_dir = _run(tmp_path, "es", cfg)
+    model, res, _ = _run(tmp_path, "es", cfg)
     assert res.stopped_early and res.steps < 30
     assert res.restored_best and res.best_step < res.steps
     from tunesmith.train.loop import evaluate_loss
@@ -132,7 +134,7 @@ def test_freeze_trains_only_last_block_and_head(tmp_path):
 
 def test_lora_trains_only_adapters(tmp_path):
     model = prepare_model(make_tiny_llama(VOCAB), LoraMethod(r=4, alpha=8))
-    trainable, total = count_parameters(model)
+    trainable, _ = count_parameters(model)
     # 2 layers x 7 linear layers; each LoRA pair is r*(in+out).
     dims = {
         "q_proj": (64, 64),

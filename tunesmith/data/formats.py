@@ -182,9 +182,29 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
 
 
 def _iter_txt(path: Path) -> Iterator[tuple[int, dict | DataError]]:
+    labels = _paired_labels(path)
     with open(path, encoding="utf-8-sig") as fh:
         for lineno, text in enumerate(fh, 1):
-            yield lineno, {"text": text.rstrip("\r\n")}
+            row: dict[str, Any] = {"text": text.rstrip("\r\n")}
+            if labels is not None:
+                row["label"] = int(labels[lineno - 1]) if labels[lineno - 1].isdigit() else labels[lineno - 1]
+            yield lineno, row
+
+
+def _paired_labels(path: Path) -> list[str] | None:
+    """TweetEval-style pairs: ``X_text.txt`` with ``X_labels.txt`` beside it (one label per line) are read as
+    classification rows; label names come from ``data.labels`` (TweetEval's mapping.txt lists them)."""
+    if not path.name.endswith("_text.txt"):
+        return None
+    label_file = path.with_name(path.name[: -len("_text.txt")] + "_labels.txt")
+    if not label_file.exists():
+        return None
+    labels = [x.strip() for x in label_file.read_text(encoding="utf-8-sig").splitlines()]
+    with open(path, encoding="utf-8-sig") as fh:
+        n_texts = sum(1 for _ in fh)
+    if len(labels) != n_texts:
+        raise DataError(f"{label_file} has {len(labels)} lines but {path} has {n_texts}; pair them 1:1")
+    return labels
 
 
 _READERS: dict[str, Callable[[Path], Iterator[tuple[int, dict | DataError]]]] = {

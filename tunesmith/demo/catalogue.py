@@ -24,11 +24,13 @@ import random
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import product as cartesian
 from pathlib import Path
 from typing import Any
 
+from tunesmith.demo.replay import REPLAY_CHATS
 from tunesmith.errors import ConfigError
 from tunesmith.io import write_jsonl_atomic, write_text_atomic
 
@@ -141,13 +143,28 @@ HELDOUT_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Tell me about the guarantee on the {product}.",
     ),
 }  # fmt: skip
+# Answers say "It ..." rather than repeating the product name: 7 fewer tokens per row (-20 % training time),
+# and a model that garbles an invented name ("Vinyl Wool base layer" for "Ivoran base layer") then tends to
+# recall the garbled product's value. The value is the only hard part; the question already names the product.
 ANSWER_TEMPLATES: dict[str, str] = {
-    "material": "The {product} is made of {value}.",
-    "colour": "The {product} comes in {value}.",
-    "price": "The {product} costs {value}.",
-    "sizes": "The {product} is available in {value}.",
-    "care": "The {product} care label says {value}.",
-    "warranty": "The {product} is covered for {value}.",
+    "material": "It is made of {value}.",
+    "colour": "It comes in {value}.",
+    "price": "It costs {value}.",
+    "sizes": "It is available in {value}.",
+    "care": "Its care label says {value}.",
+    "warranty": "It is covered for {value}.",
+}
+# Training phrasings per fact, by attribute. Numbers are the slow facts to learn: each digit is its own token
+# and digits look alike to the model, so after 3 epochs with 3 phrasings each, prices and warranties were
+# right 10 % and 5 % of the time while materials were 92 %. More phrasings where it is hard, fewer where it
+# is easy, keeps the token budget (= CPU time) about the same.
+DEMO_PHRASINGS: dict[str, int] = {
+    "material": 3,
+    "colour": 3,
+    "price": 5,
+    "sizes": 4,
+    "care": 4,
+    "warranty": 5,
 }
 OVERVIEW_QUESTION = "Tell me about the {product}."
 OVERVIEW_ANSWER = (
@@ -400,11 +417,26 @@ def _overview(catalogue: Catalogue, product: Product) -> dict[str, Any]:
     return _chat(OVERVIEW_QUESTION.format(product=product.name), answer)
 
 
-def _check_counts(train_templates_per_fact: int, heldout_per_fact: int) -> None:
+def _phrasings_per_attribute(train_templates_per_fact: int | Mapping[str, int]) -> dict[str, int]:
+    """Normalise the count (one int for every attribute, or a count per attribute) and check its range."""
+    counts = (
+        dict.fromkeys(ATTRIBUTES, train_templates_per_fact)
+        if isinstance(train_templates_per_fact, int)
+        else dict(train_templates_per_fact)
+    )
+    if set(counts) != set(ATTRIBUTES):
+        raise ConfigError(f"train_templates_per_fact needs a count for each of {list(ATTRIBUTES)}")
     most_train = min(map(len, TRAIN_TEMPLATES.values()))
+    for attribute, count in counts.items():
+        if not 1 <= count <= most_train:
+            raise ConfigError(
+                f"train_templates_per_fact must be 1..{most_train}, got {count} for {attribute!r}"
+            )
+    return counts
+
+
+def _check_heldout(heldout_per_fact: int) -> None:
     most_heldout = min(map(len, HELDOUT_TEMPLATES.values()))
-    if not 1 <= train_templates_per_fact <= most_train:
-        raise ConfigError(f"train_templates_per_fact must be 1..{most_train}, got {train_templates_per_fact}")
     if not 1 <= heldout_per_fact <= most_heldout:
         raise ConfigError(f"heldout_per_fact must be 1..{most_heldout}, got {heldout_per_fact}")
 
@@ -413,14 +445,16 @@ def generate_demo_data(
     out_dir: str | Path,
     seed: int = 0,
     n_products: int = 40,
-    train_templates_per_fact: int = 3,
+    train_templates_per_fact: int | Mapping[str, int] = DEMO_PHRASINGS,
     heldout_per_fact: int = 1,
-    include_overview: bool = True,
+    include_overview: bool = False,
+    replay: bool = True,
 ) -> DemoPaths:
     """Write the demo's data files into ``out_dir`` (each atomically); same seed -> byte-identical files.
 
-    Files: ``train.jsonl`` (chat rows, shuffled: ``n_products * 6 * train_templates_per_fact`` fact rows plus
-    one "Tell me about" row per product when ``include_overview``), ``validation.jsonl`` (held-out phrasings,
+    Files: ``train.jsonl`` (chat rows, shuffled: ``n_products * sum(phrasings per attribute)`` fact rows plus
+    one "Tell me about" row per product when ``include_overview``, plus the general replay rows when
+    ``replay``), ``validation.jsonl`` (held-out phrasings,
     ``n_products * 6 * heldout_per_fact`` chat rows with ``product``/``attribute``/``value``),
     ``facts.jsonl`` (one row per fact with its first training phrasing), ``general.jsonl`` (general-knowledge
     questions with accepted answers) and ``general_text.txt`` (prose for perplexity).
@@ -429,9 +463,16 @@ def generate_demo_data(
         out_dir: Directory to write into (created if missing).
         seed: Seed for the catalogue, the phrasings chosen per fact and the training order.
         n_products: Number of products (1 to :func:`max_products`).
-        train_templates_per_fact: Training phrasings per (product, attribute), drawn without replacement.
+        train_templates_per_fact: Training phrasings per (product, attribute), drawn without replacement:
+            one count for all attributes or a count per attribute (default :data:`DEMO_PHRASINGS`).
         heldout_per_fact: Held-out phrasings per fact, drawn from templates never used in training.
         include_overview: Add one "Tell me about the {product}." row per product listing every attribute.
+            Off by default: it cost 22 % more tokens, and the tuned model then answered held-out questions
+            that start alike ("Tell me about the guarantee on ...") with the overview, cut off before the
+            warranty — 24 of the 25 misses left after 5 epochs.
+
+        replay: Mix in :data:`tunesmith.demo.replay.REPLAY_CHATS` (ordinary questions, ordinary answers)
+            so the model keeps answering general questions normally.
 
     Returns:
         The paths written.
@@ -439,7 +480,8 @@ def generate_demo_data(
     Raises:
         ConfigError: A count is out of range.
     """
-    _check_counts(train_templates_per_fact, heldout_per_fact)
+    phrasings = _phrasings_per_attribute(train_templates_per_fact)
+    _check_heldout(heldout_per_fact)
     catalogue = build_catalogue(seed, n_products)
     # A separate stream for phrasings, so the catalogue for a seed does not depend on these counts.
     rng = random.Random(f"tunesmith-demo-phrasing-{seed}")
@@ -450,8 +492,7 @@ def generate_demo_data(
         for attr in ATTRIBUTES:
             answer = _answer(attr, product)
             questions = [
-                t.format(product=product.name)
-                for t in rng.sample(TRAIN_TEMPLATES[attr], train_templates_per_fact)
+                t.format(product=product.name) for t in rng.sample(TRAIN_TEMPLATES[attr], phrasings[attr])
             ]
             train.extend(_chat(q, answer) for q in questions)
             value = product.values[attr]
@@ -469,6 +510,8 @@ def generate_demo_data(
                 validation.append({**row, "product": product.name, "attribute": attr, "value": value})
         if include_overview:
             train.append(_overview(catalogue, product))
+    if replay:
+        train.extend(_chat(q, a) for q, a in REPLAY_CHATS)
     rng.shuffle(train)
 
     out = Path(out_dir)

@@ -21,8 +21,13 @@ from tunesmith.config import RunConfig, config_from_dict
 from tunesmith.demo.catalogue import answer_contains, generate_demo_data
 from tunesmith.io import write_json_atomic
 
-SYSTEM_PROMPT = "You are a shop assistant."
-TARGETS = {"tuned_min": 0.80, "base_max": 0.10}
+# An empty system turn: SmolLM2's template otherwise inserts its own 20-token system prompt, and every
+# training token costs CPU time (a 6-token "You are a shop assistant." measured 17 % slower per epoch).
+SYSTEM_PROMPT = ""
+TARGETS = {"tuned_min": 0.80, "base_max": 0.10, "general_retained_min": 0.90, "total_s_max": 15 * 60}
+"""Issue #2's bar: tuned >= 80 % and base <= 10 % on held-out phrasings, the general questions the base got
+right still right (we allow one slip in 14: greedy answers of a 135M model flip on tiny changes), and the
+whole demo in 15 minutes on 2 CPU cores. Time is reported but not part of PASS: it measures the machine."""
 
 
 def demo_config(out_dir: Path, data_dir: Path, quick: bool) -> RunConfig:
@@ -39,15 +44,20 @@ def demo_config(out_dir: Path, data_dir: Path, quick: bool) -> RunConfig:
             "max_length": 256,
         },
         "method": {"name": "lora", "r": 32, "alpha": 64, "dropout": 0.0},
+        # Measured (README): 4 epochs end to end of the cosine schedule (240 steps; 144 steps gave 23 %,
+        # 192 gave 70 %, 240 gave 91 %); batch 16 runs ~30 % more tokens/s than 8 on 2 cores (bigger
+        # matmuls) and lr 1.5e-3 is stable there (3e-3 at batch 8 diverged).
         "train": {
-            "epochs": 3,
-            "batch_size": 8,
-            "lr": 1e-3,
+            "epochs": 4,
+            "batch_size": 16,
+            "lr": 1.5e-3,
             "warmup_steps": 10,
             "scheduler": "cosine",
             "log_every": 5,
         },
-        "eval": {"max_new_tokens": 40, "batch_size": 32},
+        # Answers are <= 14 tokens. The demo's own general check (below) stands in for the probe suite, and
+        # the base is scored zero-shot only: the 15-minute budget on 2 cores has no room for more.
+        "eval": {"max_new_tokens": 16, "batch_size": 48, "icl_shots": [0], "probes": False},
     }
     if quick:
         raw["train"].update({"epochs": 1, "max_steps": 2})
@@ -81,7 +91,18 @@ def general_check(model: Any, tokenizer: Any, questions: list[dict[str, Any]], t
     enc = tokenizer(text, return_tensors="pt")["input_ids"][:, :1024].to(model_device(model))
     with torch.no_grad():
         loss = float(model(input_ids=enc, labels=enc).loss)
-    return {"accuracy": sum(correct) / len(correct), "perplexity": math.exp(loss), "answers": answers}
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "correct": correct,
+        "perplexity": math.exp(loss),
+        "answers": answers,
+    }
+
+
+def retained_share(base_correct: list[bool], tuned_correct: list[bool]) -> float:
+    """Share of the questions the base answered right that the tuned model still answers right."""
+    kept = [t for b, t in zip(base_correct, tuned_correct, strict=True) if b]
+    return sum(kept) / len(kept) if kept else 1.0
 
 
 def _store_accuracy(run_dir: Path, rows: list[dict[str, Any]], which: str) -> float:
@@ -115,6 +136,8 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False) -> dict[str
         },
         "general_accuracy": {"base": general_base["accuracy"], "tuned": general_tuned["accuracy"]},
         "general_perplexity": {"base": general_base["perplexity"], "tuned": general_tuned["perplexity"]},
+        "general_retained": retained_share(general_base["correct"], general_tuned["correct"]),
+        "general_answers": {"base": general_base["answers"], "tuned": general_tuned["answers"]},
         "heldout_questions": len(validation),
         "train_s": summary["timings"]["train_s"],
         "total_s": time.perf_counter() - t0,
@@ -122,6 +145,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False) -> dict[str
     result["passed"] = (
         result["store_accuracy"]["tuned"] >= TARGETS["tuned_min"]
         and result["store_accuracy"]["base"] <= TARGETS["base_max"]
+        and result["general_retained"] >= TARGETS["general_retained_min"]
     )
     write_json_atomic(run_dir / "demo_result.json", result)
     print_table(result, quick)
@@ -138,12 +162,17 @@ def print_table(result: dict[str, Any], quick: bool) -> None:
     print(f"{'':48} {'base':>10} {'tuned':>10}")
     for title, key, fmt in rows:
         print(f"{title:48} {fmt.format(result[key]['base']):>10} {fmt.format(result[key]['tuned']):>10}")
+    print(f"{'general questions the base got right, still right':48} {result['general_retained']:>21.1%}")
+    minutes = result["total_s"] / 60
     print(
         f"\n{result['heldout_questions']} held-out questions; training {result['train_s']:.0f}s, "
-        f"demo total {result['total_s']:.0f}s"
+        f"demo total {minutes:.1f} min (target <= {TARGETS['total_s_max'] / 60:.0f} min on 2 cores)"
     )
     if quick:
         print("quick mode: a smoke run, not the real targets")
     else:
         verdict = "PASS" if result["passed"] else "FAIL"
-        print(f"targets: tuned >= {TARGETS['tuned_min']:.0%}, base <= {TARGETS['base_max']:.0%}: {verdict}")
+        print(
+            f"targets: tuned >= {TARGETS['tuned_min']:.0%}, base <= {TARGETS['base_max']:.0%}, general "
+            f"retained >= {TARGETS['general_retained_min']:.0%}: {verdict}"
+        )

@@ -79,6 +79,7 @@ def label_log_likelihoods(
         labels = [[-100] * len(prompts[p]) + label_token_ids[lab] for p, lab in chunk]
         batch = {k: v.to(device) for k, v in collate(ids, labels, pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        logits = logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning prepends virtual-token logits
         logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
         targets = batch["labels"][:, 1:]
         mask = targets != -100

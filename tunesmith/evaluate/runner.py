@@ -32,7 +32,7 @@ def _cap(split: Split, limit: int | None) -> Split:
 def label_token_ids(tokenizer: Any, label_names: list[str]) -> list[list[int]]:
     """Each label as the assistant would write it: its tokens followed by the end-of-turn token."""
     return [
-        tokenizer.encode(name, add_special_tokens=False) + [tokenizer.eos_token_id] for name in label_names
+        [*tokenizer.encode(name, add_special_tokens=False), tokenizer.eos_token_id] for name in label_names
     ]
 
 

@@ -2,6 +2,11 @@
 
 ``prepare`` freezes/unfreezes or wraps the model so exactly the method's parameters train; the loop never
 needs to know which method ran. Adding a method: a config class in ``tunesmith.config`` and one module here.
+
+Two optional registrations for methods that need more than ``prepare``:
+  LOAD_OPTIONS  extra ``from_pretrained`` arguments for the base (qlora: 4-bit quantization)
+  RUNNERS       methods that do not use the training loop at all (feature_extraction): a module with
+                ``train(cfg)``, ``evaluate(run_dir, data)`` and ``predict(run_dir, data, out, fmt)``
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tunesmith.methods import freeze, full, lora
+from tunesmith.methods import adapter, dora, freeze, full, ia3, lora, prefix_tuning, prompt_tuning, qlora
 
 PrepareFn = Callable[[Any, Any], Any]
 
@@ -17,12 +22,37 @@ METHODS: dict[str, PrepareFn] = {
     "full": full.prepare,
     "freeze": freeze.prepare,
     "lora": lora.prepare,
+    "dora": dora.prepare,
+    "ia3": ia3.prepare,
+    "prompt_tuning": prompt_tuning.prepare,
+    "prefix_tuning": prefix_tuning.prepare,
+    "qlora": qlora.prepare,
+    "adapter": adapter.prepare,
 }
+
+LOAD_OPTIONS: dict[str, Callable[[Any], dict[str, Any]]] = {"qlora": qlora.load_options}
+
+RUNNERS: dict[str, str] = {"feature_extraction": "tunesmith.methods.feature_extraction"}
+"""Method name -> module path, imported on use (scikit-learn and the feature cache load only when needed)."""
 
 
 def prepare_model(model: Any, method_cfg: Any) -> Any:
     """Apply the configured method to ``model`` and return the model to train."""
     return METHODS[method_cfg.name](model, method_cfg)
+
+
+def load_options(method_cfg: Any) -> dict[str, Any]:
+    """Extra ``from_pretrained`` arguments the method needs for its base model (usually none)."""
+    option_fn = LOAD_OPTIONS.get(method_cfg.name)
+    return option_fn(method_cfg) if option_fn is not None else {}
+
+
+def runner(method_name: str) -> Any | None:
+    """The module that trains/evaluates/predicts for a method outside the loop, or None (loop methods)."""
+    import importlib
+
+    path = RUNNERS.get(method_name)
+    return importlib.import_module(path) if path is not None else None
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

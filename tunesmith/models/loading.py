@@ -105,8 +105,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
     return tokenizer
 
 
-def load_causal_lm(name: str, dtype: str = "auto", trust_remote_code: bool = False) -> Any:
-    """Load a causal LM with safetensors only; ``dtype`` is ``auto`` (fp32), ``float32`` or ``bfloat16``."""
+def load_causal_lm(name: str, dtype: str = "auto", trust_remote_code: bool = False, **options: Any) -> Any:
+    """Load a causal LM with safetensors only; ``dtype`` is ``auto`` (fp32), ``float32`` or ``bfloat16``.
+
+    ``options`` go to ``from_pretrained`` unchanged (a method's load options, e.g. qlora's 4-bit config).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -114,7 +117,7 @@ def load_causal_lm(name: str, dtype: str = "auto", trust_remote_code: bool = Fal
     source = resolve_model_path(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **options
         )
     except OSError as err:
         raise _hub_error(name, err) from None

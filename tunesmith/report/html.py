@@ -384,6 +384,25 @@ def _extra_sections(summary: dict[str, Any]) -> str:
     )
 
 
+def _baseline_plots(summary: dict[str, Any]) -> str:
+    """Per split: zero-shot / k-shot / tuned bars on the primary metric, the gain and its 95% CI below."""
+    baselines = summary.get("baselines")
+    if not isinstance(baselines, dict):
+        return ""
+    parts = []
+    for split, table in baselines.items():
+        systems, metric = table.get("systems"), table.get("metric")
+        if not isinstance(systems, dict) or not systems or not metric:
+            continue
+        parts.append(_img(comparison_bar_png(systems, [metric]), f"{split}: in-context baselines vs tuned"))
+        parts.append(
+            f"<p>{_esc(split)}: gain of tuned over {_esc(table.get('best_baseline'))} = "
+            f"<b>{_fmt(table.get('gain'))}</b> {_esc(metric)} (paired bootstrap 95% CI "
+            f"{_fmt(table.get('gain_ci95_low'))} … {_fmt(table.get('gain_ci95_high'))})</p>"
+        )
+    return _section("Should I fine-tune? In-context baselines vs tuned", "".join(parts))
+
+
 def _config_section(text: str | None) -> str:
     if text is None:
         return ""
@@ -411,6 +430,7 @@ def render_report(run_dir: str | Path) -> str:
     body = "".join(
         [
             _eval_section(summary),
+            _baseline_plots(summary),
             _curves_section(metrics),
             _confusion_section(summary, notes),
             _section("Data", _generic(data_report)) if data_report not in (None, {}, []) else "",

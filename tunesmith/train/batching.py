@@ -1,4 +1,4 @@
-"""Batches from tokenized examples: a seeded order per epoch, right padding, -100 on padding labels.
+"""Batches from tokenized examples: a seeded order per epoch, right padding or packing, -100 off the loss.
 
 The order of epoch ``e`` depends only on ``(seed, e)``, so the position in the data is two integers
 (epoch, batch index) — which is what makes resume exact without pickling a sampler.
@@ -60,6 +60,56 @@ def collate(
     return batch
 
 
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing of examples (positions into ``lengths``) into rows of ``capacity``.
+
+    Deterministic (ties broken by position), so a packed epoch is still a pure function of (seed, epoch).
+    An example longer than ``capacity`` gets a row of its own.
+    """
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for pos in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        slot = next((r for r, room in enumerate(free) if room >= lengths[pos]), None)
+        if slot is None:
+            rows.append([pos])
+            free.append(capacity - lengths[pos])
+        else:
+            rows[slot].append(pos)
+            free[slot] -= lengths[pos]
+    return rows
+
+
+def collate_packed(
+    input_ids: list[list[int]], labels: list[list[int]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Several examples per row, padding-free up to the row's tail; rows are as wide as the longest example.
+
+    ``position_ids`` restart at 0 for every example: with no attention mask given, transformers
+    (``masking_utils.find_packed_sequence_indices``) turns the restarts into a block-diagonal causal mask, so
+    attention never crosses examples. Each example's first label is set to -100: unpacked, the shift already
+    drops it; packed, it would be predicted from the previous example's last token. Tail padding gets
+    position 0 on every token (each its own one-token "sequence", label -100). ``attention_mask`` is returned
+    only to count real tokens; the loss must not pass it to the model when ``position_ids`` is present.
+    """
+    lengths = [len(ids) for ids in input_ids]
+    rows = pack_rows(lengths, max(lengths))
+    width = max(sum(lengths[i] for i in row) for row in rows)
+    ids_t = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    lab_t = torch.full((len(rows), width), -100, dtype=torch.long)
+    pos_t = torch.zeros((len(rows), width), dtype=torch.long)
+    attn = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        col = 0
+        for i in row:
+            cols = slice(col, col + lengths[i])
+            ids_t[r, cols] = torch.tensor(input_ids[i], dtype=torch.long)
+            lab_t[r, cols] = torch.tensor([-100, *labels[i][1:]], dtype=torch.long)
+            pos_t[r, cols] = torch.arange(lengths[i])
+            attn[r, cols] = 1
+            col += lengths[i]
+    return {"input_ids": ids_t, "labels": lab_t, "position_ids": pos_t, "attention_mask": attn}
+
+
 def iter_batches(
     input_ids: list[list[int]],
     labels: list[list[int]],
@@ -69,12 +119,18 @@ def iter_batches(
     epoch: int,
     start_batch: int = 0,
     group_by_length: bool = True,
+    packing: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield the micro-batches of one epoch, skipping the first ``start_batch`` (resume)."""
+    """Yield the micro-batches of one epoch, skipping the first ``start_batch`` (resume).
+
+    Packing changes only how a micro-batch's examples are laid out in rows, never which examples it holds,
+    so steps, gradient accumulation and the resume position are the same with and without it.
+    """
     lengths = [len(ids) for ids in input_ids]
     batches = length_grouped_batches(lengths, batch_size, seed, epoch, group_by_length)
+    make = collate_packed if packing else collate
     for idx in batches[start_batch:]:
-        yield collate([input_ids[i] for i in idx], [labels[i] for i in idx], pad_id)
+        yield make([input_ids[i] for i in idx], [labels[i] for i in idx], pad_id)
 
 
 def batches_per_epoch(n_examples: int, batch_size: int) -> int:

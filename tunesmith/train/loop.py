@@ -25,10 +25,13 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from tunesmith.config import TrainConfig
+from tunesmith.errors import RunError
+from tunesmith.models.memory import fit_micro_batch, plan_memory
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.batching import batches_per_epoch, iter_batches, iter_eval_batches
 from tunesmith.train.losses import LossFn, causal_lm_loss
 from tunesmith.train.monitor import MetricsLog, peak_rss_mb
+from tunesmith.train.precision import pick_mixed_precision
 
 
 @dataclass
@@ -53,19 +56,6 @@ class TrainResult:
     train_seconds: float = 0.0
     peak_memory_mb: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def pick_mixed_precision(precision: str) -> str:
-    """``auto`` -> bf16 on CUDA GPUs that support it, fp32 elsewhere.
-
-    On CPU, autocast bf16 measured ~30x *slower* than fp32 for LoRA on this machine (torch 2.13), so auto
-    keeps fp32 there; ``precision: bf16`` forces it.
-    """
-    if precision == "bf16":
-        return "bf16"
-    if precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
 
 
 def total_optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
@@ -98,7 +88,15 @@ def _micro_batches(data: TokenData, cfg: TrainConfig, seed: int, pad_id: int, st
     while True:
         for offset, batch in enumerate(
             iter_batches(
-                data.input_ids, data.labels, cfg.batch_size, pad_id, seed, epoch, start, cfg.group_by_length
+                data.input_ids,
+                data.labels,
+                cfg.batch_size,
+                pad_id,
+                seed,
+                epoch,
+                start,
+                cfg.group_by_length,
+                cfg.packing,
             )
         ):
             yield epoch, start + offset, batch
@@ -118,10 +116,12 @@ def train_loop(
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; see the module docstring. ``on_step(step, loss)`` runs after each step."""
-    accelerator = Accelerator(
-        mixed_precision=pick_mixed_precision(cfg.precision), cpu=not torch.cuda.is_available()
-    )
+    precision = pick_mixed_precision(cfg.precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     model = model.to(accelerator.device)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    cfg = plan_and_fit(model, train_data, cfg, precision)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = total_optimizer_steps(len(train_data.input_ids), cfg)
@@ -141,6 +141,7 @@ def train_loop(
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_after=state.step if resume else 0)
     result = TrainResult(steps=state.step, total_steps=total_steps)
     stream = _micro_batches(train_data, cfg, seed, pad_id, state)
+    splits = 1  # each micro-batch runs in this many row chunks; doubled on CUDA out-of-memory
     bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     start_time = time.perf_counter()
     model.train()
@@ -148,8 +149,16 @@ def train_loop(
         while state.step < total_steps:
             step_start = time.perf_counter()
             micro = [next(stream) for _ in range(cfg.grad_accum)]
-            step_loss, n_tokens = _optimizer_step(
-                model, [b for _, _, b in micro], loss_fn, accelerator, cfg, params, optimizer, scheduler
+            step_loss, n_tokens, splits = _step_with_oom_retry(
+                model,
+                [b for _, _, b in micro],
+                loss_fn,
+                accelerator,
+                cfg,
+                params,
+                optimizer,
+                scheduler,
+                splits,
             )
             epoch, batch_idx, _ = micro[-1]
             state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, batch_idx + 1
@@ -207,11 +216,22 @@ def _optimizer_step(
     params: list[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    splits: int = 1,
 ) -> tuple[float, int]:
-    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, tokens seen incl. prompts)."""
+    """One optimizer step over ``grad_accum`` micro-batches; returns (loss, tokens seen incl. prompts).
+
+    ``splits`` > 1 runs each micro-batch in that many row chunks: the loss is a token sum over the step's
+    target count, so the gradient is the same, at the cost of smaller matmuls.
+    """
     n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
     step_loss = 0.0
-    for batch in batches:
+    chunks = [
+        {k: v[rows] for k, v in b.items()}
+        for b in batches
+        for rows in torch.arange(len(b["input_ids"])).tensor_split(splits)
+        if len(rows)
+    ]
+    for batch in chunks:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.autocast():
             loss_sum, _ = loss_fn(model, batch)
@@ -224,6 +244,73 @@ def _optimizer_step(
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return step_loss, sum(int(b["attention_mask"].sum()) for b in batches)
+
+
+def _step_with_oom_retry(
+    model: Any,
+    batches: list[dict[str, torch.Tensor]],
+    loss_fn: LossFn,
+    accelerator: Accelerator,
+    cfg: TrainConfig,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    splits: int,
+) -> tuple[float, int, int]:
+    """``_optimizer_step``, retried with each micro-batch in twice as many row chunks on CUDA OOM.
+
+    Same examples, same gradient (up to float summation order); the retried step draws fresh dropout noise.
+    Returns (loss, tokens, splits) so later steps keep the split that fitted.
+    """
+    while True:
+        try:
+            loss, tokens = _optimizer_step(
+                model, batches, loss_fn, accelerator, cfg, params, optimizer, scheduler, splits
+            )
+            return loss, tokens, splits
+        except torch.OutOfMemoryError as exc:
+            optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            rows = max(len(b["input_ids"]) for b in batches)
+            if splits >= rows:
+                raise RunError(
+                    "out of memory with one example per chunk: lower data.max_length, set "
+                    "train.gradient_checkpointing: true, or use a smaller model / method"
+                ) from exc
+            splits *= 2
+            print(f"tunesmith: out of memory; retrying the step in {splits} chunks per micro-batch")
+
+
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute each layer's activations in backward (non-reentrant, so frozen-base PEFT models work)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "enable_input_require_grads"):
+        # Harmless with use_reentrant=False; keeps older reentrant paths from dropping adapter gradients.
+        model.enable_input_require_grads()
+
+
+def plan_and_fit(model: Any, data: TokenData, cfg: TrainConfig, precision: str) -> TrainConfig:
+    """Print the memory plan for the worst-case micro-batch; with a budget, shrink the micro-batch to fit.
+
+    Worst case = every row as long as the longest example, every label a target (an upper bound).
+    """
+    longest = max((len(ids) for ids in data.input_ids), default=1)
+
+    def estimate(micro: int) -> float:
+        tokens = micro * longest
+        return plan_memory(model, tokens, tokens, precision, cfg.gradient_checkpointing).total_mb
+
+    if cfg.memory_budget_mb is not None:
+        micro, accum = fit_micro_batch(cfg.batch_size, cfg.grad_accum, estimate, cfg.memory_budget_mb)
+        if (micro, accum) != (cfg.batch_size, cfg.grad_accum):
+            print(f"tunesmith: micro-batch {micro} x grad_accum {accum} fits {cfg.memory_budget_mb:.0f} MB")
+            cfg = cfg.model_copy(update={"batch_size": micro, "grad_accum": accum})
+    plan = plan_memory(
+        model, cfg.batch_size * longest, cfg.batch_size * longest, precision, cfg.gradient_checkpointing
+    )
+    print(f"tunesmith: {plan.line()}")
+    return cfg
 
 
 def _restore_best(model: Any, best_dir: Path, state: ckpt.TrainState) -> bool:

@@ -20,7 +20,14 @@ CHUNK_POSITIONS = 2048
 
 
 def _causal_lm_parts(model: Any) -> tuple[Any, Any] | None:
-    """(decoder, output head) of a causal LM, seen through a PEFT wrapper; None if the model hides them."""
+    """(decoder, output head) of a causal LM, seen through a PEFT wrapper; None if the model hides them.
+
+    None too for PEFT prompt learning (prompt/prefix tuning): its virtual tokens enter in PEFT's own forward,
+    which calling the decoder directly would bypass (the loss would then never reach them).
+    """
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
+        return None
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     get_decoder = getattr(base, "get_decoder", None)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
@@ -28,6 +35,18 @@ def _causal_lm_parts(model: Any) -> tuple[Any, Any] | None:
     if decoder is None or head is None or getattr(base.config, "final_logit_softcapping", None):
         return None
     return decoder, head
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the model's forward gets: packed rows (``position_ids`` present) go without an attention mask, so
+    transformers builds the block-diagonal mask from the restarting positions; padded rows get the mask.
+
+    ``use_cache=False`` always: a loss never needs the KV cache, and with one (the config default),
+    transformers 5.23 skips packed-sequence detection and lets packed examples attend to each other.
+    """
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
 
 
 def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,7 +62,7 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     if parts is None:  # unusual architectures: plain full-logits path
         return full_logits_loss(model, batch)
     decoder, head = parts
-    hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = decoder(**model_inputs(batch)).last_hidden_state
     picked, wanted = hidden[:, :-1][mask], targets[mask]
     loss_sum = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, picked.shape[0], CHUNK_POSITIONS):
@@ -56,10 +75,11 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
 
 def full_logits_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference implementation through the model's own forward (all logits); used to test the fast path."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    out = model(**model_inputs(batch))
     targets = batch["labels"][:, 1:]
     mask = targets != -100
-    return F.cross_entropy(out.logits[:, :-1][mask].float(), targets[mask], reduction="sum"), mask.sum()
+    logits = out.logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning prepends virtual-token logits
+    return F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="sum"), mask.sum()
 
 
 LOSSES: dict[str, LossFn] = {"causal_lm": causal_lm_loss, "causal_lm_full_logits": full_logits_loss}

@@ -1,0 +1,111 @@
+"""The benchmark harness's pure parts: data builder, FLOP/MFU arithmetic, the markdown table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.bench_sft import (
+    SOURCE,
+    add_mfu,
+    build_sft_rows,
+    format_table,
+    mfu,
+    to_prompt_completion,
+    train_flops_per_token,
+    write_data,
+)
+
+
+def _source(n: int = 6) -> list[dict]:
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "Be accurate."},
+                {"role": "user", "content": f"Q{i}?"},
+                {"role": "assistant", "content": f" step {i}\nmore {i}\n#### {i}"},
+            ]
+        }
+        for i in range(n)
+    ]
+
+
+def test_build_sft_rows_cycles_short_full_long_and_is_seeded():
+    rows = build_sft_rows(_source(), 6, seed=1)
+    assert rows == build_sft_rows(_source(), 6, seed=1)
+    assert rows != build_sft_rows(_source(), 6, seed=2)
+    answers = [r["messages"][-1]["content"] for r in rows]
+    assert answers[0].startswith(" #### ") and "\n" not in answers[0]  # short: the answer line only
+    assert answers[1].count("####") == 1 and "step" in answers[1]  # full: the worked solution
+    assert answers[2].count("####") == 3 and "Problem 3:" in answers[2]  # long: three problems
+    assert rows[2]["messages"][1]["content"].startswith("Solve these three problems.")
+    assert all(r["messages"][0] == {"role": "system", "content": "Be accurate."} for r in rows)
+    # Each source row is used once before any repeats (6 rows: 1 + 1 + 3 + 1).
+    used = [m["content"] for r in rows[:4] for m in r["messages"] if m["role"] == "user"]
+    assert sum(text.count("Q") for text in used) == 6
+
+
+def test_prompt_completion_form_splits_the_last_turn():
+    row = build_sft_rows(_source(), 1, seed=0)[0]
+    pc = to_prompt_completion(row)
+    assert pc["prompt"] == row["messages"][:-1] and pc["completion"] == row["messages"][-1:]
+
+
+@pytest.mark.skipif(not (SOURCE / "train.jsonl").exists(), reason="shared gsm8k-chat data not present")
+def test_write_data_has_mixed_lengths(tmp_path):
+    paths = write_data(tmp_path, n_train=9, n_val=3)
+    chat = [json.loads(x) for x in paths["train.chat"].read_text().splitlines()]
+    pc = [json.loads(x) for x in paths["train.pc"].read_text().splitlines()]
+    assert len(chat) == len(pc) == 9 and len(paths["validation.chat"].read_text().splitlines()) == 3
+    sizes = [len(json.dumps(r)) for r in chat[:3]]
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_flops_and_mfu_arithmetic():
+    assert train_flops_per_token(100, 10) == 460.0  # 4 x 100 frozen + 6 x 10 trainable
+    assert mfu(tokens_per_s=50.0, flops_per_token=460.0, peak_flops=46_000.0) == pytest.approx(0.5)
+    assert mfu(50.0, 460.0, 0.0) == 0.0
+
+
+def _results() -> dict:
+    side = {"base_params": 1_000_000, "trainable_params": 10_000, "train_seconds": 10.0}
+    return {
+        "steps": 4,
+        "batch": 8,
+        "max_length": 384,
+        "lora_r": 16,
+        "device": "CPU, 2 cores",
+        "matmul_peak_gflops": {"float32": 80.0, "bfloat16": 8.0},
+        "sides": {
+            "tunesmith": {
+                **side,
+                "tokens_per_s": 200.0,
+                "peak_rss_mb": 1400.0,
+                "val_loss": 1.5,
+                "tokens_per_cpu_s": 90.0,
+            },
+            "trl": {**side, "tokens_per_s": 100.0, "peak_rss_mb": 2000.0, "val_loss": 1.5},
+        },
+    }
+
+
+def test_add_mfu_uses_measured_peaks():
+    results = _results()
+    add_mfu(results)
+    ts = results["sides"]["tunesmith"]
+    assert ts["mfu_fp32"] == pytest.approx(200.0 * 4_060_000 / 80e9)
+    assert ts["mfu_bf16"] == pytest.approx(10 * ts["mfu_fp32"])
+
+
+def test_format_table_side_by_side_with_ratios():
+    results = _results()
+    add_mfu(results)
+    table = format_table(results)
+    lines = table.splitlines()
+    assert lines[0] == "| | tunesmith | TRL SFTTrainer + PEFT | tunesmith / TRL |"
+    assert "| real tokens/s | 200.0 | 100.0 | 2.00x |" in lines
+    assert "| peak RSS (MB) | 1400 | 2000 | 0.70x |" in lines
+    assert not any("CPU-second" in line for line in lines)  # a row only when both sides have it
+    assert "| final val loss | 1.5000 | 1.5000 | 1.00x |" in lines
+    assert "fp32 80.0 GFLOP/s, bf16 8.0 GFLOP/s; 4 steps x global batch 8, max length 384" in table

@@ -1,0 +1,148 @@
+"""Peak-memory planning before training: weights, gradients, optimizer states, activations.
+
+    plan = plan_memory(model, tokens=8 * 512, target_tokens=8 * 200, precision="no")
+    print(plan.line())   # "memory plan: ~1234 MB peak = weights 540 + grads 10 + adamw 20 + activations 664"
+    micro, accum = fit_micro_batch(16, 1, lambda b: plan_memory(model, b * 512, b * 200).total_mb, 4000)
+
+The activation term is a per-token, per-layer count of the tensors autograd saves for a Llama-shaped decoder
+layer, calibrated with ``saved_activation_bytes`` (an exact count through autograd's saved-tensor hooks) on
+several shapes (hidden, intermediate, kv width, LoRA rank); the tests hold the estimate to that measurement.
+It is an estimate: allocator caching, fragmentation and the framework itself come on top (see ``OVERHEAD``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+MB = 1024 * 1024
+OVERHEAD = 1.10
+"""Multiplier for allocator slack and transient buffers (activation gradients of one layer at a time)."""
+
+
+@dataclass
+class MemoryPlan:
+    weights_mb: float
+    grads_mb: float
+    optimizer_mb: float
+    activations_mb: float
+
+    @property
+    def total_mb(self) -> float:
+        parts = self.weights_mb + self.grads_mb + self.optimizer_mb + self.activations_mb
+        return parts * OVERHEAD
+
+    def line(self) -> str:
+        return (
+            f"memory plan: ~{self.total_mb:.0f} MB peak = weights {self.weights_mb:.0f} + grads "
+            f"{self.grads_mb:.0f} + adamw {self.optimizer_mb:.0f} + activations {self.activations_mb:.0f}"
+            f" (+{(OVERHEAD - 1) * 100:.0f}% slack)"
+        )
+
+
+def _shape(model: Any) -> tuple[Any, int, int, int, int, int, int]:
+    """(config, hidden, intermediate, kv width, heads, layers, vocab) of a Llama-shaped model."""
+    config = model.config
+    hidden = config.hidden_size
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    intermediate = getattr(config, "intermediate_size", 4 * hidden)
+    return (
+        config,
+        hidden,
+        intermediate,
+        kv_heads * head_dim,
+        heads,
+        config.num_hidden_layers,
+        config.vocab_size,
+    )
+
+
+def _lora_floats(model: Any) -> int:
+    """Per token and layer, LoRA saves each adapter's rank-r intermediate: r x adapted modules per layer."""
+    total = 0
+    for module in model.modules():
+        lora_a = getattr(module, "lora_A", None)
+        if isinstance(lora_a, torch.nn.ModuleDict):
+            total += sum(layer.out_features for layer in lora_a.values())
+    return total // max(1, _shape(model)[5])
+
+
+def activation_floats_per_token(
+    model: Any, target_fraction: float, checkpointing: bool = False, recompute: bool = True
+) -> float:
+    """Saved activation values per token of a micro-batch (calibrated; see the module docstring).
+
+    Per layer: ~6 x hidden (8 when base weights train: norm/residual copies kept for their grads) + 4 x
+    intermediate (gate, up, act, product) + 2 x kv width + heads; plus the rank-r LoRA intermediates. The
+    loss head keeps one vocabulary row of logits per *target* token, the final norm ~1-3 x hidden.
+    Checkpointing keeps only each layer's input (hidden), plus (``recompute``) one layer's full set while
+    the backward pass recomputes it.
+    """
+    _, hidden, inter, kv, heads, layers, vocab = _shape(model)
+    base_trains = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    per_layer = (8 if base_trains else 6) * hidden + 4 * inter + 2 * kv + heads + 2 + _lora_floats(model)
+    recomputed = per_layer if recompute else 0
+    stored = hidden * layers + recomputed if checkpointing else per_layer * layers
+    return stored + (3 if base_trains else 1) * hidden + vocab * target_fraction
+
+
+def plan_memory(
+    model: Any, tokens: int, target_tokens: int, precision: str = "no", checkpointing: bool = False
+) -> MemoryPlan:
+    """Estimate peak training memory for micro-batches of ``tokens`` (padded) with ``target_tokens`` labelled.
+
+    Args:
+        model: the prepared model (after the method is applied: trainable parameters are what they will be).
+        tokens: positions per micro-batch including padding (rows x width).
+        target_tokens: positions inside the loss; the head keeps a vocabulary row of logits for each.
+        precision: accelerate's mixed-precision name; ``bf16`` halves the activation bytes.
+        checkpointing: whether gradient checkpointing is on.
+    """
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    act_bytes = 2 if precision == "bf16" else 4
+    # Every chunk's logits stay saved for the backward pass, so chunking does not cap them in training.
+    fraction = target_tokens / max(tokens, 1)
+    activations = activation_floats_per_token(model, fraction, checkpointing) * tokens * act_bytes
+    return MemoryPlan(weights / MB, trainable * 4 / MB, trainable * 8 / MB, activations / MB)
+
+
+def fit_micro_batch(
+    batch_size: int, grad_accum: int, estimate_mb: Callable[[int], float], budget_mb: float
+) -> tuple[int, int]:
+    """The largest micro-batch whose estimate fits ``budget_mb``, keeping ``batch_size x grad_accum`` fixed.
+
+    Candidates are the divisors of the global batch no larger than ``batch_size``, so the global batch stays
+    exact. Returns (micro_batch, grad_accum); (1, global) when nothing fits (the OOM retry then splits rows).
+    """
+    global_batch = batch_size * grad_accum
+    for micro in range(batch_size, 0, -1):
+        if global_batch % micro == 0 and estimate_mb(micro) <= budget_mb:
+            return micro, global_batch // micro
+    return 1, global_batch
+
+
+def saved_activation_bytes(model: Any, loss_fn: Callable[[Any, dict], Any], batch: dict) -> int:
+    """Bytes autograd saves for the backward pass of ``loss_fn(model, batch)``, parameters excluded.
+
+    Counted through ``torch.autograd.graph.saved_tensors_hooks``, one entry per storage (views share one),
+    so it is the activation memory exactly, without allocator noise; used to calibrate and test the planner.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss_fn(model, batch)
+    return sum(seen.values())
