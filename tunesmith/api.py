@@ -25,7 +25,7 @@ from tunesmith.errors import DataError
 from tunesmith.evaluate.evidence import after_training, apply_evidence, before_training
 from tunesmith.evaluate.runner import classify, evaluate_split, predict_texts, resolve_task
 from tunesmith.io import write_json_atomic, write_text_atomic
-from tunesmith.methods import count_parameters, load_options, prepare_model, runner
+from tunesmith.methods import count_parameters, load_options, prepare_model, runner, runner_for
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.runs import load_trained, read_run_config, save_trained
 from tunesmith.train.loop import TokenData, TrainResult, train_loop
@@ -188,6 +188,14 @@ def train(
     continues.
     """
     cfg = _as_config(config, overrides)
+    if cfg.stages or cfg.data.tasks:  # multi-task and sequential runs: tunesmith/sequential.py
+        from tunesmith.sequential import train_stages
+
+        return train_stages(cfg, resume)
+    if cfg.model.head == "classification":  # a sequence-classification head: tunesmith/methods/seq_cls_run.py
+        from tunesmith.methods import seq_cls_run
+
+        return seq_cls_run.train(cfg, resume)
     method_runner = runner(cfg.method.name)
     if method_runner is not None:  # methods outside the training loop (feature_extraction)
         return method_runner.train(cfg)
@@ -265,10 +273,14 @@ def _prepare_file(cfg: RunConfig, tokenizer: Any, path: str | Path) -> PreparedD
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     """Metrics of a finished run on ``data`` (default: the run's own validation/test splits)."""
-    method_runner = runner(read_run_config(run_dir).method.name)
+    method_runner = runner_for(read_run_config(run_dir))
     if method_runner is not None:
         return method_runner.evaluate(run_dir, data)
     model, tokenizer, cfg = load_trained(run_dir)
+    if data is None and (cfg.stages or cfg.data.tasks):  # every task / stage's own splits
+        from tunesmith.sequential import evaluate_stages
+
+        return evaluate_stages(model, tokenizer, cfg, Path(run_dir))
     if data is not None:
         prepared = _prepare_file(cfg, tokenizer, data)
         if prepared.label_names is None:
@@ -286,7 +298,7 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "
 
     ``fmt="labels"`` (classification runs) writes one label id per line, the format benchmarks read.
     """
-    method_runner = runner(read_run_config(run_dir).method.name)
+    method_runner = runner_for(read_run_config(run_dir))
     if method_runner is not None:
         return method_runner.predict(run_dir, data, out, fmt)
     model, tokenizer, cfg = load_trained(run_dir)

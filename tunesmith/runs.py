@@ -61,14 +61,19 @@ def load_trained(run_dir: str | Path, merge: bool = False) -> tuple[Any, Any, Ru
     """(model, tokenizer, config) of a finished run: the base plus ``adapter/``, or ``model/``."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
+    load_model = load_causal_lm
+    if cfg.model.head == "classification":  # AutoModelForSequenceClassification (tunesmith.methods.seq_cls)
+        from tunesmith.methods.seq_cls import head_loader
+
+        load_model = head_loader(run_dir)
     if (run_dir / "model").is_dir():
-        model = load_causal_lm(str(run_dir / "model"), cfg.model.dtype, cfg.model.trust_remote_code)
+        model = load_model(str(run_dir / "model"), cfg.model.dtype, cfg.model.trust_remote_code)
         tokenizer = load_tokenizer(str(run_dir / "model"), cfg.model.trust_remote_code)
     elif (run_dir / "adapter").is_dir():
         from tunesmith.methods import load_options
 
         options = load_options(cfg.method)  # e.g. qlora: the adapter goes back onto the same 4-bit base
-        base = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, **options)
+        base = load_model(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, **options)
         model = _load_adapter(base, run_dir / "adapter", merge)
         tokenizer = load_tokenizer(str(run_dir / "adapter"), cfg.model.trust_remote_code)
     else:

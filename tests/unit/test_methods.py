@@ -106,3 +106,16 @@ def test_save_load_round_trip_same_logits(tmp_path, default_tokenizer, method):
         untouched = make_tiny_llama(VOCAB)(input_ids=ids).logits
     assert torch.allclose(ours[:, -5:], again[:, -5:], atol=1e-6)
     assert not torch.allclose(again[:, -5:], untouched, atol=1e-4)  # training moved the outputs
+
+
+def test_lora_last_layers_adapts_only_the_top_blocks():
+    """``last_layers: 1`` on a 2-block model: LoRA on every linear of block 1, none in block 0."""
+    from tunesmith.config import LoraMethod
+
+    model = prepare_model(make_tiny_llama(VOCAB), LoraMethod(r=4, alpha=8, last_layers=1))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert count_parameters(model)[0] == 4096  # r * (in + out) summed over block 1's seven linears
+    assert trainable and all(".layers.1." in n for n in trainable)
+    modules = {n.split(".layers.1.")[1].split(".lora_")[0] for n in trainable}
+    attention = {f"self_attn.{m}_proj" for m in "qkvo"}
+    assert modules == attention | {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}

@@ -26,8 +26,15 @@ from typing import Any
 
 from tunesmith.config import DataConfig
 from tunesmith.data.formats import KIND_OF_FORMAT, Example, SourceData, read_source
-from tunesmith.data.render import IGNORE_INDEX, ensure_chat_template, render_example
-from tunesmith.errors import DataError
+from tunesmith.data.mixing import with_prefix
+from tunesmith.data.render import (
+    IGNORE_INDEX,
+    class_target_labels,
+    ensure_chat_template,
+    head_input_ids,
+    render_example,
+)
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.io import atomic_dir, write_json_atomic
 
 CACHE_VERSION = 1
@@ -94,7 +101,9 @@ def _cache_dir(key: str) -> Path:
     return tunesmith_home() / "cache" / "tokenized" / key
 
 
-def _cache_key(data_cfg: DataConfig, files: dict[str, dict[str, str]], tokenizer_fp: str, seed: int) -> str:
+def _cache_key(
+    data_cfg: DataConfig, files: dict[str, dict[str, str]], tokenizer_fp: str, seed: int, head: str = "lm"
+) -> str:
     settings = {k: v for k, v in data_cfg.model_dump(mode="json").items() if k not in _PATH_FIELDS}
     payload = {
         "version": CACHE_VERSION,
@@ -103,6 +112,8 @@ def _cache_key(data_cfg: DataConfig, files: dict[str, dict[str, str]], tokenizer
         "settings": settings,
         "seed": seed,
     }
+    if head != "lm":  # only then, so the keys of existing (lm) caches stay valid
+        payload["head"] = head
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
 
@@ -135,7 +146,11 @@ def _hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list
 
 
 def _tokenize(
-    examples: list[Example], tokenizer: Any, data_cfg: DataConfig, label_names: list[str] | None
+    examples: list[Example],
+    tokenizer: Any,
+    data_cfg: DataConfig,
+    label_names: list[str] | None,
+    head: str = "lm",
 ) -> tuple[Split, dict[str, int]]:
     """Render every example, apply the over-length policy, and count what happened."""
     counts = {"truncated": 0, "dropped_overlong": 0, "dropped_no_target": 0, "kept": 0, "tokens": 0}
@@ -143,9 +158,15 @@ def _tokenize(
     split = Split([], [], [])
     limit = data_cfg.max_length
     for ex in examples:
-        ids, labels = render_example(
-            ex, tokenizer, data_cfg.system_prompt, label_names, data_cfg.label_prompt
-        )
+        if data_cfg.prefix:  # kept on the example too, so evaluation prompts carry the same prefix
+            ex = with_prefix(ex, data_cfg.prefix)
+        if head == "classification":  # the text alone; the class id sits at the last position
+            ids = head_input_ids(ex.text or "", tokenizer)
+            labels = class_target_labels(len(ids[:limit]), ex.label or 0)
+        else:
+            ids, labels = render_example(
+                ex, tokenizer, data_cfg.system_prompt, label_names, data_cfg.label_prompt
+            )
         truncated = len(ids) > limit
         if truncated and data_cfg.overlong == "drop":
             counts["dropped_overlong"] += 1
@@ -219,7 +240,7 @@ def _load(directory: Path) -> tuple[dict[str, Split | None], dict[str, Any]] | N
 
 
 def _build(
-    data_cfg: DataConfig, tokenizer: Any, seed: int, files: dict[str, dict[str, str]]
+    data_cfg: DataConfig, tokenizer: Any, seed: int, files: dict[str, dict[str, str]], head: str = "lm"
 ) -> tuple[dict[str, Split | None], dict[str, Any]]:
     assert data_cfg.train is not None
     train = _read_split(data_cfg.train, data_cfg, None)
@@ -229,6 +250,12 @@ def _build(
         if path is not None:
             sources[name] = _read_split(path, data_cfg, train)
     kind = KIND_OF_FORMAT[train.format]
+    if head == "classification" and kind != "classification":
+        raise ConfigError(
+            f"model.head: classification needs classification data (rows with text and label); "
+            f"{data_cfg.train} holds {train.format!r} rows. Set model.head: lm, or point data.train at "
+            "text/label rows (data.format: classification)"
+        )
     train_examples, held_out = train.examples, []
     if data_cfg.validation is None:
         train_examples, held_out = _hold_out(train.examples, data_cfg.validation_fraction, seed)
@@ -245,7 +272,7 @@ def _build(
     splits: dict[str, Split | None] = dict.fromkeys(SPLITS)
     split_reports: dict[str, dict[str, Any]] = {}
     for name, (examples, counts) in to_render.items():
-        splits[name], token_counts = _tokenize(examples, tokenizer, data_cfg, train.label_names)
+        splits[name], token_counts = _tokenize(examples, tokenizer, data_cfg, train.label_names, head)
         split_reports[name] = {**counts, **token_counts}
     if not splits["train"]:
         c = split_reports["train"]
@@ -268,16 +295,20 @@ def _build(
         "overlong": data_cfg.overlong,
         "seed": seed,
     }
+    if head != "lm":
+        report["head"] = head
     return splits, report
 
 
-def prepare_data(data_cfg: DataConfig, tokenizer: Any, seed: int) -> PreparedData:
+def prepare_data(data_cfg: DataConfig, tokenizer: Any, seed: int, head: str = "lm") -> PreparedData:
     """Read, validate, split, render and tokenize the configured data (cached across runs).
 
     Args:
         data_cfg: The ``data`` section of the run config.
         tokenizer: The model's tokenizer; given a ChatML template in place if it has none.
         seed: Seeds the validation hold-out (when there is no validation file).
+        head: ``lm`` renders through the chat template (labels = answer tokens); ``classification`` encodes
+            the text alone with the class id as the last position's label (``model.head``).
 
     Returns:
         The splits (validation/test None when absent) and the report; ``report["cache"]`` is ``hit`` or
@@ -297,14 +328,14 @@ def prepare_data(data_cfg: DataConfig, tokenizer: Any, seed: int) -> PreparedDat
         for name in SPLITS
         if (path := getattr(data_cfg, name)) is not None
     }
-    key = _cache_key(data_cfg, files, fingerprint_tokenizer(tokenizer), seed)
+    key = _cache_key(data_cfg, files, fingerprint_tokenizer(tokenizer), seed, head)
     directory = _cache_dir(key)
     cached = _load(directory)
     if cached is not None:
         splits, report = cached
         report["cache"] = "hit"
     else:
-        splits, report = _build(data_cfg, tokenizer, seed, files)
+        splits, report = _build(data_cfg, tokenizer, seed, files, head)
         report["cache_key"] = key
         _save(directory, splits, report)
         report["cache"] = "miss"

@@ -273,3 +273,28 @@ def reference_text(ex: Example, label_names: list[str] | None) -> str:
     if ex.kind == "classification":
         return label_names[ex.label] if label_names and ex.label is not None else str(ex.label)
     return ex.text or ""
+
+
+def head_input_ids(text: str, tokenizer: Any) -> list[int]:
+    """Input of a sequence-classification head: the text alone, encoded as the tokenizer does by default.
+
+    No chat template and no label prompt: the head reads the last token's hidden state, so a prompt buys
+    nothing and would cost ~40 tokens per example with SmolLM2's template (more than a whole tweet). This
+    is also what a stock user feeds ``AutoModelForSequenceClassification`` (``tokenizer(texts)``). Inputs
+    shorter than two tokens get the bos (else eos) token in front, so the class position is never position
+    0, where the training loop (which counts next-token targets from position 1) would not count it.
+    """
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    filler = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if len(ids) < 2 and filler is not None:
+        ids = [filler, *ids]
+    return ids
+
+
+def class_target_labels(n_tokens: int, class_id: int) -> list[int]:
+    """Labels for a head example: the class id at the last position (the token the head pools), -100 else.
+
+    Carrying the class id inside the usual ``labels`` row keeps one batch layout for every loss: padding,
+    packing, length grouping, gradient accumulation (one target per example) and resume need no new path.
+    """
+    return [IGNORE_INDEX] * (n_tokens - 1) + [int(class_id)]

@@ -55,6 +55,16 @@ def runner(method_name: str) -> Any | None:
     return importlib.import_module(path) if path is not None else None
 
 
+def runner_for(cfg: Any) -> Any | None:
+    """Like :func:`runner`, for a run config: a classification head (``model.head: classification``) has
+    its own evaluate/predict in :mod:`tunesmith.methods.seq_cls_run`, whatever the method."""
+    if cfg.model.head == "classification":
+        import importlib
+
+        return importlib.import_module("tunesmith.methods.seq_cls_run")
+    return runner(cfg.method.name)
+
+
 def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total) parameter counts; tied weights counted once."""
     seen: set[int] = set()

@@ -14,4 +14,4 @@ from tunesmith.methods.lora import lora_config
 def prepare(model: Any, method_cfg: Any) -> Any:
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(method_cfg, use_dora=True))
+    return get_peft_model(model, lora_config(method_cfg, model, use_dora=True))

@@ -21,6 +21,17 @@ def transformer_blocks(model: Any) -> Any:
     raise ConfigError(f"method freeze: cannot find the transformer blocks of {type(model).__name__}")
 
 
+def output_head(model: Any) -> Any:
+    """The module that maps hidden states to outputs: ``lm_head`` of a causal LM, or ``score`` of a
+    sequence-classification model (``model.head: classification``), which has no output embeddings."""
+    head = model.get_output_embeddings()
+    if head is None:
+        head = getattr(model, "score", None)
+    if head is None:
+        raise ConfigError(f"method freeze: cannot find the output head of {type(model).__name__}")
+    return head
+
+
 def prepare(model: Any, method_cfg: Any) -> Any:
     for param in model.parameters():
         param.requires_grad_(False)
@@ -31,7 +42,7 @@ def prepare(model: Any, method_cfg: Any) -> Any:
     for block in list(blocks)[len(blocks) - n :]:
         block.requires_grad_(True)
     if method_cfg.train_head:
-        model.get_output_embeddings().requires_grad_(True)
+        output_head(model).requires_grad_(True)
     if method_cfg.train_norm:
         base = getattr(model, "model", None) or getattr(model, "transformer", None)
         norm = getattr(base, "norm", None) or getattr(base, "ln_f", None)

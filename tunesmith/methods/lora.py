@@ -9,15 +9,36 @@ from __future__ import annotations
 from typing import Any
 
 
-def lora_config(method_cfg: Any, **extra: Any) -> Any:
+def linear_module_names(model: Any) -> list[str]:
+    """Distinct names of the linear layers inside the transformer blocks (q_proj, up_proj, ...), sorted."""
+    import torch
+
+    head = model.get_output_embeddings()
+    return sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and module is not head
+        }
+    )
+
+
+def lora_config(method_cfg: Any, model: Any, **extra: Any) -> Any:
     """The PEFT ``LoraConfig`` for a LoRA-family method section (``extra`` e.g. ``use_dora=True``)."""
     from peft import LoraConfig
 
+    targets = method_cfg.target_modules
+    if method_cfg.last_layers is not None:
+        n_layers = model.config.num_hidden_layers
+        first = max(0, n_layers - method_cfg.last_layers)
+        extra["layers_to_transform"] = list(range(first, n_layers))
+        if targets == "all-linear":  # PEFT takes a layer subset only with explicit module names
+            targets = linear_module_names(model)
     return LoraConfig(
         r=method_cfg.r,
         lora_alpha=method_cfg.alpha,
         lora_dropout=method_cfg.dropout,
-        target_modules=method_cfg.target_modules,
+        target_modules=targets,
         task_type="CAUSAL_LM",
         **extra,
     )
@@ -26,4 +47,4 @@ def lora_config(method_cfg: Any, **extra: Any) -> Any:
 def prepare(model: Any, method_cfg: Any) -> Any:
     from peft import get_peft_model
 
-    return get_peft_model(model, lora_config(method_cfg))
+    return get_peft_model(model, lora_config(method_cfg, model))

@@ -58,4 +58,4 @@ def prepare(model: Any, method_cfg: Any) -> Any:
     # Casts norms to fp32 and lets the input embeddings pass gradients; no gradient checkpointing (it
     # trades ~30% more compute for activation memory, which tiny CPU batches do not need).
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return get_peft_model(model, lora_config(method_cfg))
+    return get_peft_model(model, lora_config(method_cfg, model))

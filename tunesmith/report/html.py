@@ -26,6 +26,7 @@ import yaml
 from tunesmith.errors import RunError
 from tunesmith.io import write_text_atomic
 from tunesmith.report.plots import comparison_bar_png, confusion_matrix_png, loss_curve_png
+from tunesmith.report.tasks import forgetting_matrix_section, tasks_section
 
 # Titles for summary keys that other parts of tunesmith write; any other key is titled from its name.
 SECTION_TITLES: dict[str, str] = {
@@ -41,6 +42,7 @@ SECTION_TITLES: dict[str, str] = {
 _CONSUMED = {
     "name", "status", "method", "model", "task", "eval", "best", "timings",
     "peak_memory_mb", "versions", "data_hashes", "trainable_params", "total_params",
+    "tasks", "mixing", "stages", "forgetting_matrix",  # multi-task / sequential: report/tasks.py
 }  # fmt: skip
 # Inside one split's variant dict: shown as plots / their own table rather than as metric rows.
 _VARIANT_SPECIAL = {"confusion_matrix", "labels", "per_class_f1"}
@@ -429,6 +431,8 @@ def render_report(run_dir: str | Path) -> str:
     # Sections fill ``notes`` as they go, so the notes box is assembled last but shown first.
     body = "".join(
         [
+            tasks_section(summary),
+            forgetting_matrix_section(summary),
             _eval_section(summary),
             _baseline_plots(summary),
             _curves_section(metrics),

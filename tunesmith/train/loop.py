@@ -69,7 +69,7 @@ def total_optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
 def evaluate_loss(
     model: Any, data: TokenData, batch_size: int, pad_id: int, device: Any, loss_fn: LossFn = causal_lm_loss
 ) -> float:
-    """Mean next-token loss over the labelled tokens of ``data``."""
+    """Mean of ``loss_fn`` (next-token loss by default) over the labelled positions of ``data``."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -180,7 +180,7 @@ def train_loop(
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             if val_data is not None and _should_eval(state.step, total_steps, cfg):
                 stop = _evaluate_and_track(
-                    model, val_data, cfg, pad_id, accelerator, state, log, best_dir, result
+                    model, val_data, cfg, pad_id, accelerator, state, log, best_dir, result, loss_fn
                 )
                 result.stopped_early = stop
             if cfg.save_every and state.step % cfg.save_every == 0:
@@ -342,10 +342,11 @@ def _evaluate_and_track(
     log: MetricsLog,
     best_dir: Path,
     result: TrainResult,
+    loss_fn: LossFn = causal_lm_loss,
 ) -> bool:
     """Validation loss, best-weights snapshot, patience. Returns True when training should stop early."""
     with accelerator.autocast():
-        val_loss = evaluate_loss(model, val_data, cfg.batch_size, pad_id, accelerator.device)
+        val_loss = evaluate_loss(model, val_data, cfg.batch_size, pad_id, accelerator.device, loss_fn)
     result.final_val_loss = val_loss
     log.write({"step": state.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))})
     improved = state.best_val_loss is None or val_loss < state.best_val_loss - cfg.early_stopping.min_delta

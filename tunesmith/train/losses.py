@@ -1,7 +1,8 @@
 """Pluggable losses. A loss takes ``(model, batch)`` and returns ``(sum_of_token_losses, n_target_tokens)``.
 
 Returning a *sum* and a count (not a mean) lets the loop normalise by the number of target tokens in the whole
-accumulated batch, so gradient accumulation gives the same update as one big batch.
+accumulated batch, so gradient accumulation gives the same update as one big batch. A classification head's
+"target tokens" are its examples: one labelled position each (:func:`sequence_classification_loss`).
 """
 
 from __future__ import annotations
@@ -82,4 +83,27 @@ def full_logits_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.
     return F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="sum"), mask.sum()
 
 
-LOSSES: dict[str, LossFn] = {"causal_lm": causal_lm_loss, "causal_lm_full_logits": full_logits_loss}
+def sequence_classification_loss(
+    model: Any, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of a sequence-classification head (``model.head: classification``), summed over examples.
+
+    Each row's ``labels`` hold its class id at its last token and -100 elsewhere
+    (:func:`tunesmith.data.render.class_target_labels`), so the count is the number of examples. The head
+    (``score``) runs on those positions only: the same logits the model's own forward pools (the rightmost
+    non-pad token) for right-padded rows, and correct for packed rows too, which that forward would pool as
+    one sequence. Through PEFT, ``score`` is the ``modules_to_save`` copy that trains.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = getattr(base, base.base_model_prefix)
+    mask = batch["labels"] != -100
+    hidden = decoder(**model_inputs(batch)).last_hidden_state
+    logits = base.score(hidden[mask]).float()
+    return F.cross_entropy(logits, batch["labels"][mask], reduction="sum"), mask.sum()
+
+
+LOSSES: dict[str, LossFn] = {
+    "causal_lm": causal_lm_loss,
+    "causal_lm_full_logits": full_logits_loss,
+    "sequence_classification": sequence_classification_loss,
+}

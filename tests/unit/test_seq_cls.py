@@ -1,0 +1,401 @@
+"""Sequence-classification heads (``model.head: classification``) on tiny random Llamas: the loss equals the
+model's own forward + cross-entropy, exact losses for the first steps against an independent plain-torch
+loop, exactly the expected parameters train per method, stock transformers / PEFT reload the result with the
+same logits, predict writes one id per line in input order, and bad configs name the key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.unit.test_feature_extraction import _rows
+from tunesmith.config import FreezeMethod, FullMethod, LoraMethod, RunConfig, dump_config, load_config
+from tunesmith.data.render import class_target_labels
+from tunesmith.errors import ConfigError
+from tunesmith.methods import count_parameters
+from tunesmith.methods.seq_cls import head_logits, load_sequence_classifier, prepare_head
+from tunesmith.runs import load_trained, save_trained
+from tunesmith.train.batching import collate, collate_packed, iter_batches
+from tunesmith.train.loop import TokenData, evaluate_loss, train_loop
+from tunesmith.train.losses import sequence_classification_loss
+
+VOCAB, PAD, LABELS = 128, 2, ["fruit", "space", "sea"]
+
+
+def make_tiny_classifier(seed: int = 0):
+    """The conftest tiny Llama's shape as a LlamaForSequenceClassification with 3 labels."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=PAD,
+        num_labels=len(LABELS),
+    )
+    return LlamaForSequenceClassification(config)
+
+
+def _data(n: int = 24, seed: int = 0) -> TokenData:
+    g = torch.Generator().manual_seed(seed)
+    ids, labels = [], []
+    for i in range(n):
+        length = int(torch.randint(4, 12, (1,), generator=g))
+        ids.append(torch.randint(3, VOCAB, (length,), generator=g).tolist())
+        labels.append(class_target_labels(length, i % len(LABELS)))
+    return TokenData(ids, labels)
+
+
+def _train_cfg(**extra):
+    from tunesmith.config import TrainConfig
+
+    return TrainConfig(batch_size=4, lr=1e-2, scheduler="constant", log_every=1, **extra)
+
+
+def _logged_losses(run_dir) -> list[float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in rows if "train_loss" in r]
+
+
+def test_loss_is_the_models_own_pooled_cross_entropy_padded_and_packed():
+    model = make_tiny_classifier().eval()
+    data = _data(6)
+    batch = collate(data.input_ids, data.labels, PAD)
+    y = torch.tensor([row[-1] for row in data.labels])
+    with torch.no_grad():
+        loss_sum, count = sequence_classification_loss(model, batch)
+        own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        packed_sum, packed_count = sequence_classification_loss(
+            model, collate_packed(data.input_ids, data.labels, PAD)
+        )
+    assert int(count) == int(packed_count) == 6
+    expected = F.cross_entropy(own, y, reduction="sum")
+    assert float(loss_sum) == pytest.approx(float(expected), abs=1e-5)
+    assert float(packed_sum) == pytest.approx(float(expected), abs=1e-5)  # packing pools each example's own
+
+
+def _reference_losses(model, data: TokenData, steps: int) -> list[float]:
+    """Plain torch: the same batches, the model's own forward + F.cross_entropy (mean), AdamW, clip 1.0."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    batches = iter_batches(data.input_ids, data.labels, 4, PAD, seed=0, epoch=0)
+    losses = []
+    for _ in range(steps):
+        batch = next(batches)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # each row's class id sits at its last real token, its one labelled position
+        y = torch.stack([row[row != -100][0] for row in batch["labels"]])
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def test_exact_losses_for_the_first_steps(tmp_path):
+    model = prepare_head(make_tiny_classifier(), FullMethod())
+    train_loop(
+        model,
+        _data(),
+        None,
+        _train_cfg(max_steps=3),
+        seed=0,
+        run_dir=tmp_path,
+        pad_id=PAD,
+        loss_fn=sequence_classification_loss,
+    )
+    expected = _reference_losses(prepare_head(make_tiny_classifier(), FullMethod()), _data(), 3)
+    assert _logged_losses(tmp_path) == pytest.approx(expected, abs=1e-5)
+    assert expected == pytest.approx([1.1135424, 1.1508282, 1.2837217], abs=1e-5)  # regression values, seed 0
+
+
+LAYER1 = {
+    f"model.layers.1.{m}.weight"
+    for m in [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+        "input_layernorm",
+        "post_attention_layernorm",
+    ]
+}
+METHODS = {
+    "full": (FullMethod(), None),
+    "freeze-head": (FreezeMethod(train_last_n_blocks=0, train_norm=False), {"score.weight"}),
+    "freeze-last-1": (FreezeMethod(train_last_n_blocks=1), LAYER1 | {"model.norm.weight", "score.weight"}),
+    "lora": (LoraMethod(r=4, alpha=8), None),
+}
+
+
+@pytest.mark.parametrize("key", list(METHODS))
+def test_each_method_trains_exactly_its_parameters_and_lowers_the_loss(tmp_path, key):
+    method, expected = METHODS[key]
+    model = prepare_head(make_tiny_classifier(), method)
+    requires = {n for n, p in model.named_parameters() if p.requires_grad}
+    if key == "full":
+        assert requires == {n for n, _ in model.named_parameters()}
+    elif key == "lora":  # LoRA A/B on every linear of both blocks + the score head trained in full
+        assert count_parameters(model)[0] == 2 * 4096 + 64 * len(LABELS)
+        head = {n for n in requires if "lora_" not in n}
+        assert head == {"base_model.model.score.modules_to_save.default.weight"}
+    else:
+        assert requires == expected
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = _data()
+    start = evaluate_loss(model, data, 8, PAD, "cpu", sequence_classification_loss)
+    train_loop(
+        model,
+        data,
+        None,
+        _train_cfg(max_steps=8),
+        seed=0,
+        run_dir=tmp_path,
+        pad_id=PAD,
+        loss_fn=sequence_classification_loss,
+    )
+    assert evaluate_loss(model, data, 8, PAD, "cpu", sequence_classification_loss) < start - 1e-3
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == requires, sorted(changed ^ requires)[:4]
+
+
+def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
+    """LoRA with dropout on a head: stopped at step 2 (checkpoint), resumed to 4 = straight to 4."""
+    method = LoraMethod(r=4, alpha=8, dropout=0.1)
+    cfg = _train_cfg(max_steps=4, save_every=2)
+    straight = prepare_head(make_tiny_classifier(), method)
+    torch.manual_seed(0)
+    train_loop(
+        straight,
+        _data(),
+        None,
+        cfg,
+        seed=0,
+        run_dir=tmp_path / "a",
+        pad_id=PAD,
+        loss_fn=sequence_classification_loss,
+    )
+
+    def stop_at_2(step: int, _loss: float) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    first = prepare_head(make_tiny_classifier(), method)
+    torch.manual_seed(0)
+    train_loop(
+        first,
+        _data(),
+        None,
+        cfg,
+        seed=0,
+        run_dir=tmp_path / "b",
+        pad_id=PAD,
+        loss_fn=sequence_classification_loss,
+        on_step=stop_at_2,
+    )
+    torch.manual_seed(123)  # resume must not depend on the state the process happens to be in
+    resumed = prepare_head(make_tiny_classifier(), method)
+    train_loop(
+        resumed,
+        _data(),
+        None,
+        cfg,
+        seed=0,
+        run_dir=tmp_path / "b",
+        pad_id=PAD,
+        resume=True,
+        loss_fn=sequence_classification_loss,
+    )
+    assert _logged_losses(tmp_path / "b") == pytest.approx(_logged_losses(tmp_path / "a"), abs=1e-6)
+    assert len(_logged_losses(tmp_path / "a")) == 4
+
+
+def _head_run(tmp_path, base_dir, tokenizer, method, name: str):
+    """A trained head saved as a run directory (config.yaml, data_report.json, model/ or adapter/)."""
+    torch.manual_seed(0)
+    model = load_sequence_classifier(str(base_dir), label_names=LABELS, pad_id=PAD)
+    model = prepare_head(model, method)
+    train_loop(
+        model,
+        _data(),
+        None,
+        _train_cfg(max_steps=2),
+        seed=0,
+        run_dir=tmp_path / "t",
+        pad_id=PAD,
+        loss_fn=sequence_classification_loss,
+    )
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    cfg = RunConfig.model_validate(
+        {"model": {"name": str(base_dir), "head": "classification"}, "method": method.model_dump()}
+    )
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    (run_dir / "data_report.json").write_text(json.dumps({"label_names": LABELS}))
+    saved = save_trained(model, tokenizer, run_dir)
+    assert not list(saved.rglob("*.bin"))
+    return model.eval(), saved
+
+
+IDS = torch.tensor([[5, 50, 60, 70, 80], [9, 40, 30, PAD, PAD]])
+MASK = (IDS != PAD).long()
+
+
+@pytest.mark.parametrize(
+    "method", [FullMethod(), FreezeMethod(train_last_n_blocks=1)], ids=["full", "freeze"]
+)
+def test_full_and_freeze_save_a_stock_transformers_classifier(tmp_path, default_tokenizer, method):
+    from transformers import AutoModelForSequenceClassification
+
+    base_dir = tmp_path / "base"
+    from tests.conftest import make_tiny_llama
+
+    make_tiny_llama(VOCAB).save_pretrained(base_dir, safe_serialization=True)
+    default_tokenizer.save_pretrained(base_dir)
+    model, saved = _head_run(tmp_path, base_dir, default_tokenizer, method, "run")
+    assert saved.name == "model"
+    stock = AutoModelForSequenceClassification.from_pretrained(saved).eval()
+    assert stock.config.id2label == dict(enumerate(LABELS)) and stock.config.pad_token_id == PAD
+    ours, _, _ = load_trained(tmp_path / "run")
+    with torch.no_grad():
+        trained = model(input_ids=IDS, attention_mask=MASK).logits
+        assert torch.allclose(stock(input_ids=IDS, attention_mask=MASK).logits, trained, atol=1e-5)
+        assert torch.allclose(ours(input_ids=IDS, attention_mask=MASK).logits, trained, atol=1e-5)
+
+
+def test_lora_saves_an_adapter_stock_peft_loads_with_its_head(tmp_path, default_tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from tests.conftest import make_tiny_llama
+
+    base_dir = tmp_path / "base"
+    make_tiny_llama(VOCAB).save_pretrained(base_dir, safe_serialization=True)
+    default_tokenizer.save_pretrained(base_dir)
+    model, saved = _head_run(tmp_path, base_dir, default_tokenizer, LoraMethod(r=4, alpha=8), "run")
+    assert saved.name == "adapter"
+    torch.manual_seed(99)  # the stock base gets another random score: the adapter's copy must replace it
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=3, pad_token_id=PAD)
+    stock = PeftModel.from_pretrained(base, saved).eval()
+    merged, _, _ = load_trained(tmp_path / "run", merge=True)
+    with torch.no_grad():
+        trained = model(input_ids=IDS, attention_mask=MASK).logits
+        assert torch.allclose(stock(input_ids=IDS, attention_mask=MASK).logits, trained, atol=1e-5)
+        assert torch.allclose(merged(input_ids=IDS, attention_mask=MASK).logits, trained, atol=1e-5)
+
+
+def _config(tmp_path, tiny_model_dir, train_file, *extra: str):
+    return load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "name=head",
+            f"model.name={tiny_model_dir}",
+            "model.head=classification",
+            f"data.train={train_file}",
+            "data.validation_fraction=0.25",
+            "train.max_steps=3",
+            "train.batch_size=4",
+            "eval.probes=false",
+            *extra,
+        ],
+    )
+
+
+def test_train_evaluate_predict_end_to_end(tmp_path, tiny_model_dir, capsys):
+    from tunesmith import cli
+    from tunesmith.api import evaluate, predict, train
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(16, 0)))
+    summary = train(_config(tmp_path, tiny_model_dir, data, "method.name=lora", "method.r=4"))
+    val = summary["eval"]["validation"]
+    assert set(val) == {"tuned"} and "not evaluated" in summary["head"]["base"]
+    assert set(val["tuned"]["per_class_f1"]) == set(LABELS) and len(val["tuned"]["confusion_matrix"]) == 3
+    run_dir = tmp_path / "head"
+    assert (run_dir / "adapter").is_dir() and (run_dir / "report.html").exists()
+    assert evaluate(run_dir)["validation"]["f1_macro"] == pytest.approx(val["tuned"]["f1_macro"])
+    texts = ["a red apple", "", "rocket rocket today", "fish in the sea sea"]
+    (tmp_path / "in.txt").write_text("\n".join(texts) + "\n")
+    out = tmp_path / "labels.txt"
+    assert cli.main(["predict", str(run_dir), "--data", str(tmp_path / "in.txt"), "--out", str(out)]) == 0
+    ids = out.read_text().splitlines()
+    model, tokenizer, _ = load_trained(run_dir)
+    from tunesmith.data.render import head_input_ids
+
+    one_by_one = [int(head_logits(model, [head_input_ids(t, tokenizer)], PAD).argmax()) for t in texts]
+    assert ids == [str(i) for i in one_by_one]  # one id per input line, in input order (blank line too)
+    rows = [
+        json.loads(x)
+        for x in predict(run_dir, tmp_path / "in.txt", tmp_path / "p.jsonl").read_text().splitlines()
+    ]
+    assert [r["label"] for r in rows] == one_by_one
+    assert all(sum(r["probs"]) == pytest.approx(1.0, abs=1e-4) and len(r["probs"]) == 3 for r in rows)
+
+
+def test_head_on_non_classification_data_names_the_key(tmp_path, tiny_model_dir):
+    from tunesmith.api import train
+
+    chat = tmp_path / "chat.jsonl"
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    chat.write_text((json.dumps(row) + "\n") * 4)
+    with pytest.raises(ConfigError, match=r"model\.head: classification needs classification data"):
+        train(_config(tmp_path, tiny_model_dir, chat))
+    with pytest.raises(
+        ConfigError, match=r"model\.head: classification trains with method full, freeze, lora"
+    ):
+        train(_config(tmp_path, tiny_model_dir, chat, "method.name=ia3"))
+
+
+def test_head_data_is_the_text_alone_with_the_class_at_the_last_token(tmp_path, default_tokenizer):
+    from tunesmith.config import DataConfig
+    from tunesmith.data.prepare import prepare_data
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(6, 0)))
+    split = prepare_data(
+        DataConfig(train=str(data), validation_fraction=0.0, max_length=8),
+        default_tokenizer,
+        0,
+        head="classification",
+    ).train
+    for ex, ids, labels in zip(split.examples, split.input_ids, split.labels, strict=True):
+        assert ids == default_tokenizer(ex.text)["input_ids"][:8]  # truncated ones keep their start
+        assert labels == class_target_labels(len(ids), ex.label)
+
+
+def test_init_from_an_lm_run_lends_its_body_and_the_head_starts_new(tmp_path, default_tokenizer):
+    from tests.conftest import make_tiny_llama
+    from tunesmith.methods.seq_cls import start_model
+
+    base_dir = tmp_path / "base"
+    make_tiny_llama(VOCAB).save_pretrained(base_dir, safe_serialization=True)
+    default_tokenizer.save_pretrained(base_dir)
+    earlier = make_tiny_llama(VOCAB, seed=5)  # other weights than the base: the body must come from here
+    lm_run = tmp_path / "lm-run"
+    lm_run.mkdir()
+    lm_cfg = RunConfig.model_validate({"model": {"name": str(base_dir)}, "method": {"name": "full"}})
+    (lm_run / "config.yaml").write_text(dump_config(lm_cfg))
+    save_trained(earlier, default_tokenizer, lm_run)
+    cfg = RunConfig.model_validate(
+        {"model": {"name": str(base_dir), "head": "classification"}, "init_from": str(lm_run)}
+    )
+    model = start_model(cfg, LABELS, PAD)
+    body, lent = model.model.state_dict(), earlier.model.state_dict()
+    assert body.keys() == lent.keys() and all(torch.equal(body[k], lent[k]) for k in body)
+    assert model.score.weight.shape == (len(LABELS), 64)

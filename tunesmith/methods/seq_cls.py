@@ -1,0 +1,186 @@
+"""Sequence-classification heads (``model.head: classification``): the model side.
+
+The LLM is loaded as transformers' ``AutoModelForSequenceClassification`` (Llama:
+``LlamaForSequenceClassification``): the decoder's hidden state at the last non-pad token goes through
+``score``, a new linear layer (hidden -> one logit per label, no bias) initialised at random from the run
+seed; the vocabulary head is not loaded.
+It trains with method ``full``, ``freeze`` (``score`` is the head: ``train_last_n_blocks: 0`` = head only)
+or ``lora`` (PEFT task ``SEQ_CLS``, which trains ``score`` in full and saves it via ``modules_to_save``).
+The run directory holds ``model/`` or ``adapter/``, loadable with no tunesmith installed::
+
+    model = AutoModelForSequenceClassification.from_pretrained("runs/x/model")
+    base = AutoModelForSequenceClassification.from_pretrained(BASE_DIR, num_labels=4, pad_token_id=2)
+    model = PeftModel.from_pretrained(base, "runs/x/adapter")
+    logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+
+Inputs are the texts alone (:func:`tunesmith.data.render.head_input_ids`), right-padded with the
+tokenizer's pad id, which is also the config's ``pad_token_id`` (the model pools the rightmost non-pad token).
+The training/evaluation flow is in :mod:`tunesmith.methods.seq_cls_run`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.errors import ConfigError, RunError
+
+HEAD_METHODS = ("full", "freeze", "lora")
+"""Methods that train a classification head; the others wrap or quantize the LM in ways not wired here."""
+
+
+def check_supported(cfg: Any) -> None:
+    """Fail before any work when ``model.head: classification`` meets a setting it cannot honour."""
+    if cfg.method.name not in HEAD_METHODS:
+        raise ConfigError(
+            f"model.head: classification trains with method {', '.join(HEAD_METHODS)}; got method "
+            f"{cfg.method.name!r}. Use one of those, or model.head: lm"
+        )
+    if cfg.method.name == "freeze" and not cfg.method.train_head:
+        raise ConfigError(
+            "model.head: classification with method.train_head: false would leave the new (random) "
+            "score head untrained; set method.train_head: true"
+        )
+    for key, value in (
+        ("data.tasks", getattr(cfg.data, "tasks", None)),
+        ("stages", getattr(cfg, "stages", None)),
+    ):
+        if value:
+            raise ConfigError(f"model.head: classification does not support {key} yet; use model.head: lm")
+
+
+def load_sequence_classifier(
+    name: str,
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+    *,
+    label_names: list[str],
+    pad_id: int,
+    **options: Any,
+) -> Any:
+    """An ``AutoModelForSequenceClassification`` from a causal-LM checkpoint (``score`` new) or a saved head.
+
+    ``num_labels``, ``id2label``/``label2id`` (so stock pipelines print label names) and ``pad_token_id``
+    (Llama configs have none; without it the model cannot find the last real token of padded rows) are set
+    on the config, and so saved with ``model/``.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from tunesmith.models.loading import _hub_error, resolve_model_path
+
+    source = resolve_model_path(name)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            source,
+            num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={label: i for i, label in enumerate(label_names)},
+            pad_token_id=pad_id,
+            dtype=torch.bfloat16 if dtype == "bfloat16" else torch.float32,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            **options,
+        )
+    except OSError as err:
+        raise _hub_error(name, err) from None
+
+
+def _decoder(model: Any) -> Any:
+    """The transformer body (``model.model`` on Llama) of a causal LM or a sequence classifier."""
+    return getattr(model, model.base_model_prefix)
+
+
+def start_model(cfg: Any, label_names: list[str], pad_id: int) -> Any:
+    """The model training starts from: ``model.name`` with a new head, or with ``init_from`` an earlier run.
+
+    An earlier head run continues as it is (same labels required); an earlier LM run (its adapter merged)
+    lends its transformer body and the head starts new.
+    """
+    model = load_sequence_classifier(
+        cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, label_names=label_names, pad_id=pad_id
+    )
+    if cfg.init_from is None:
+        return model
+    from tunesmith.runs import load_trained
+
+    earlier, _, earlier_cfg = load_trained(cfg.init_from, merge=True)
+    if earlier_cfg.model.head == "classification":
+        earlier_labels = [earlier.config.id2label[i] for i in range(earlier.config.num_labels)]
+        if earlier_labels != label_names:
+            raise ConfigError(
+                f"init_from: {cfg.init_from} was trained on labels {earlier_labels}, this run has "
+                f"{label_names}; a head continues only on the same labels"
+            )
+        return earlier.train()
+    _decoder(model).load_state_dict(_decoder(earlier).state_dict())
+    return model
+
+
+def prepare_head(model: Any, method_cfg: Any) -> Any:
+    """Apply the method to a sequence classifier: lora as PEFT ``SEQ_CLS``; full/freeze as usual (freeze
+    finds ``score`` through :func:`tunesmith.methods.freeze.output_head`)."""
+    from tunesmith.methods import prepare_model
+
+    if method_cfg.name != "lora":
+        return prepare_model(model, method_cfg)
+    from peft import get_peft_model
+
+    from tunesmith.methods.lora import lora_config
+
+    config = lora_config(method_cfg, model)
+    # SEQ_CLS makes PEFT add "score"/"classifier" to modules_to_save (trained in full, saved with the
+    # adapter) and keep the head out of "all-linear" targets.
+    config.task_type = "SEQ_CLS"
+    return get_peft_model(model, config)
+
+
+def label_names_of(run_dir: str | Path) -> list[str]:
+    """The run's label names in id order (from its data_report.json)."""
+    report = json.loads((Path(run_dir) / "data_report.json").read_text(encoding="utf-8"))
+    names = report.get("label_names")
+    if not names:
+        raise RunError(f"{run_dir}/data_report.json has no label_names; is this a classification run?")
+    return names
+
+
+def head_loader(run_dir: str | Path) -> Callable[..., Any]:
+    """A drop-in for ``load_causal_lm`` that loads this head run's model (``runs.load_trained`` uses it)."""
+    from tunesmith.models.loading import load_tokenizer
+
+    run_dir = Path(run_dir)
+    saved = run_dir / "model" if (run_dir / "model").is_dir() else run_dir / "adapter"
+    pad_id = load_tokenizer(str(saved)).pad_token_id
+    return functools.partial(load_sequence_classifier, label_names=label_names_of(run_dir), pad_id=pad_id)
+
+
+@torch.no_grad()
+def head_logits(model: Any, input_ids: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """Class logits (n, labels) in input order, through the model's own forward (stock pooling).
+
+    Rows are sorted by length and right-padded per batch (less padding = less wasted compute on CPU).
+    """
+    from tunesmith.evaluate.generate import model_device
+    from tunesmith.train.batching import collate
+
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+    rows: list[torch.Tensor | None] = [None] * len(input_ids)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([input_ids[i] for i in idx], None, pad_id)
+        logits = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            use_cache=False,
+        ).logits
+        for row, i in enumerate(idx):
+            rows[i] = logits[row].float().cpu()
+    model.train(was_training)
+    return torch.stack(rows) if rows else torch.zeros(0, 0)  # type: ignore[arg-type]

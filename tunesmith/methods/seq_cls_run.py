@@ -1,0 +1,166 @@
+"""Train, evaluate and predict with a sequence-classification head (``model.head: classification``).
+
+``api.train/evaluate/predict`` hand head runs here. Training is the one loop (:func:`train_loop`) with
+:func:`~tunesmith.train.losses.sequence_classification_loss`; everything else is a head run's own::
+
+    tunesmith train recipes/tweeteval-emotion-head.yaml
+    tunesmith predict runs/tweeteval-emotion-head --data tweets.txt --out labels.txt   # one id per line
+
+Base vs tuned: the base is **not** evaluated for head runs. The head starts random, so the "base" would be
+a random linear map of the untouched LLM's features: chance level, and a full validation pass to learn
+that. summary.json says so under ``head.base``; the zero-shot base of the same model and data is what a
+``model.head: lm`` run reports. For the same reason the in-context baselines and the forgetting probes
+(which need the vocabulary head) are skipped; the overfitting check and the gates still run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunesmith.config import RunConfig, dump_config
+from tunesmith.data.prepare import PreparedData, Split, prepare_data
+from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from tunesmith.methods.seq_cls import check_supported, head_logits, label_names_of, prepare_head, start_model
+
+BASE_NOTE = (
+    "not evaluated: the classification head starts random, so the base model has no classifier to compare "
+    "(it would score at chance); a model.head: lm run of the same model and data reports the zero-shot base"
+)
+SKIPPED_NOTE = "in-context baselines and forgetting probes skipped: they need the LM's vocabulary head"
+
+
+def evaluate_head_split(
+    model: Any, split: Split, label_names: list[str], pad_id: int, cfg: RunConfig
+) -> tuple[dict[str, Any], list[int]]:
+    """Accuracy, macro P/R/F1, per-class F1, confusion matrix and mean cross-entropy; plus the predictions."""
+    from tunesmith.evaluate.metrics import classification_metrics
+    from tunesmith.evaluate.runner import _cap
+
+    split = _cap(split, cfg.eval.max_examples)
+    logits = head_logits(model, split.input_ids, pad_id, cfg.eval.batch_size)
+    y_true = [int(ex.label) for ex in split.examples]  # type: ignore[arg-type]
+    predicted = logits.argmax(dim=-1).tolist()
+    metrics = classification_metrics(y_true, predicted, label_names)
+    metrics["loss"] = float(F.cross_entropy(logits, torch.tensor(y_true)))
+    return metrics, predicted
+
+
+def _eval_splits(data: PreparedData) -> dict[str, Split]:
+    return {
+        n: s for n, s in (("validation", data.validation), ("test", data.test)) if s is not None and len(s)
+    }
+
+
+def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+    """Prepare the data (text alone, class id at the last token), train the head, save, evaluate, report."""
+    from tunesmith.api import _print_data_report, _run_prepare_steps, _summary, seed_everything
+    from tunesmith.evaluate.evidence import after_training, apply_evidence
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.runs import save_trained
+    from tunesmith.train.loop import TokenData, train_loop
+    from tunesmith.train.losses import sequence_classification_loss
+
+    check_supported(cfg)
+    t_start = time.perf_counter()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
+    tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+    data_cfg, prepare_reports = _run_prepare_steps(cfg, run_dir)
+    data = prepare_data(data_cfg, tokenizer, cfg.seed, head="classification")
+    if prepare_reports:
+        data.report["prepare"] = prepare_reports
+    write_json_atomic(run_dir / "data_report.json", data.report)
+    _print_data_report(data.report)
+    assert data.label_names is not None  # classification data always has label names
+    seed_everything(cfg.seed)  # the new head's initialisation (and LoRA's) follows the run seed
+    model = prepare_head(start_model(cfg, data.label_names, tokenizer.pad_token_id), cfg.method)
+    val = data.validation
+    result = train_loop(
+        model,
+        TokenData(data.train.input_ids, data.train.labels),
+        TokenData(val.input_ids, val.labels) if val is not None and len(val) else None,
+        cfg.train,
+        seed=cfg.seed,
+        run_dir=run_dir,
+        pad_id=tokenizer.pad_token_id,
+        resume=resume,
+        loss_fn=sequence_classification_loss,
+    )
+    timings = {"train_s": result.train_seconds}
+    evals: dict[str, dict[str, Any]] = {}
+    if not result.interrupted:
+        save_trained(model, tokenizer, run_dir)
+        t_eval = time.perf_counter()
+        for name, split in _eval_splits(data).items():
+            metrics, predicted = evaluate_head_split(
+                model, split, data.label_names, tokenizer.pad_token_id, cfg
+            )
+            evals[name] = {"tuned": metrics}
+            write_jsonl_atomic(run_dir / f"predictions_tuned_{name}.jsonl", [{"label": p} for p in predicted])
+        timings["tuned_eval_s"] = time.perf_counter() - t_eval
+    timings["total_s"] = time.perf_counter() - t_start
+    summary = _summary(cfg, "classification", model, result, evals, data, timings)
+    summary["head"] = {"type": "classification", "labels": data.label_names, "base": BASE_NOTE}
+    summary["head"]["skipped"] = SKIPPED_NOTE
+    if not result.interrupted:
+        tuned = {split: v["tuned"] for split, v in evals.items()}
+        apply_evidence(
+            summary, after_training(run_dir, model, tokenizer, data, "classification", cfg, {}, tuned, result)
+        )
+    write_json_atomic(run_dir / "summary.json", summary)
+    from tunesmith.report.html import write_report
+
+    write_report(run_dir)
+    return summary
+
+
+def _prepare_file(cfg: RunConfig, tokenizer: Any, path: str | Path, label_names: list[str]) -> Split:
+    """A labelled file prepared like the run's data (head rendering, the run's label order)."""
+    update = {"train": str(path), "validation": None, "test": None, "validation_fraction": 0.0}
+    data_cfg = cfg.data.model_copy(update={**update, "labels": label_names, "prepare": []})
+    return prepare_data(data_cfg, tokenizer, cfg.seed, head="classification").train
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a finished head run on ``data`` (default: the run's own validation/test splits)."""
+    from tunesmith.runs import load_trained
+
+    model, tokenizer, cfg = load_trained(run_dir)
+    label_names = label_names_of(run_dir)
+    if data is not None:
+        splits = {"validation": _prepare_file(cfg, tokenizer, data, label_names)}
+    else:
+        splits = _eval_splits(prepare_data(cfg.data, tokenizer, cfg.seed, head="classification"))
+    pad_id = tokenizer.pad_token_id
+    return {name: evaluate_head_split(model, s, label_names, pad_id, cfg)[0] for name, s in splits.items()}
+
+
+def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "jsonl") -> Path:
+    """One label per input in input order: ``fmt="labels"`` writes ids one per line, else JSONL with
+    ``label``, ``label_name`` and ``probs``. Plain ``.txt`` is one text per line (blank lines too)."""
+    from tunesmith.api import write_predictions
+    from tunesmith.data.render import head_input_ids
+    from tunesmith.methods.feature_extraction import read_texts
+    from tunesmith.runs import load_trained
+
+    model, tokenizer, cfg = load_trained(run_dir)
+    label_names = label_names_of(run_dir)
+    prefix = getattr(cfg.data, "prefix", None) or ""  # training put it before every text, so must we
+    texts = read_texts(data, cfg, label_names)
+    ids = [head_input_ids(prefix + text, tokenizer)[: cfg.data.max_length] for text in texts]
+    probs = head_logits(model, ids, tokenizer.pad_token_id, cfg.eval.batch_size).softmax(dim=-1)
+    rows = [
+        {
+            "label": int(p.argmax()),
+            "label_name": label_names[int(p.argmax())],
+            "probs": [round(float(x), 6) for x in p],
+        }
+        for p in probs
+    ]
+    return write_predictions(out, rows, fmt)
