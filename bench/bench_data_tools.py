@@ -1,8 +1,10 @@
-"""Throughput and memory of the data tools on synthetic rows: clean -> dedup -> pii -> split.
+"""Throughput and memory of the data tools on synthetic rows: inspect -> clean -> dedup -> pii -> split.
 
 Generates ``--rows`` classification rows (varied pseudo-word text, planted exact and one-word-changed near
 duplicates, planted PII, HTML entities and messy whitespace) into a temporary directory, runs each step once
-and prints rows/s and peak RSS per step. Results go to ``bench/results/data_tools.json``.
+and prints rows/s and peak RSS per step. Results go to ``bench/results/data_tools.json``. ``inspect`` renders
+and tokenizes every row with the default model's tokenizer (loaded before the clock starts, so its memory is
+in the baseline).
 
     .venv/bin/python bench/bench_data_tools.py --rows 100000     # about a minute on 2 cores
     .venv/bin/python bench/bench_data_tools.py                   # 1,000,000 rows: several minutes, GBs of RAM
@@ -28,7 +30,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.tools import clean_file, dedup_file, redact_file, split_file
+from tunesmith.data.tools import clean_file, dedup_file, inspect_file, redact_file, split_file
 from tunesmith.io import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "data_tools.json"
@@ -90,12 +92,21 @@ def generate(path: Path, rows: int, seed: int) -> dict[str, int]:
     return dict(planted)
 
 
+def _tokenizer() -> dict[str, Any]:
+    from tunesmith.models.loading import load_tokenizer
+
+    return {"tokenizer": load_tokenizer("default")}
+
+
 STEPS: dict[str, Callable[..., dict[str, Any]]] = {
+    "inspect": inspect_file,
     "clean": clean_file,
     "dedup": dedup_file,
     "pii": redact_file,
     "split": split_file,
 }
+SETUP: dict[str, Callable[[], dict[str, Any]]] = {"inspect": _tokenizer}
+"""What a step needs loaded before it is timed (extra keyword arguments)."""
 
 
 def _rss_mb(field: str) -> float:
@@ -112,6 +123,7 @@ def _rss_mb(field: str) -> float:
 
 def _child(step: str, kwargs: dict[str, Any], conn: Connection) -> None:
     """Run one step in a fresh interpreter so its peak RSS is its own, not the previous step's leftovers."""
+    kwargs |= SETUP.get(step, dict)()
     baseline = _rss_mb("VmRSS")
     start = time.perf_counter()
     report = STEPS[step](**kwargs)
@@ -156,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"generated {args.rows:,} rows ({size_mb:.0f} MB) in {took:.1f} s: {planted}")
         steps: dict[str, Any] = {}
         reports: dict[str, Any] = {}
+        steps["inspect"], reports["inspect"] = timed("inspect", args.rows, path=d / "raw.jsonl")
         steps["clean"], reports["clean"] = timed(
             "clean", args.rows, src=d / "raw.jsonl", dst=d / "clean.jsonl"
         )
@@ -170,6 +183,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": args.rows,
         "input_mb": round(size_mb, 1),
         "planted": planted,
+        "inspected": {
+            k: reports["inspect"][k] for k in ("rows", "valid", "empty", "malformed", "duplicates")
+        },
         "found": {
             "empty": reports["clean"]["dropped"].get("empty", 0),
             "html_rows": reports["clean"]["changed"].get("html_removed", 0),

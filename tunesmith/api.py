@@ -158,7 +158,13 @@ def _run_prepare_steps(cfg: RunConfig, run_dir: Path) -> tuple[Any, list[dict[st
         return cfg.data, []
     from tunesmith.data.tools.pipeline import run_prepare_steps
 
-    prepared, reports = run_prepare_steps(cfg.data.train, cfg.data.prepare, run_dir / "prepared")
+    prepared, reports = run_prepare_steps(
+        cfg.data.train,
+        cfg.data.prepare,
+        run_dir / "prepared",
+        on_bad_row=cfg.data.on_bad_row,
+        model=cfg.model.name,  # augment's paraphrases come from the base model being tuned
+    )
     return cfg.data.model_copy(update={"train": str(prepared)}), reports
 
 

@@ -14,8 +14,25 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from tunesmith.errors import TunesmithError
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """The one-line end-of-run summary: steps, speed, time, memory and the tuned validation metrics (per
+    task for multi-task and sequential runs, whose summaries carry ``tasks`` and no single tokens/s)."""
+    tr = summary.get("train", {})
+    speed = f", {tr['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in tr else ""
+    if summary.get("tasks"):
+        shown = [f"{key} {row['metric']}={row['tuned']:.4f}" for key, row in summary["tasks"].items()]
+    else:
+        tuned = summary.get("eval", {}).get("validation", {}).get("tuned") or {}
+        shown = [f"{k}={v:.4f}" for k, v in tuned.items() if isinstance(v, float)][:4]
+    return (
+        f"tunesmith: {summary['name']} done: {tr.get('steps', 0)} steps{speed}, "
+        f"{summary['timings']['total_s']:.0f}s, peak {summary['peak_memory_mb']:.0f} MB; " + ", ".join(shown)
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -24,14 +41,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(args.config, overrides=args.set, resume=args.resume)
     if summary["status"] == "interrupted":
         return 130
-    tr = summary["train"]
-    evals = summary.get("eval", {}).get("validation", {})
-    headline = {k: v for k, v in (evals.get("tuned") or {}).items() if isinstance(v, float)}
-    print(
-        f"tunesmith: {summary['name']} done: {tr['steps']} steps, {tr['tokens_per_s']:.0f} tok/s, "
-        f"{summary['timings']['total_s']:.0f}s, peak {summary['peak_memory_mb']:.0f} MB; "
-        + ", ".join(f"{k}={v:.4f}" for k, v in list(headline.items())[:4])
-    )
+    print(headline(summary))
     print(f"tunesmith: run directory runs/{summary['name']} (report.html, summary.json)")
     if summary["status"] == "failed":  # a gate failed: exit non-zero so a pipeline cannot promote the run
         from tunesmith.evaluate.gates import GATE_EXIT_CODE

@@ -111,7 +111,8 @@ class DataConfig(Strict):
     prepare: list[dict[str, Any]] = Field(default_factory=list)
     """Data steps run on the training file before training, in order, e.g. ``[{step: clean}, {step: dedup},
     {step: pii}]`` (clean, dedup, pii, leakage, augment; see ``tunesmith data --help``); outputs go to the
-    run's ``prepared/`` folder and their reports into data_report.json."""
+    run's ``prepared/`` folder and their reports into data_report.json. Unreadable rows follow ``on_bad_row``
+    (skipped ones are counted per step); ``augment`` paraphrases with ``model.name`` unless given a model."""
     on_bad_row: Literal["stop", "skip"] = "stop"
     """``stop`` fails on the first malformed row with file:line; ``skip`` drops and counts it."""
     prefix: str | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,136 @@ def test_run_prepare_steps_rejects_bad_steps(tmp_path):
     val = write_lines(tmp_path / "val.jsonl", [chat("a", "b")])
     _, reports = run_prepare_steps(src, [{"step": "leakage", "eval_files": [str(val)]}], tmp_path / "w")
     assert reports[0]["dropped"] == {"leak_exact": 1}
+
+
+# --- unreadable rows, cross-file dedup, data.prepare from a run --------------------------------------------
+
+
+def _broken(path: Path) -> Path:
+    """Four good chat rows around a malformed JSON line (line 3)."""
+    rows: list[str | dict] = [chat(q, f"Answer {i}.") for i, q in enumerate(QUESTIONS[:4])]
+    rows.insert(2, '{"messages": oops}')
+    return write_lines(path, rows)
+
+
+BAD_LINE = "invalid JSON: Expecting value (column 14)"
+
+
+def test_cli_on_bad_row_stop_or_skip(tmp_path, capsys):
+    src = _broken(tmp_path / "raw.jsonl")
+    assert run("clean", str(src), "--out", str(tmp_path / "stop.jsonl")) == 2
+    assert f"tunesmith: error: {src}:3: {BAD_LINE}" in capsys.readouterr().err
+    assert not (tmp_path / "stop.jsonl").exists()
+    commands = {
+        "clean": ["--out", str(tmp_path / "w" / "clean.jsonl")],
+        "dedup": ["--out", str(tmp_path / "w" / "dedup.jsonl")],
+        "pii": ["--out", str(tmp_path / "w" / "pii.jsonl")],
+        "augment": ["--out", str(tmp_path / "w" / "aug.jsonl"), "--ops", "swap"],
+        "split": ["--out", str(tmp_path / "w" / "splits"), "--ratios", "0.5,0.5"],
+        "leakage": ["--out", str(tmp_path / "w" / "noleak.jsonl"), "--eval", str(src)],
+    }
+    report = tmp_path / "report.json"
+    for name, argv in commands.items():
+        assert run(name, str(src), *argv, "--on-bad-row", "skip", "--report", str(report)) == 0, name
+        skipped = 2 if name == "leakage" else 1  # leakage reads src twice: as train and as eval file
+        assert f"skipped unreadable rows: {skipped} (first: {src}:3: {BAD_LINE})" in capsys.readouterr().out
+    entries = json.loads(report.read_text())["steps"]
+    assert [e["step"] for e in entries] == list(commands)
+    assert [e["bad_rows"]["skipped"] for e in entries] == [1, 1, 1, 1, 1, 2]
+    assert read_jsonl(tmp_path / "w" / "clean.jsonl") == [
+        chat(q, f"Answer {i}.") for i, q in enumerate(QUESTIONS[:4])
+    ]
+
+
+def test_cli_dedup_across_files(tmp_path, capsys):
+    a = write_lines(tmp_path / "a.jsonl", [chat(q, "x") for q in QUESTIONS[:4]])
+    b = write_lines(tmp_path / "b.jsonl", [chat(q, "x") for q in QUESTIONS[2:7]])
+    outs = [str(tmp_path / "out" / "a.jsonl"), str(tmp_path / "out" / "b.jsonl")]
+    assert run("dedup", str(a), str(b), "--out", *outs, "--exact-only") == 0
+    out = capsys.readouterr().out
+    assert "tunesmith data dedup: 2 files, 9 rows in, 7 out" in out
+    assert f"  {b}: 5 in, 3 out -> {outs[1]}; dropped: cross_file_exact=2" in out
+    assert len(read_jsonl(outs[0])) == 4 and read_jsonl(outs[1]) == [chat(q, "x") for q in QUESTIONS[4:7]]
+    (entry,) = json.loads((tmp_path / "out" / "data_report.json").read_text())["steps"]
+    assert [f["dropped"] for f in entry["files"]] == [{}, {"cross_file_exact": 2}]
+    assert run("dedup", str(a), str(b), "--out", outs[0]) == 2
+    assert "one output per input file: got 2 inputs, 1 outputs" in capsys.readouterr().err
+
+
+def test_run_prepare_steps_follow_on_bad_row(tmp_path):
+    src = _broken(tmp_path / "raw.jsonl")
+    plan = [{"step": "clean"}, {"step": "dedup"}, {"step": "pii"}]
+    with pytest.raises(DataError, match=re.escape(f"{src}:3: {BAD_LINE}")):
+        run_prepare_steps(src, plan, tmp_path / "stop")
+    final, reports = run_prepare_steps(src, plan, tmp_path / "skip", on_bad_row="skip")
+    assert [r["bad_rows"]["skipped"] for r in reports] == [1, 0, 0]  # later steps read clean output
+    assert reports[0]["bad_rows"]["examples"] == [f"{src}:3: {BAD_LINE}"]
+    assert [(r["rows_in"], r["rows_out"]) for r in reports] == [(4, 4), (4, 4), (4, 4)]
+    assert len(read_jsonl(final)) == 4
+    # A step's own on_bad_row wins over the run's.
+    with pytest.raises(DataError, match=":3: "):
+        run_prepare_steps(src, [{"step": "pii", "on_bad_row": "stop"}], tmp_path / "own", on_bad_row="skip")
+
+
+def _fake_paraphrases(monkeypatch) -> list[str]:
+    """Paraphraser without a model: "Put simply: <text>", and the model name each one was built with."""
+    built: list[str] = []
+
+    def init(self, model_name=None, **kwargs):
+        built.append(model_name)
+        self.model_name = model_name
+
+    monkeypatch.setattr(Paraphraser, "__init__", init)
+    monkeypatch.setattr(Paraphraser, "__call__", lambda self, reqs: [f"Put simply: {t}" for t, _, _ in reqs])
+    return built
+
+
+def test_prepare_augment_paraphrases_with_the_run_model(tmp_path, monkeypatch):
+    built = _fake_paraphrases(monkeypatch)
+    src = write_lines(tmp_path / "train.jsonl", [chat(q, "A.") for q in QUESTIONS[:3]])
+    plan = [{"step": "augment", "ops": ["paraphrase"]}]
+    _, (report,) = run_prepare_steps(src, plan, tmp_path / "w1", model="org/base-model")
+    assert report["model"] == "org/base-model" and report["augmented"] == {"paraphrase": 3}
+    _, (own,) = run_prepare_steps(src, [{**plan[0], "model": "other"}], tmp_path / "w2", model="org/base")
+    _, (alone,) = run_prepare_steps(src, plan, tmp_path / "w3")
+    assert (own["model"], alone["model"]) == ("other", "default")
+    assert built == ["org/base-model", "other", "default"]
+
+
+def test_train_runs_data_prepare_steps(tmp_path, tiny_model_dir, monkeypatch):
+    from tunesmith.api import train
+    from tunesmith.config import load_config
+
+    _fake_paraphrases(monkeypatch)
+    rows = [
+        chat("What is the <b>return</b> policy?", "Free returns within 30 days."),
+        chat("How do I reach support?", "Write to help.desk@example.com any time."),
+        chat("Where is the shop?", "   "),
+        chat("When are you open?", "From 9 to 5 on weekdays."),
+        chat("Do you ship abroad?", "Yes, to 30 countries."),
+    ]
+    train_file = write_lines(tmp_path / "train.jsonl", rows)
+    val = write_lines(tmp_path / "val.jsonl", [chat("Can I pay by card?", "Yes.")])
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        f"name: prep\noutput_dir: {tmp_path}\nmodel:\n  name: {tiny_model_dir}\nmethod:\n  r: 2\n"
+        f"data:\n  train: {train_file}\n  validation: {val}\n  prepare:\n    - {{step: clean}}\n"
+        "    - {step: pii}\n    - {step: augment, ops: [paraphrase]}\n"
+        "train:\n  max_steps: 1\neval:\n  compare_base: false\n  max_new_tokens: 2\n  max_examples: 1\n"
+    )
+    train(load_config(cfg))
+    run_dir = tmp_path / "prep"
+    report = json.loads((run_dir / "data_report.json").read_text())
+    clean, pii, aug = report["prepare"]
+    assert [s["step"] for s in report["prepare"]] == ["clean", "pii", "augment"]
+    assert (clean["rows_in"], clean["rows_out"], clean["dropped"]) == (5, 4, {"empty": 1})
+    assert clean["changed"] == {"html_removed": 1}
+    assert (pii["rows_in"], pii["rows_out"], pii["details"]["occurrences"]) == (4, 4, {"EMAIL": 1})
+    assert (aug["rows_in"], aug["rows_out"], aug["augmented"]) == (4, 8, {"paraphrase": 4})
+    assert aug["model"] == str(tiny_model_dir)  # paraphrases by the base model being tuned
+    trained = report["files"]["train"]["path"]
+    assert trained == str(run_dir / "prepared" / "03-augment.jsonl")
+    assert report["splits"]["train"]["kept"] == 8
+    text = Path(trained).read_text(encoding="utf-8")
+    assert "help.desk@example.com" not in text and text.count("[EMAIL]") == 2  # the row and its paraphrase
+    assert "help.desk@example.com" in train_file.read_text()  # the input is never modified

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
 from collections import Counter
@@ -14,10 +15,12 @@ from tunesmith.data.tools import (
     CleanOptions,
     NearDupConfig,
     add_report_entry,
+    augment_file,
     clean_file,
     clean_text,
     contamination,
     dedup_file,
+    dedup_files,
     find_leakage,
     find_pii,
     map_text,
@@ -30,16 +33,6 @@ from tunesmith.data.tools import (
 from tunesmith.data.tools.pii import iban_valid, luhn_valid
 from tunesmith.data.tools.split import apportion
 from tunesmith.errors import DataError
-
-TWEETS = (
-    Path(__file__).resolve().parents[2]
-    / ".."
-    / "shared"
-    / "datasets"
-    / "tweeteval"
-    / "emotion"
-    / "train_text.txt"
-)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -130,6 +123,67 @@ def test_add_report_entry_appends(tmp_path):
     add_report_entry(path, {"step": "a"})
     add_report_entry(path, {"step": "b"})
     assert json.loads(path.read_text())["steps"] == [{"step": "a"}, {"step": "b"}]
+
+
+# --- unreadable rows: stop (file:line) or skip and count ---------------------------------------------------
+
+GOOD_ROWS = [{"text": f"row number {w} of the file", "label": "a"} for w in ("one", "two", "four", "five")]
+
+
+def _broken_file(tmp_path: Path) -> Path:
+    lines = [json.dumps(r) for r in GOOD_ROWS]
+    lines.insert(2, '{"text": oops}')  # line 3 of 5
+    path = tmp_path / "broken.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _written(report: dict) -> list[dict]:
+    paths = report["outputs"].values() if "outputs" in report else [report["output"]]
+    return [row for p in paths for row in read_jsonl(p) if not row.get("augmented")]
+
+
+WRITING_TOOLS = {
+    "clean": lambda src, out, **kw: clean_file(src, out / "o.jsonl", **kw),
+    "dedup": lambda src, out, **kw: dedup_file(src, out / "o.jsonl", **kw),
+    "pii": lambda src, out, **kw: redact_file(src, out / "o.jsonl", **kw),
+    "split": lambda src, out, **kw: split_file(src, out, ratios=(0.5, 0.5), **kw),
+    "augment": lambda src, out, **kw: augment_file(src, out / "o.jsonl", ops=("swap",), **kw),
+}
+
+
+@pytest.mark.parametrize("tool", sorted(WRITING_TOOLS))
+def test_writing_tools_stop_or_skip_a_malformed_row(tool, tmp_path):
+    src = _broken_file(tmp_path)
+    run = WRITING_TOOLS[tool]
+    with pytest.raises(DataError, match=re.escape(f"{src}:3: invalid JSON: Expecting value (column 10)")):
+        run(src, tmp_path / "stop")
+    assert not (tmp_path / "stop").exists() or not any((tmp_path / "stop").iterdir())  # nothing half-written
+
+    report = run(src, tmp_path / "skip", on_bad_row="skip")
+    assert sorted(_written(report), key=str) == sorted(GOOD_ROWS, key=str)  # every other row, unchanged
+    assert report["bad_rows"] == {
+        "on_bad_row": "skip",
+        "skipped": 1,
+        "examples": [f"{src}:3: invalid JSON: Expecting value (column 10)"],
+    }
+    if tool != "split":
+        assert report["rows_in"] == 4
+    with pytest.raises(DataError, match="on_bad_row must be 'stop' or 'skip', got 'ignore'"):
+        run(src, tmp_path / "bad", on_bad_row="ignore")
+
+
+def test_find_leakage_skips_bad_rows_in_every_file(tmp_path):
+    src = _broken_file(tmp_path)
+    val = tmp_path / "val.jsonl"
+    val.write_text('[1, 2]\n{"text": "row number two of the file", "label": "a"}\n', encoding="utf-8")
+    report = find_leakage(src, [val], tmp_path / "o.jsonl", on_bad_row="skip")
+    assert report["dropped"] == {"leak_exact": 1} and report["rows_out"] == 3
+    assert report["bad_rows"]["skipped"] == 2
+    assert report["bad_rows"]["examples"] == [
+        f"{val}:1: expected a JSON object, got array",
+        f"{src}:3: invalid JSON: Expecting value (column 10)",
+    ]
 
 
 # --- pii -------------------------------------------------------------------------------------------------
@@ -286,6 +340,43 @@ def test_near_dup_threshold_is_respected(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", rows)
     strict = dedup_file(src, tmp_path / "o.jsonl", config=NearDupConfig(threshold=0.99))
     assert strict["rows_out"] == 2
+
+
+def test_dedup_files_drops_rows_seen_in_an_earlier_file(tmp_path):
+    a_rows = [{"text": BASE}, {"text": OTHER}, {"text": "only in the first file"}]
+    b_rows = [
+        {"text": "only in the second file"},
+        {"text": BASE.upper()},  # exact duplicate of a:1
+        {"text": OTHER.replace("laptop", "desktop")},  # near duplicate of a:2
+        {"text": "only in the second file"},  # duplicate within b
+        {"text": "  only in the FIRST file "},  # exact duplicate of a:3
+    ]
+    a = write_jsonl(tmp_path / "a.jsonl", a_rows)
+    b = write_jsonl(tmp_path / "b.jsonl", b_rows)
+    outs = [tmp_path / "out" / "a.jsonl", tmp_path / "out" / "b.jsonl"]
+    report = dedup_files([a, b], outs)
+    assert read_jsonl(outs[0]) == a_rows
+    assert read_jsonl(outs[1]) == [b_rows[0]]
+    assert (report["rows_in"], report["rows_out"], report["rows_dropped"]) == (8, 4, 4)
+    assert report["dropped"] == {"cross_file_exact": 2, "cross_file_near": 1, "exact_duplicate": 1}
+    first, second = report["files"]
+    assert (first["input"], first["rows_out"], first["dropped"]) == (str(a), 3, {})
+    assert second["dropped"] == {"cross_file_exact": 2, "cross_file_near": 1, "exact_duplicate": 1}
+    assert second["example_lines"] == {
+        "cross_file_exact": [2, 5],
+        "cross_file_near": [3],
+        "exact_duplicate": [4],
+    }
+    (pair,) = second["details"]["near_pairs"]
+    assert (pair["line"], pair["duplicate_of"], pair["duplicate_of_file"]) == (3, 2, str(a))
+    assert report["details"]["distinct_rows"] == 5  # texts seen, near duplicates included
+
+    reverse = dedup_files([b, a], [tmp_path / "r" / "b.jsonl", tmp_path / "r" / "a.jsonl"])
+    assert [f["rows_out"] for f in reverse["files"]] == [4, 0]  # the file listed first keeps its rows
+    with pytest.raises(DataError, match="never modify their input"):
+        dedup_files([a, b], [tmp_path / "x.jsonl", b])
+    with pytest.raises(DataError, match="one output per input file: got 2 inputs, 1 outputs"):
+        dedup_files([a, b], [tmp_path / "x.jsonl"])
 
 
 def test_find_leakage_removes_train_rows_seen_in_eval(tmp_path):
@@ -483,37 +574,3 @@ def test_split_errors(tmp_path):
     with pytest.raises(DataError, match="sum to 1"):
         split_file(src, tmp_path / "o", ratios=(0.5, 0.4))
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
-
-
-# --- the whole chain on real tweets ------------------------------------------------------------------------
-
-
-@pytest.mark.skipif(not TWEETS.is_file(), reason="shared tweeteval dataset not present")
-def test_chain_on_tweeteval(tmp_path):
-    source_bytes = TWEETS.read_bytes()
-    n_lines = source_bytes.count(b"\n")
-    cleaned = clean_file(TWEETS, tmp_path / "clean.jsonl")
-    assert cleaned["rows_in"] == n_lines == 3257
-    assert cleaned["details"]["format"] == "classification"  # train_text.txt + train_labels.txt beside it
-    assert cleaned["rows_out"] + sum(cleaned["dropped"].values()) == n_lines
-    assert cleaned["changed"]["whitespace_collapsed"] == n_lines  # every tweet ends with a space
-    assert cleaned["changed"]["html_removed"] == 156  # "&amp;", "&gt;" ... in the raw tweets
-    deduped = dedup_file(tmp_path / "clean.jsonl", tmp_path / "dedup.jsonl")
-    assert deduped["rows_in"] == cleaned["rows_out"]
-    # TweetEval repeats tweets that differ only by a removed hashtag: these are real near-duplicates.
-    assert deduped["dropped"] == {"exact_duplicate": 25, "near_duplicate": 251}
-    assert deduped["rows_out"] == deduped["details"]["distinct_rows"] - deduped["dropped"].get(
-        "near_duplicate", 0
-    )
-    redacted = redact_file(tmp_path / "dedup.jsonl", tmp_path / "pii.jsonl")
-    assert redacted["rows_out"] == deduped["rows_out"]
-    rows = read_jsonl(tmp_path / "pii.jsonl")
-    assert all(r["text"] and r["text"] == r["text"].strip() and "  " not in r["text"] for r in rows)
-    assert all(find_pii(r["text"]) == [] for r in rows)
-    split = split_file(tmp_path / "pii.jsonl", tmp_path / "splits", seed=0)
-    total = redacted["rows_out"]
-    assert split["rows"]["validation"] == split["rows"]["test"] == round(total * 0.1)
-    assert sum(split["rows"].values()) == total
-    merged = [line for p in split["outputs"].values() for line in Path(p).read_text().splitlines()]
-    assert sorted(merged) == sorted((tmp_path / "pii.jsonl").read_text().splitlines())
-    assert TWEETS.read_bytes() == source_bytes  # the source is read, never written

@@ -287,3 +287,31 @@ def test_lm_eval_bridge_says_how_to_install_when_missing(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` raise ImportError
     with pytest.raises(TunesmithError, match=r"needs lm-evaluation-harness: `pip install lm-eval`"):
         run_lm_eval(tmp_path, ["hellaswag"])
+
+
+def test_lm_eval_bridge_hands_the_run_model_to_simple_evaluate(monkeypatch, tmp_path, tiny_model_dir):
+    import sys
+    import types
+
+    from tunesmith.config import dump_config, load_config
+    from tunesmith.evaluate.lm_eval_bridge import run_lm_eval
+
+    calls: list[dict] = []
+    fake = types.SimpleNamespace(simple_evaluate=lambda **kw: calls.append(kw) or {"results": {"t": 1}})
+    monkeypatch.setitem(sys.modules, "lm_eval", fake)  # stands in for lm-evaluation-harness
+    for kind in ("adapter", "model"):
+        run_dir = tmp_path / kind
+        (run_dir / kind).mkdir(parents=True)
+        cfg = load_config(None, [f"model.name={tiny_model_dir}"])
+        (run_dir / "config.yaml").write_text(dump_config(cfg))
+        assert run_lm_eval(run_dir, ["hellaswag"], limit=5) == {"results": {"t": 1}}
+    adapter_call, model_call = calls
+    assert (
+        adapter_call["model"] == "hf"
+        and adapter_call["tasks"] == ["hellaswag"]
+        and adapter_call["limit"] == 5
+    )
+    assert (
+        adapter_call["model_args"] == f"pretrained={tiny_model_dir},peft={tmp_path / 'adapter' / 'adapter'}"
+    )
+    assert model_call["model_args"] == f"pretrained={tmp_path / 'model' / 'model'}"

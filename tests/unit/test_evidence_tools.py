@@ -161,6 +161,7 @@ def test_cli_bias_reports_base_and_tuned(cls_run, capsys):
     assert result["categories"]["religion"]["tuned"] == {"n_changed": 0, "flip_rate": 0.0}
     assert set(result["groups"]["groups"]) == {"he", "she", "John", "Mary"}
     assert json.loads((run_dir / "summary.json").read_text())["bias"] == result
+    assert "<h2>Bias</h2>" in (run_dir / "report.html").read_text()
     assert "largest gap: accuracy" in capsys.readouterr().out
 
 

@@ -156,6 +156,31 @@ def test_multitask_run_reports_each_task(tmp_path, tiny_model_dir, two_tasks):
     assert again["irony"]["validation"]["f1_macro"] == stored["eval"]["irony/validation"]["tuned"]["f1_macro"]
 
 
+def test_cli_headline_shows_each_task_and_no_single_speed():
+    from tunesmith.cli import headline
+
+    summary = {
+        "name": "multi",
+        "train": {"steps": 150, "stages": 1, "last_stage_steps": 150},  # multi-task: no tokens_per_s
+        "timings": {"total_s": 1800.4},
+        "peak_memory_mb": 5120.0,
+        "tasks": {
+            "emotion/validation": {"metric": "f1_macro", "tuned": 0.6142},
+            "irony/validation": {"metric": "f1_macro", "tuned": 0.5679},
+        },
+    }
+    assert headline(summary) == (
+        "tunesmith: multi done: 150 steps, 1800s, peak 5120 MB; "
+        "emotion/validation f1_macro=0.6142, irony/validation f1_macro=0.5679"
+    )
+    single = {**summary, "tasks": None, "train": {"steps": 3, "tokens_per_s": 99.6}}
+    single["eval"] = {"validation": {"tuned": {"accuracy": 0.5, "n": 4, "f1_macro": 0.25}}}
+    assert (
+        headline(single)
+        == "tunesmith: multi done: 3 steps, 100 tok/s, 1800s, peak 5120 MB; accuracy=0.5000, f1_macro=0.2500"
+    )
+
+
 def test_unknown_task_key_and_empty_tasks_are_named(tmp_path, two_tasks):
     bad = [{**two_tasks[0], "wieght": 2}]
     with pytest.raises(ConfigError, match=r"data\.tasks\.0\.wieght: unknown key"):

@@ -348,6 +348,56 @@ def test_train_evaluate_predict_end_to_end(tmp_path, tiny_model_dir, capsys):
     assert all(sum(r["probs"]) == pytest.approx(1.0, abs=1e-4) and len(r["probs"]) == 3 for r in rows)
 
 
+def test_bias_audit_of_a_head_run_scores_the_tuned_head_alone(tmp_path, tiny_model_dir):
+    from tunesmith.api import train
+    from tunesmith.evaluate.bias import bias_audit
+    from tunesmith.methods.seq_cls_run import head_probs
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(16, 0)))
+    train(_config(tmp_path, tiny_model_dir, data, "method.name=full"))
+    texts = ["she ate a red apple", "he saw the sea", "his rocket flew", "a fish swims"]
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("".join(json.dumps({"text": t, "label": "fruit"}) + "\n" for t in texts))
+    result = bias_audit(tmp_path / "head", data=audit)
+    assert "no trained head" in result["base"] and set(result["categories"]["gender"]) == {"tuned"}
+    model, tokenizer, cfg = load_trained(tmp_path / "head")
+    swapped = ["he ate a red apple", "she saw the sea", "her rocket flew"]
+    before, after = head_probs(model, tokenizer, cfg, texts[:3]), head_probs(model, tokenizer, cfg, swapped)
+    flips = (before.argmax(-1) != after.argmax(-1)).float().mean().item()
+    assert result["categories"]["gender"]["tuned"]["n_changed"] == 3
+    assert result["categories"]["gender"]["tuned"]["flip_rate"] == pytest.approx(flips)
+
+
+def test_head_run_exports_merged_for_stock_transformers_and_refuses_gguf_and_serving(
+    tmp_path, tiny_model_dir, default_tokenizer
+):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunesmith.api import train
+    from tunesmith.data.render import head_input_ids
+    from tunesmith.errors import RunError
+    from tunesmith.export import export
+    from tunesmith.methods.seq_cls import label_names_of
+    from tunesmith.serve.models import load_registry
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(16, 0)))
+    train(_config(tmp_path, tiny_model_dir, data, "method.name=lora", "method.r=4"))
+    run_dir = tmp_path / "head"
+    merged = export(run_dir, "merged", tmp_path / "merged")
+    stock = AutoModelForSequenceClassification.from_pretrained(merged).eval()
+    ids = [head_input_ids(t, default_tokenizer) for t in ["a red apple", "rocket to the moon"]]
+    model, _, _ = load_trained(run_dir)
+    expected = head_logits(model, ids, PAD)
+    assert torch.allclose(head_logits(stock, ids, PAD), expected, atol=1e-5)
+    assert [stock.config.id2label[i] for i in range(3)] == label_names_of(run_dir)
+    with pytest.raises(ConfigError, match="classification-head run: it exports as merged or adapter"):
+        export(run_dir, "gguf", tmp_path / "gguf")
+    with pytest.raises(RunError, match="tunesmith predict"):
+        load_registry([str(run_dir)])
+
+
 def test_head_on_non_classification_data_names_the_key(tmp_path, tiny_model_dir):
     from tunesmith.api import train
 

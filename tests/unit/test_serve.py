@@ -27,11 +27,13 @@ from tunesmith.config import RunConfig, dump_config
 from tunesmith.errors import ConfigError
 from tunesmith.evaluate.generate import generate_texts, label_log_likelihoods
 from tunesmith.evaluate.runner import label_token_ids
+from tunesmith.export import export
 from tunesmith.models.loading import load_causal_lm
 from tunesmith.runs import load_trained
-from tunesmith.serve.app import ServeSettings, create_app
+from tunesmith.serve.app import ROUTES, ServeSettings, create_app
 from tunesmith.serve.batcher import Batcher, Finished, Job, SamplingParams, classification_prompt
 from tunesmith.serve.cli import add_parser
+from tunesmith.serve.http import PUBLIC_ROUTES
 from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.models import LoadedBase, Registry, ServedModel, load_registry
 from tunesmith.serve.server import ServerThread, check_bind
@@ -208,10 +210,16 @@ def test_sampling_seed_top_p_and_stop(env):
     assert ask(temperature=0, max_tokens=2).finish_reason == "length"
 
 
+def _classify(client, body):
+    """POST /v1/classify through the openai client's generic request method (no typed helper exists)."""
+    return client.post("/classify", body=body, cast_to=object)
+
+
 def test_classify(env):
     texts = ["great service", "terrible wait", "ok"]
-    status, body = _http(env.server, "POST", "/v1/classify", {"model": "triage", "input": texts})
-    assert status == 200 and [d["index"] for d in body["data"]] == [0, 1, 2]
+    body = _classify(env.client, {"model": "triage", "input": texts})
+    assert body["object"] == "list" and body["model"] == "triage"
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
     model, tok, _ = load_trained(env.runs / "triage")
     prompts = [classification_prompt(env.registry.models["triage"], t) for t in texts]
     expected = label_log_likelihoods(model, prompts, label_token_ids(tok, LABELS), tok.pad_token_id).softmax(
@@ -222,22 +230,91 @@ def test_classify(env):
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
         assert list(row["probabilities"].values()) == pytest.approx(probs, abs=1e-5)
         assert row["label"] == LABELS[probs.index(max(probs))]
-    status, body = _http(env.server, "POST", "/v1/classify", {"model": "triage", "input": "single"})
-    assert status == 200 and len(body["data"]) == 1
-    status, body = _http(env.server, "POST", "/v1/classify", {"model": "chat-run", "input": "x"})
-    assert status == 400 and "generation model" in body["error"]["message"]
+    assert len(_classify(env.client, {"model": "triage", "input": "single"})["data"]) == 1
 
 
-def test_wrong_or_missing_key_is_401(env):
+def test_classify_errors(env):
+    with pytest.raises(openai.BadRequestError) as err:
+        _classify(env.client, {"model": "chat-run", "input": "x"})
+    assert "generation model" in err.value.message
     bad = openai.OpenAI(base_url=env.server.url + "/v1", api_key="wrong-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as err:
-        bad.models.list()
+        _classify(bad, {"model": "triage", "input": "x"})
     assert err.value.status_code == 401 and err.value.body["code"] == "invalid_api_key"
-    assert _http(env.server, "GET", "/metrics", key=None)[0] == 401
-    assert _http(env.server, "GET", "/health", key=None) == (
-        200,
-        {"status": "ok", "models": ["base", "chat-run", "triage"]},
-    )
+
+
+# One valid request per authenticated route: with the right key each answers 200, so a 401 is the key's.
+AUTH_REQUESTS = {
+    "/v1/models": ("get", None),
+    "/v1/chat/completions": (
+        "post",
+        {"model": "base", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+    ),
+    "/v1/completions": ("post", {"model": "base", "prompt": "Hi", "max_tokens": 1}),
+    "/v1/classify": ("post", {"model": "triage", "input": "x"}),
+    "/metrics": ("get", None),
+}
+NO_KEY = {"headers": {"Authorization": openai.Omit()}}
+
+
+def _request(env, route, key):
+    """One request through the openai client's generic methods; ``key=None`` sends no Authorization."""
+    client = env.client.with_options(api_key=key or "unused")
+    url = route.removeprefix("/v1") if route.startswith("/v1/") else env.server.url + route
+    method, body = AUTH_REQUESTS.get(route, ("get", None))
+    options = NO_KEY if key is None else {}
+    cast_to = str if route == "/metrics" else object
+    if method == "get":
+        return client.get(url, cast_to=cast_to, options=options)
+    return client.post(url, body=body, cast_to=cast_to, options=options)
+
+
+def test_auth_requests_cover_every_route():
+    assert frozenset({"/health"}) == PUBLIC_ROUTES
+    assert set(AUTH_REQUESTS) == set(ROUTES) - PUBLIC_ROUTES
+
+
+@pytest.mark.parametrize("route", sorted(AUTH_REQUESTS))
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_every_route_but_health_needs_the_key(env, route, key):
+    with pytest.raises(openai.AuthenticationError) as err:
+        _request(env, route, key)
+    assert err.value.response.json() == {
+        "error": {
+            "message": "Incorrect or missing API key",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+    }
+    assert err.value.response.headers["www-authenticate"] == "Bearer"
+    assert ("authorization" in err.value.request.headers) == (key is not None)
+    assert _request(env, route, KEY)  # the same request with the key is answered (200)
+
+
+def test_health_needs_no_key(env):
+    expected = {"status": "ok", "models": ["base", "chat-run", "triage"]}
+    assert _request(env, "/health", None) == expected
+    assert _request(env, "/health", "wrong-key") == expected
+
+
+def test_serves_a_merged_export(env, tmp_path):
+    """An exported merged model directory is served as a model of its own, named after its folder."""
+    merged = export(env.runs / "chat-run", "merged", tmp_path / "chat-merged")
+    registry = load_registry([str(merged)])
+    served = registry.models["chat-merged"]
+    assert (served.kind, served.adapter_name, served.context_length) == ("base", None, 512)
+    with ServerThread(create_app(registry, ServeSettings(api_keys=(KEY,))), api_keys=(KEY,)) as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list().data] == ["chat-merged"]
+        resp = client.chat.completions.create(
+            model="chat-merged",
+            messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Hi there"}],
+            max_tokens=12,
+            temperature=0,
+        )
+    # the merged folder carries no run config, so the run's system prompt is sent explicitly
+    assert resp.choices[0].message.content.strip() == _reference_chat(env, "chat-run", "Hi there", 12)
 
 
 def test_oversized_body_is_413(env):

@@ -232,22 +232,44 @@ def _iter_raw(path: str | Path) -> Iterator[tuple[int, dict | DataError]]:
         ) from None
 
 
-def iter_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+ON_BAD_ROW = ("stop", "skip")  # a row that cannot be read: stop with path:line, or skip and count it
+
+
+def check_on_bad_row(on_bad_row: str) -> str:
+    """Return ``on_bad_row`` if it is one of :data:`ON_BAD_ROW`; raise DataError otherwise."""
+    if on_bad_row not in ON_BAD_ROW:
+        raise DataError(f"on_bad_row must be 'stop' or 'skip', got {on_bad_row!r}")
+    return on_bad_row
+
+
+def iter_rows(
+    path: str | Path,
+    on_bad_row: str = "stop",
+    skipped: Callable[[DataError], None] | None = None,
+) -> Iterator[tuple[int, dict]]:
     """Stream ``(line, row)`` pairs from a data file.
 
     Args:
         path: A ``.jsonl``/``.json`` (JSON lines or one array), ``.csv`` (with header), ``.parquet``
             or ``.txt`` file (each line becomes ``{"text": line}``).
+        on_bad_row: ``stop`` raises on the first row that cannot be parsed; ``skip`` passes over it.
+        skipped: With ``skip``, called with each skipped row's error (``path:line: ...``) so it is counted.
 
     Yields:
         The 1-based line the row starts on (CSV counts the header, Parquet numbers rows) and the row.
 
     Raises:
-        DataError: Missing file, unknown type, or a row that cannot be parsed (``path:line: ...``).
+        DataError: Missing file, unknown type, or (with ``stop``) a row that cannot be parsed
+            (``path:line: ...``). A broken JSON array stops even with ``skip``: the rest cannot be found.
     """
+    check_on_bad_row(on_bad_row)
     for line, row in _iter_raw(path):
         if isinstance(row, DataError):
-            raise row
+            if on_bad_row == "stop":
+                raise row
+            if skipped is not None:
+                skipped(row)
+            continue
         yield line, row
 
 
@@ -525,8 +547,7 @@ def read_source(
     """
     if fmt != "auto" and fmt not in FORMATS:
         raise DataError(f"unknown data format {fmt!r} (known: auto, {', '.join(FORMATS)})")
-    if on_bad_row not in ("stop", "skip"):
-        raise DataError(f"on_bad_row must be 'stop' or 'skip', got {on_bad_row!r}")
+    check_on_bad_row(on_bad_row)
     rows = list(_iter_raw(path))
     if not rows:
         raise DataError(f"{path}: no rows")

@@ -4,7 +4,8 @@ For every evaluation input and every category of the substitution lists (``count
 gendered pronouns and nouns, given names associated with groups, nationalities, religions — written for
 this project; extend with ``--lists``), the terms are swapped both ways as whole words, keeping case
 ("He met his wife" -> "She met her husband"). Inputs with no term of a category are skipped for it.
-Reported per category, for the base and the tuned model:
+Reported per category, for the base and the tuned model (the tuned one alone on a classification-head run,
+whose base has no trained head):
 
 * classification — ``flip_rate``: share of changed inputs whose predicted label changes, and
   ``mean_prob_change``: mean |p(original prediction) before - after|;
@@ -139,6 +140,11 @@ def _predictor(model: Any, tokenizer: Any, cfg: Any, task: str, label_names: lis
     from tunesmith.evaluate.runner import classify, predict_texts
 
     def predict(examples: list[Example]) -> tuple[list[Any], list[list[float]] | None]:
+        if cfg.model.head == "classification":
+            from tunesmith.methods.seq_cls_run import head_probs
+
+            probs = head_probs(model, tokenizer, cfg, [ex.text or "" for ex in examples])
+            return probs.argmax(dim=-1).tolist(), probs.tolist()
         split = Split(examples, [], [])
         if task == "classification":
             assert label_names is not None
@@ -170,9 +176,16 @@ def bias_audit(
     source = read_source(path, cfg.data.format, cfg.data.on_bad_row, label_names)
     examples = _cap(Split(source.examples, [], []), cfg.eval.max_examples).examples
     task = resolve_task(cfg, source.examples[0].kind if source.examples else "chat")
-    base = load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code)
-    models = {"base": base, "tuned": tuned}
     result: dict[str, Any] = {"data": str(path), "task": task, "categories": {}}
+    models = {"tuned": tuned}
+    if cfg.model.head == "classification":
+        # The base has no classifier: its score head would be freshly random, so its flips mean nothing.
+        result["base"] = "not audited: a classification-head run's base has no trained head"
+    else:
+        models = {
+            "base": load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code),
+            **models,
+        }
     for category, pairs in load_substitutions(lists).items():
         result["categories"][category] = {
             name: flip_stats(_predictor(m, tokenizer, cfg, task, label_names), examples, pairs, task)

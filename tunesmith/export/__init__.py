@@ -39,6 +39,9 @@ FORMATS: dict[str, ExportFn] = {
     "int8": export_int8,
 }
 
+HEAD_FORMATS = ("merged", "adapter")
+"""Formats for ``model.head: classification`` runs (GGUF and the int8 loader expect a causal LM)."""
+
 
 def export(
     run_dir: str | Path, fmt: str, out: str | Path, *, gguf_type: str = "f16", force: bool = False
@@ -62,6 +65,11 @@ def export(
     if gguf_type not in GGUF_TYPES:
         raise ConfigError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(GGUF_TYPES)}")
     source = open_source(run_dir)
+    if source.cfg.model.head == "classification" and fmt not in HEAD_FORMATS:
+        raise ConfigError(
+            f"{run_dir} is a classification-head run: it exports as {' or '.join(HEAD_FORMATS)} "
+            f"(stock AutoModelForSequenceClassification / PEFT); {fmt} carries a causal LM only"
+        )
     out = Path(out)
     check_out_dir(out, source, force)
     options = ExportOptions(gguf_type=gguf_type)

@@ -36,8 +36,10 @@ def set_generation_stop(gen: Any, tokenizer: Any) -> None:
 
 
 def save_hf_model(model: Any, tokenizer: Any, out: Path) -> None:
-    """Weights as safetensors, config, generation config, tokenizer and chat template, into ``out``."""
-    set_generation_stop(model.generation_config, tokenizer)
+    """Weights as safetensors, config, generation config (generative models only), tokenizer and chat
+    template, into ``out``."""
+    if getattr(model, "generation_config", None) is not None:  # a sequence classifier has none
+        set_generation_stop(model.generation_config, tokenizer)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
 

@@ -141,20 +141,26 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
     return {name: evaluate_head_split(model, s, label_names, pad_id, cfg)[0] for name, s in splits.items()}
 
 
+def head_probs(model: Any, tokenizer: Any, cfg: RunConfig, texts: list[str]) -> torch.Tensor:
+    """Class probabilities (n, labels) for raw texts, rendered as in training (the run's prefix, truncated
+    to ``data.max_length``)."""
+    from tunesmith.data.render import head_input_ids
+
+    prefix = getattr(cfg.data, "prefix", None) or ""  # training put it before every text, so must we
+    ids = [head_input_ids(prefix + text, tokenizer)[: cfg.data.max_length] for text in texts]
+    return head_logits(model, ids, tokenizer.pad_token_id, cfg.eval.batch_size).softmax(dim=-1)
+
+
 def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "jsonl") -> Path:
     """One label per input in input order: ``fmt="labels"`` writes ids one per line, else JSONL with
     ``label``, ``label_name`` and ``probs``. Plain ``.txt`` is one text per line (blank lines too)."""
     from tunesmith.api import write_predictions
-    from tunesmith.data.render import head_input_ids
     from tunesmith.methods.feature_extraction import read_texts
     from tunesmith.runs import load_trained
 
     model, tokenizer, cfg = load_trained(run_dir)
     label_names = label_names_of(run_dir)
-    prefix = getattr(cfg.data, "prefix", None) or ""  # training put it before every text, so must we
-    texts = read_texts(data, cfg, label_names)
-    ids = [head_input_ids(prefix + text, tokenizer)[: cfg.data.max_length] for text in texts]
-    probs = head_logits(model, ids, tokenizer.pad_token_id, cfg.eval.batch_size).softmax(dim=-1)
+    probs = head_probs(model, tokenizer, cfg, read_texts(data, cfg, label_names))
     rows = [
         {
             "label": int(p.argmax()),

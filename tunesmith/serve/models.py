@@ -164,6 +164,13 @@ class _Loader:
         from tunesmith.runs import read_run_config
 
         cfg = read_run_config(run_dir)
+        if cfg.model.head == "classification":
+            raise RunError(
+                f"{run_dir} is a classification-head run, which the server does not serve yet (served "
+                "runs share one causal-LM base); label files with "
+                f"`tunesmith predict {run_dir} --data FILE`, or serve a model.head: lm run, whose "
+                "/v1/classify scores the label words"
+            )
         summary = _read_json(run_dir / "summary.json")
         report = _read_json(run_dir / "data_report.json")
         trust = cfg.model.trust_remote_code

@@ -88,7 +88,13 @@ def prepare_tasks(
         reports: list[dict[str, Any]] = []
         try:
             if task_cfg.prepare and task_cfg.train is not None:
-                train, reports = run_prepare_steps(task_cfg.train, task_cfg.prepare, prepared_dir / name)
+                train, reports = run_prepare_steps(
+                    task_cfg.train,
+                    task_cfg.prepare,
+                    prepared_dir / name,
+                    on_bad_row=task_cfg.on_bad_row,
+                    model=cfg.model.name,
+                )
                 task_cfg = task_cfg.model_copy(update={"train": str(train)})
             data = prepare_data(task_cfg, tokenizer, cfg.seed)
         except DataError as err:

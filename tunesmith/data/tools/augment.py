@@ -41,7 +41,7 @@ from tunesmith.data.formats import detect_format, iter_rows
 from tunesmith.data.render import ensure_chat_template
 from tunesmith.data.tools.dedup import normalize_for_match, row_digest
 from tunesmith.data.tools.split import split_file
-from tunesmith.data.tools.stream import AtomicJSONLWriter, check_input, check_outputs
+from tunesmith.data.tools.stream import AtomicJSONLWriter, BadRows, check_input, check_outputs
 from tunesmith.data.tools.textfields import text_fields
 from tunesmith.errors import DataError, ModelError
 
@@ -318,6 +318,7 @@ def augment_file(
     rate: float = 0.1,
     paraphraser: Paraphraser | None = None,
     model_name: str = "default",
+    on_bad_row: str = "stop",
 ) -> dict[str, Any]:
     """Write ``src`` plus augmented rows to ``dst`` (see the module docstring).
 
@@ -330,16 +331,19 @@ def augment_file(
         rate: Fraction of words a swap/delete touches.
         paraphraser: What writes paraphrases; by default a :class:`Paraphraser` of ``model_name``, loaded
             only when ``paraphrase`` is among ``ops``.
-        model_name: Model for paraphrases (``default``: the base model).
+        model_name: Model for paraphrases (``default``: the shipped default model; ``data.prepare`` passes
+            the run's ``model.name``, the base model being tuned).
+        on_bad_row: ``stop`` at an unreadable row (``path:line``), or ``skip`` and count it (``bad_rows``).
 
     Returns:
         ``step`` ("augment"), ``input``, ``output``, ``ops``, ``n``, ``seed``, ``rate``, ``model``,
         ``rows_in``, ``rows_out``, ``augmented_rows``, ``augmented`` (new rows per op), ``dropped``
         (candidates dropped: ``duplicate``, ``empty``; rows not augmented: ``no_text``, nothing to rewrite,
-        and ``already_augmented``, rows that are themselves augmented) and ``seconds``.
+        and ``already_augmented``, rows that are themselves augmented), ``bad_rows`` and ``seconds``.
 
     Raises:
-        DataError: a validation/test file name, bad arguments, ``dst`` equal to ``src``, or a malformed row.
+        DataError: a validation/test file name, bad arguments, ``dst`` equal to ``src``, or (with ``stop``)
+            an unreadable row.
     """
     start = time.perf_counter()
     src = check_input(src)
@@ -349,10 +353,12 @@ def augment_file(
     if "paraphrase" in ops and paraphraser is None:
         paraphraser = Paraphraser(model_name)
     # Pass one: every original's identity, so a new row that repeats a *later* original is caught too.
-    augmenter = _Augmenter({row_key(row) for _, row in iter_rows(src)}, n, ops, seed, rate)
+    bad_rows = BadRows(on_bad_row)
+    originals = {row_key(row) for _, row in bad_rows.rows(src, count=False)}
+    augmenter = _Augmenter(originals, n, ops, seed, rate)
     rows_in = 0
     with AtomicJSONLWriter(dst) as out:
-        for chunk in _chunks(iter_rows(src), _CHUNK_ROWS):
+        for chunk in _chunks(bad_rows.rows(src), _CHUNK_ROWS):
             rows_in += len(chunk)
             for row, new_rows in augmenter.chunk(chunk, paraphraser if "paraphrase" in ops else None):
                 out.write(row)
@@ -372,6 +378,7 @@ def augment_file(
         "augmented_rows": out.rows - rows_in,
         "augmented": {op: augmenter.made[op] for op in ops},
         "dropped": dict(sorted(augmenter.dropped.items())),
+        "bad_rows": bad_rows.as_dict(),
         "seconds": round(time.perf_counter() - start, 3),
     }
 
@@ -379,7 +386,9 @@ def augment_file(
 # ------------------------------------------------------------------------------------------------- split
 
 
-def split_keeping_augmented(src: str | Path, out_dir: str | Path, **split_args: Any) -> dict[str, Any]:
+def split_keeping_augmented(
+    src: str | Path, out_dir: str | Path, *, on_bad_row: str = "stop", **split_args: Any
+) -> dict[str, Any]:
     """:func:`split_file` for a file with augmented rows: only originals are split; new rows join train.
 
     Augmented rows (``"augmented": true``) never reach validation or test. One whose ``augment_source`` row
@@ -388,6 +397,7 @@ def split_keeping_augmented(src: str | Path, out_dir: str | Path, **split_args: 
     Args:
         src: Data file (never modified).
         out_dir: Directory for ``train.jsonl``, ``validation.jsonl`` (and ``test.jsonl``).
+        on_bad_row: ``stop`` at an unreadable row (``path:line``), or ``skip`` and count it (``bad_rows``).
         **split_args: ``ratios``, ``seed``, ``stratify_by``, ``group_by`` for :func:`split_file`.
 
     Returns:
@@ -395,9 +405,10 @@ def split_keeping_augmented(src: str | Path, out_dir: str | Path, **split_args: 
         ``augmented``: ``{"to_train", "dropped_source_held_out"}``.
     """
     src = check_input(src)
-    n_augmented = sum(1 for _, row in iter_rows(src) if row.get("augmented") is True)
+    bad_rows = BadRows(on_bad_row)
+    n_augmented = sum(1 for _, row in bad_rows.rows(src, count=False) if row.get("augmented") is True)
     if not n_augmented:
-        return split_file(src, out_dir, **split_args) | {
+        return split_file(src, out_dir, on_bad_row=on_bad_row, **split_args) | {
             "augmented": {"to_train": 0, "dropped_source_held_out": 0}
         }
     out_dir = Path(out_dir)
@@ -406,7 +417,7 @@ def split_keeping_augmented(src: str | Path, out_dir: str | Path, **split_args: 
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".originals.") as tmp:
         originals = Path(tmp) / "originals.jsonl"
         with AtomicJSONLWriter(originals) as writer:
-            for _, row in iter_rows(src):
+            for _, row in bad_rows.rows(src):
                 if row.get("augmented") is not True:
                     writer.write(row)
         report = split_file(originals, out_dir, **split_args)
@@ -421,7 +432,7 @@ def split_keeping_augmented(src: str | Path, out_dir: str | Path, **split_args: 
     with AtomicJSONLWriter(train_path) as writer:  # reads the old train file while writing its replacement
         for _, row in iter_rows(train_path):
             writer.write(row)
-        for _, row in iter_rows(src):
+        for _, row in bad_rows.rows(src, count=False):
             if row.get("augmented") is not True:
                 continue
             if row.get("augment_source") in held_out:
@@ -432,4 +443,5 @@ def split_keeping_augmented(src: str | Path, out_dir: str | Path, **split_args: 
     report["input"] = str(src)
     report["rows"] = {**report["rows"], "train": report["rows"]["train"] + to_train}
     report["augmented"] = {"to_train": to_train, "dropped_source_held_out": dropped}
+    report["bad_rows"] = bad_rows.as_dict()
     return report

@@ -237,13 +237,16 @@ class _CleanStep:
         return new_row, reasons + sorted(changes)
 
 
-def clean_file(src: str | Path, dst: str | Path, options: CleanOptions | None = None) -> dict[str, Any]:
+def clean_file(
+    src: str | Path, dst: str | Path, options: CleanOptions | None = None, *, on_bad_row: str = "stop"
+) -> dict[str, Any]:
     """Write a cleaned copy of ``src`` to ``dst`` (JSONL).
 
     Args:
         src: Input data file (never modified).
         dst: Output JSONL path.
         options: Cleaning options; defaults clean everything with NFC and drop empty rows.
+        on_bad_row: ``stop`` at an unreadable row (``path:line``), or ``skip`` and count it (``bad_rows``).
 
     Returns:
         The :func:`~tunesmith.data.tools.stream.transform_file` report: ``dropped`` counts rows per reason
@@ -252,7 +255,8 @@ def clean_file(src: str | Path, dst: str | Path, options: CleanOptions | None = 
         ``filled_field``); ``details`` holds the options and the format used.
 
     Raises:
-        DataError: unreadable input, ``dst`` equal to ``src``, or a first row of unknown format with ``auto``.
+        DataError: unreadable input or row (with ``stop``), ``dst`` equal to ``src``, or a first row of
+            unknown format with ``auto``.
     """
     options = options or CleanOptions()
     step = _CleanStep(options, Path(src))
@@ -263,4 +267,4 @@ def clean_file(src: str | Path, dst: str | Path, options: CleanOptions | None = 
             "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
         }
 
-    return transform_file(src, dst, step, name="clean", details=details)
+    return transform_file(src, dst, step, name="clean", details=details, on_bad_row=on_bad_row)

@@ -6,6 +6,7 @@
     tunesmith data lint train.jsonl [--system-prompt "You are ..."]        # exit 1 on template errors
     tunesmith data clean raw.jsonl --out work/clean.jsonl
     tunesmith data dedup work/clean.jsonl --out work/dedup.jsonl
+    tunesmith data dedup a.jsonl b.jsonl --out a.dedup.jsonl b.dedup.jsonl   # across files: b loses a's rows
     tunesmith data pii work/dedup.jsonl --out work/redacted.jsonl
     tunesmith data augment work/redacted.jsonl --out work/aug.jsonl --ops swap,delete
     tunesmith data split work/aug.jsonl --out splits/ --ratios 0.8,0.1,0.1  # augmented rows stay in train
@@ -13,8 +14,10 @@
     tunesmith data contamination splits/test.jsonl --train splits/train.jsonl
 
 Every step that writes a file takes ``--out`` and appends its report to ``--report`` (default:
-``data_report.json`` beside the output). Exit codes: 0 done, 1 a check failed (lint errors, contamination over
-``--fail-above``), 2 tunesmith error (``tunesmith: error: ...``).
+``data_report.json`` beside the output), and ``--on-bad-row stop|skip`` (``data.on_bad_row``: stop at an
+unreadable row with file:line, or skip it and count it under ``bad_rows`` in the report). Exit codes: 0 done,
+1 a check failed (lint errors, contamination over ``--fail-above``), 2 tunesmith error
+(``tunesmith: error: ...``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,12 @@ def _counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in counts.items()) or "none"
 
 
+def _print_bad_rows(report: dict[str, Any]) -> None:
+    bad = report["bad_rows"]
+    if bad["skipped"]:
+        print(f"  skipped unreadable rows: {bad['skipped']} (first: {bad['examples'][0]})")
+
+
 def _print_transform(report: dict[str, Any], report_path: Path) -> None:
     """The short summary of a row step (clean, dedup, pii, leakage)."""
     print(
@@ -71,6 +80,7 @@ def _print_transform(report: dict[str, Any], report_path: Path) -> None:
     print(f"  dropped: {_counts(report['dropped'])}")
     if report["changed"]:
         print(f"  changed: {_counts(report['changed'])}")
+    _print_bad_rows(report)
     print(f"  report: {report_path}")
 
 
@@ -147,27 +157,50 @@ def _clean(args: argparse.Namespace) -> int:
         missing=args.missing,
         format=args.format,
     )
-    report = clean_file(args.file, args.out, options)
+    report = clean_file(args.file, args.out, options, on_bad_row=args.on_bad_row)
     _print_transform(report, _record(args, report, Path(args.out).parent))
     return 0
 
 
 @_guarded
 def _dedup(args: argparse.Namespace) -> int:
-    from tunesmith.data.tools.dedup import NearDupConfig, dedup_file
+    from tunesmith.data.tools.dedup import NearDupConfig, dedup_file, dedup_files
+    from tunesmith.data.tools.lsh_index import IndexConfig
 
-    config = NearDupConfig(threshold=args.threshold)
-    report = dedup_file(args.file, args.out, near=not args.exact_only, config=config)
-    _print_transform(report, _record(args, report, Path(args.out).parent))
+    config = NearDupConfig(threshold=args.threshold, num_perm=args.num_perm)
+    near, policy = not args.exact_only, args.on_bad_row
+    index = IndexConfig(kind=args.index, tmp_dir=args.tmp_dir)
+    if len(args.file) == 1 and len(args.out) == 1:
+        report = dedup_file(
+            args.file[0], args.out[0], near=near, config=config, on_bad_row=policy, index=index
+        )
+        _print_transform(report, _record(args, report, Path(args.out[0]).parent))
+        return 0
+    report = dedup_files(args.file, args.out, near=near, config=config, on_bad_row=policy, index=index)
+    report_path = _record(args, report, Path(args.out[0]).parent)
+    print(
+        f"tunesmith data dedup: {len(args.file)} files, {report['rows_in']} rows in, {report['rows_out']} out"
+    )
+    for entry in report["files"]:
+        print(
+            f"  {entry['input']}: {entry['rows_in']} in, {entry['rows_out']} out -> {entry['output']}; "
+            f"dropped: {_counts(entry['dropped'])}"
+        )
+    _print_bad_rows(report)
+    print(f"  report: {report_path}")
     return 0
 
 
 @_guarded
 def _leakage(args: argparse.Namespace) -> int:
     from tunesmith.data.tools.dedup import NearDupConfig, find_leakage
+    from tunesmith.data.tools.lsh_index import IndexConfig
 
-    config = NearDupConfig(threshold=args.threshold)
-    report = find_leakage(args.file, args.eval, args.out, near=not args.exact_only, config=config)
+    config = NearDupConfig(threshold=args.threshold, num_perm=args.num_perm)
+    near, index = not args.exact_only, IndexConfig(kind=args.index, tmp_dir=args.tmp_dir)
+    report = find_leakage(
+        args.file, args.eval, args.out, near=near, config=config, on_bad_row=args.on_bad_row, index=index
+    )
     _print_transform(report, _record(args, report, Path(args.out).parent))
     per_file = report["details"]["per_eval_file"]
     if per_file:
@@ -200,7 +233,7 @@ def _contamination(args: argparse.Namespace) -> int:
 def _pii(args: argparse.Namespace) -> int:
     from tunesmith.data.tools.pii import redact_file
 
-    report = redact_file(args.file, args.out, names=args.names)
+    report = redact_file(args.file, args.out, names=args.names, on_bad_row=args.on_bad_row)
     _print_transform(report, _record(args, report, Path(args.out).parent))
     print(f"  replacements: {_counts(report['details']['occurrences'])}; names: {report['details']['names']}")
     return 0
@@ -226,6 +259,7 @@ def _split(args: argparse.Namespace) -> int:
         seed=args.seed,
         stratify_by=args.stratify_by,
         group_by=args.group_by,
+        on_bad_row=args.on_bad_row,
     )
     report_path = _record(args, report, Path(args.out))
     print(f"tunesmith data split: {_counts(report['rows'])} -> {args.out}")
@@ -235,6 +269,7 @@ def _split(args: argparse.Namespace) -> int:
             f"  augmented rows: {aug['to_train']} to train, {aug['dropped_source_held_out']} dropped "
             "(their source row is in validation/test)"
         )
+    _print_bad_rows(report)
     print(f"  report: {report_path}")
     return 0
 
@@ -246,7 +281,14 @@ def _augment(args: argparse.Namespace) -> int:
     ops = [op.strip() for op in args.ops.split(",")]
     paraphraser = Paraphraser(args.model, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     report = augment_file(
-        args.file, args.out, n=args.n, ops=ops, seed=args.seed, rate=args.rate, paraphraser=paraphraser
+        args.file,
+        args.out,
+        n=args.n,
+        ops=ops,
+        seed=args.seed,
+        rate=args.rate,
+        paraphraser=paraphraser,
+        on_bad_row=args.on_bad_row,
     )
     report_path = _record(args, report, Path(args.out).parent)
     print(
@@ -254,6 +296,7 @@ def _augment(args: argparse.Namespace) -> int:
         f"({report['augmented_rows']} new) -> {report['output']}"
     )
     print(f"  new rows per op: {_counts(report['augmented'])}; dropped: {_counts(report['dropped'])}")
+    _print_bad_rows(report)
     print(f"  report: {report_path}")
     return 0
 
@@ -278,14 +321,36 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-prompt", default=_data_default("label_prompt"), help="data.label_prompt")
 
 
-def _out_args(p: argparse.ArgumentParser, out_help: str = "output JSONL file") -> None:
-    p.add_argument("--out", required=True, help=out_help)
+def _out_args(
+    p: argparse.ArgumentParser, out_help: str = "output JSONL file", nargs: str | None = None
+) -> None:
+    p.add_argument("--out", required=True, nargs=nargs, help=out_help)
     p.add_argument("--report", help="report file to append to (default: data_report.json beside --out)")
+    p.add_argument(
+        "--on-bad-row",
+        choices=["stop", "skip"],
+        default=_data_default("on_bad_row"),
+        help="data.on_bad_row: stop at an unreadable row (file:line), or skip it and count it in the report",
+    )
 
 
 def _near_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exact-only", action="store_true", help="only exact (normalised) duplicates")
     p.add_argument("--threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
+    p.add_argument(
+        "--num-perm",
+        type=int,
+        default=128,
+        help="MinHash permutations: fewer = less memory, rougher estimate",
+    )
+    p.add_argument(
+        "--index",
+        choices=["auto", "memory", "disk"],
+        default="auto",
+        help="keep seen rows in memory (fast) or in a temporary SQLite file (bounded RAM, slower); "
+        "auto = disk above 1 GiB of input",
+    )
+    p.add_argument("--tmp-dir", help="folder for the disk index (default: beside --out)")
 
 
 def _add_looking(sub: Any) -> None:
@@ -329,8 +394,8 @@ def _add_writing(sub: Any) -> None:
     p.set_defaults(func=_clean)
 
     p = sub.add_parser("dedup", help="drop exact and near-duplicate rows (first occurrence kept)")
-    p.add_argument("file")
-    _out_args(p)
+    p.add_argument("file", nargs="+", help="one file, or several deduplicated against each other in order")
+    _out_args(p, "output JSONL file, one per input", nargs="+")
     _near_args(p)
     p.set_defaults(func=_dedup)
 

@@ -311,7 +311,12 @@ class _RedactStep:
 
 
 def redact_file(
-    src: str | Path, dst: str | Path, *, names: bool = False, name_model: str = "en_core_web_sm"
+    src: str | Path,
+    dst: str | Path,
+    *,
+    names: bool = False,
+    name_model: str = "en_core_web_sm",
+    on_bad_row: str = "stop",
 ) -> dict[str, Any]:
     """Write a copy of ``src`` with personal data replaced by placeholders.
 
@@ -320,6 +325,7 @@ def redact_file(
         dst: Output JSONL path.
         names: Also redact person names, if spaCy and ``name_model`` are installed.
         name_model: spaCy model used for names.
+        on_bad_row: ``stop`` at an unreadable row (``path:line``), or ``skip`` and count it (``bad_rows``).
 
     Returns:
         The :func:`transform_file` report; ``changed`` counts *rows* per type, ``details.occurrences``
@@ -337,4 +343,4 @@ def redact_file(
             name_status = f"unavailable: {redactor.reason}"
         return {"occurrences": dict(sorted(step.occurrences.items())), "names": name_status}
 
-    return transform_file(src, dst, step, name="pii", details=details)
+    return transform_file(src, dst, step, name="pii", details=details, on_bad_row=on_bad_row)

@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.data.formats import iter_rows
-from tunesmith.data.tools.stream import AtomicJSONLWriter, check_input, check_outputs
+from tunesmith.data.tools.stream import AtomicJSONLWriter, BadRows, check_input, check_outputs
 from tunesmith.errors import DataError
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "validation", "test")
@@ -74,11 +73,11 @@ def _check_ratios(ratios: Sequence[float]) -> tuple[float, ...]:
 class _Index:
     """Pass one: per row only a stratum id and a group id (int32 each)."""
 
-    def __init__(self, src: Path, stratify_by: str | None, group_by: str | None) -> None:
+    def __init__(self, src: Path, stratify_by: str | None, group_by: str | None, bad_rows: BadRows) -> None:
         self.labels: dict[str, int] = {}
         self.groups: dict[str, int] = {}
         row_label, row_group = array("i"), array("i")
-        for line, row in iter_rows(src):
+        for line, row in bad_rows.rows(src):
             if stratify_by is not None:
                 row_label.append(self._id(self.labels, row, stratify_by, src, line))
             if group_by is not None:
@@ -157,6 +156,7 @@ def split_file(
     seed: int = 0,
     stratify_by: str | None = None,
     group_by: str | None = None,
+    on_bad_row: str = "stop",
 ) -> dict[str, Any]:
     """Split ``src`` into ``train.jsonl``, ``validation.jsonl`` (and ``test.jsonl``) under ``out_dir``.
 
@@ -167,14 +167,15 @@ def split_file(
         seed: Shuffle seed; the same seed and file give the same split.
         stratify_by: Row key whose value (a label) keeps its proportion in every split.
         group_by: Row key (user, document, conversation id) whose rows always land in the same split.
+        on_bad_row: ``stop`` at an unreadable row (``path:line``), or ``skip`` and count it (``bad_rows``).
 
     Returns:
-        ``{"step", "input", "outputs", "ratios", "seed", "stratify_by", "group_by", "rows", "seconds"}`` plus
-        ``label_counts`` per split when stratified and ``groups`` per split when grouped.
+        ``{"step", "input", "outputs", "ratios", "seed", "stratify_by", "group_by", "rows", "bad_rows",
+        "seconds"}`` plus ``label_counts`` per split when stratified and ``groups`` per split when grouped.
 
     Raises:
-        DataError: bad ratios, a row without the stratify/group key, an output equal to the input, or the
-            file changing between the two passes.
+        DataError: bad ratios, an unreadable row (with ``stop``), a row without the stratify/group key, an
+            output equal to the input, or the file changing between the two passes.
     """
     start = time.perf_counter()
     src = check_input(src)
@@ -182,7 +183,8 @@ def split_file(
     names = SPLIT_NAMES[: len(ratios)]
     outputs = {name: Path(out_dir) / f"{name}.jsonl" for name, r in zip(names, ratios, strict=True) if r > 0}
     check_outputs([src], outputs.values())
-    index = _Index(src, stratify_by, group_by)
+    bad_rows = BadRows(on_bad_row)
+    index = _Index(src, stratify_by, group_by, bad_rows)
     rng = np.random.default_rng(seed)
     if group_by is not None:
         assign = _assign_groups(index, ratios, rng)
@@ -197,7 +199,7 @@ def split_file(
         writers = [
             stack.enter_context(AtomicJSONLWriter(outputs[n])) if n in outputs else None for n in names
         ]
-        for _, row in iter_rows(src):
+        for _, row in bad_rows.rows(src, count=False):
             if seen == index.n:
                 raise changed
             writer = writers[assign[seen]]
@@ -215,5 +217,6 @@ def split_file(
         "stratify_by": stratify_by,
         "group_by": group_by,
         **_summary(assign, names, index),
+        "bad_rows": bad_rows.as_dict(),
         "seconds": round(time.perf_counter() - start, 3),
     }

@@ -8,7 +8,9 @@ runs a step over a file with bounded memory (one row in flight; nothing is colle
     report = transform_file("raw.jsonl", "clean.jsonl", step, name="clean")
     report["rows_in"], report["rows_out"], report["dropped"], report["changed"]
 
-The input file is never modified and an output path equal to an input path is refused.
+The input file is never modified and an output path equal to an input path is refused. A row that cannot be
+read stops the step with ``path:line: ...`` (``on_bad_row="stop"``, the default) or is skipped and counted
+under ``bad_rows`` in the report (``on_bad_row="skip"``), like ``data.on_bad_row`` in the training loaders.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import os
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tunesmith.data.formats import iter_rows
+from tunesmith.data.formats import check_on_bad_row, iter_rows
 from tunesmith.errors import DataError
 from tunesmith.io import write_json_atomic
 
@@ -32,6 +34,9 @@ StepFn = Callable[[dict[str, Any], int], tuple[dict[str, Any] | None, Sequence[s
 
 MAX_EXAMPLE_LINES = 5
 """Line numbers kept per reason in a report: enough to find examples, bounded for huge files."""
+
+MAX_BAD_ROWS_LISTED = 20
+"""Skipped unreadable rows listed (with ``path:line``) in a report; the count is always complete."""
 
 _WRITE_BUFFER = 1 << 20  # 1 MiB: fewer syscalls when writing millions of short lines.
 
@@ -132,6 +137,31 @@ class ReasonLog:
         return dict(sorted(self.counts.items()))
 
 
+class BadRows:
+    """Rows a step skipped because they could not be read (``on_bad_row="skip"``), with ``path:line`` of each.
+
+    Pass :meth:`add` as ``iter_rows(..., skipped=...)``; :meth:`as_dict` is the report's ``bad_rows`` entry.
+    """
+
+    def __init__(self, on_bad_row: str = "stop") -> None:
+        self.on_bad_row = check_on_bad_row(on_bad_row)
+        self.skipped = 0
+        self.examples: list[str] = []
+
+    def add(self, err: DataError) -> None:
+        self.skipped += 1
+        if len(self.examples) < MAX_BAD_ROWS_LISTED:
+            self.examples.append(str(err))
+
+    def rows(self, path: str | Path, count: bool = True) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``iter_rows(path)`` under this policy; ``count=False`` for a second pass over the same file."""
+        return iter_rows(path, self.on_bad_row, self.add if count else None)
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"on_bad_row", "skipped", "examples"}``; each example is ``path:line: what is wrong``."""
+        return {"on_bad_row": self.on_bad_row, "skipped": self.skipped, "examples": list(self.examples)}
+
+
 def transform_file(
     src: str | Path,
     dst: str | Path,
@@ -139,6 +169,8 @@ def transform_file(
     *,
     name: str = "step",
     details: Callable[[], dict[str, Any]] | None = None,
+    on_bad_row: str = "stop",
+    bad_rows: BadRows | None = None,
 ) -> dict[str, Any]:
     """Stream ``src`` through ``step_fn`` and write the kept rows to ``dst`` as JSONL, atomically.
 
@@ -149,23 +181,28 @@ def transform_file(
             ``dropped``, those of kept rows under ``changed``.
         name: Step name recorded in the report.
         details: Called after the pass; its dict is added to the report under ``details``.
+        on_bad_row: ``stop`` at the first unreadable row, or ``skip`` it and count it under ``bad_rows``.
+        bad_rows: Where skipped rows are counted, when the step already counted some (e.g. in other files
+            it read); overrides ``on_bad_row``.
 
     Returns:
-        The report: ``step``, ``input``, ``output``, ``rows_in``, ``rows_out``, ``rows_dropped``,
-        ``dropped`` and ``changed`` (counts per reason), ``example_lines`` (first lines per reason) and
-        ``seconds``.
+        The report: ``step``, ``input``, ``output``, ``rows_in`` (rows read), ``rows_out``, ``rows_dropped``,
+        ``dropped`` and ``changed`` (counts per reason), ``example_lines`` (first lines per reason),
+        ``bad_rows`` (see :class:`BadRows`) and ``seconds``.
 
     Raises:
-        DataError: ``src`` is missing or unreadable, or ``dst`` names the input file.
+        DataError: ``src`` is missing or unreadable, ``dst`` names the input file, or (with ``stop``) a row
+            cannot be read.
     """
     src = check_input(src)
     dst = Path(dst)
     check_outputs([src], [dst])
+    bad_rows = bad_rows or BadRows(on_bad_row)
     dropped, changed = ReasonLog(), ReasonLog()
     rows_in = 0
     start = time.perf_counter()
     with AtomicJSONLWriter(dst) as out:
-        for line, row in iter_rows(src):
+        for line, row in bad_rows.rows(src):
             rows_in += 1
             new_row, reasons = step_fn(row, line)
             log = dropped if new_row is None else changed
@@ -183,6 +220,7 @@ def transform_file(
         "dropped": dropped.as_dict(),
         "changed": changed.as_dict(),
         "example_lines": {**dropped.examples, **changed.examples},
+        "bad_rows": bad_rows.as_dict(),
         "seconds": round(time.perf_counter() - start, 3),
     }
     if details is not None:
