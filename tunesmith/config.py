@@ -43,7 +43,7 @@ class ModelConfig(Strict):
     """``lm``: the LLM's own vocabulary head (classification data trains on the label word and is scored by
     label log-likelihood). ``classification``: a new sequence-classification head (transformers
     ``AutoModelForSequenceClassification``: a linear ``score`` layer on the last token's hidden state, one
-    logit per label) trained with method full, freeze or lora; classification data only."""
+    logit per label) trained with method full, freeze, lora, qlora or adapter; classification data only."""
 
 
 class TaskConfig(Strict):

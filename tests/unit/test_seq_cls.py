@@ -12,10 +12,19 @@ import torch
 import torch.nn.functional as F
 
 from tests.unit.test_feature_extraction import _rows
-from tunesmith.config import FreezeMethod, FullMethod, LoraMethod, RunConfig, dump_config, load_config
+from tunesmith.config import (
+    AdapterMethod,
+    FreezeMethod,
+    FullMethod,
+    LoraMethod,
+    QloraMethod,
+    RunConfig,
+    dump_config,
+    load_config,
+)
 from tunesmith.data.render import class_target_labels
 from tunesmith.errors import ConfigError
-from tunesmith.methods import count_parameters
+from tunesmith.methods import count_parameters, load_options
 from tunesmith.methods.seq_cls import head_logits, load_sequence_classifier, prepare_head
 from tunesmith.runs import load_trained, save_trained
 from tunesmith.train.batching import collate, collate_packed, iter_batches
@@ -56,10 +65,10 @@ def _data(n: int = 24, seed: int = 0) -> TokenData:
     return TokenData(ids, labels)
 
 
-def _train_cfg(**extra):
+def _train_cfg(lr: float = 1e-2, **extra):
     from tunesmith.config import TrainConfig
 
-    return TrainConfig(batch_size=4, lr=1e-2, scheduler="constant", log_every=1, **extra)
+    return TrainConfig(batch_size=4, lr=lr, scheduler="constant", log_every=1, **extra)
 
 
 def _logged_losses(run_dir) -> list[float]:
@@ -140,6 +149,16 @@ METHODS = {
     "freeze-head": (FreezeMethod(train_last_n_blocks=0, train_norm=False), {"score.weight"}),
     "freeze-last-1": (FreezeMethod(train_last_n_blocks=1), LAYER1 | {"model.norm.weight", "score.weight"}),
     "lora": (LoraMethod(r=4, alpha=8), None),
+    "adapter": (
+        AdapterMethod(bottleneck=8),
+        {
+            f"model.layers.{i}.mlp.bottleneck_adapter.{m}.{t}"
+            for i in (0, 1)
+            for m in ("down", "up")
+            for t in ("weight", "bias")
+        }
+        | {"score.weight"},
+    ),
 }
 
 
@@ -163,7 +182,8 @@ def test_each_method_trains_exactly_its_parameters_and_lowers_the_loss(tmp_path,
         model,
         data,
         None,
-        _train_cfg(max_steps=8),
+        # 1e-2 overshoots in 8 steps on the adapter's fresh bottlenecks (loss 1.085 -> 1.180); 3e-3 -> 0.996
+        _train_cfg(lr=3e-3 if key == "adapter" else 1e-2, max_steps=8),
         seed=0,
         run_dir=tmp_path,
         pad_id=PAD,
@@ -228,7 +248,7 @@ def test_resume_reproduces_the_uninterrupted_losses(tmp_path):
 def _head_run(tmp_path, base_dir, tokenizer, method, name: str):
     """A trained head saved as a run directory (config.yaml, data_report.json, model/ or adapter/)."""
     torch.manual_seed(0)
-    model = load_sequence_classifier(str(base_dir), label_names=LABELS, pad_id=PAD)
+    model = load_sequence_classifier(str(base_dir), label_names=LABELS, pad_id=PAD, **load_options(method))
     model = prepare_head(model, method)
     train_loop(
         model,
@@ -297,6 +317,48 @@ def test_lora_saves_an_adapter_stock_peft_loads_with_its_head(tmp_path, default_
         trained = model(input_ids=IDS, attention_mask=MASK).logits
         assert torch.allclose(stock(input_ids=IDS, attention_mask=MASK).logits, trained, atol=1e-5)
         assert torch.allclose(merged(input_ids=IDS, attention_mask=MASK).logits, trained, atol=1e-5)
+
+
+def _tiny_base(tmp_path, tokenizer):
+    from tests.conftest import make_tiny_llama
+
+    base_dir = tmp_path / "base"
+    make_tiny_llama(VOCAB).save_pretrained(base_dir, safe_serialization=True)
+    tokenizer.save_pretrained(base_dir)
+    return base_dir
+
+
+def test_adapter_head_saves_bottlenecks_and_score_and_reloads(tmp_path, default_tokenizer):
+    from safetensors.torch import load_file
+
+    base_dir = _tiny_base(tmp_path, default_tokenizer)
+    model, saved = _head_run(tmp_path, base_dir, default_tokenizer, AdapterMethod(bottleneck=8), "run")
+    assert saved.name == "adapter"
+    tensors = load_file(saved / "bottleneck.safetensors")
+    assert len(tensors) == 9 and torch.equal(tensors["score.weight"], model.score.weight.detach())
+    torch.manual_seed(99)  # the reloaded base draws another random score: the saved one must replace it
+    ours, _, _ = load_trained(tmp_path / "run")
+    with torch.no_grad():
+        trained = model(input_ids=IDS, attention_mask=MASK).logits
+        assert torch.allclose(ours(input_ids=IDS, attention_mask=MASK).logits, trained, atol=1e-6)
+
+
+def test_qlora_head_trains_lora_and_score_on_a_4bit_body_and_reloads(tmp_path, default_tokenizer):
+    pytest.importorskip("bitsandbytes")
+    base_dir = _tiny_base(tmp_path, default_tokenizer)
+    method = QloraMethod(r=4, alpha=8)
+    model, saved = _head_run(tmp_path, base_dir, default_tokenizer, method, "run")
+    assert saved.name == "adapter"
+    body = model.base_model.model
+    assert type(body.model.layers[0].mlp.down_proj.base_layer).__name__ == "Linear4bit"
+    assert type(body.score.original_module).__name__ == "Linear"  # the head stays full precision
+    assert count_parameters(model)[0] == 2 * 4096 + 64 * len(LABELS)  # as LoRA on the fp32 body
+    losses = _logged_losses(tmp_path / "t")
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    ours, _, _ = load_trained(tmp_path / "run")  # onto a freshly quantized 4-bit body
+    with torch.no_grad():
+        trained = model(input_ids=IDS, attention_mask=MASK).logits
+        assert torch.allclose(ours(input_ids=IDS, attention_mask=MASK).logits, trained, atol=1e-5)
 
 
 def _config(tmp_path, tiny_model_dir, train_file, *extra: str):

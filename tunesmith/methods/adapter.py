@@ -78,12 +78,19 @@ def is_adapted(model: Any) -> bool:
     return hasattr(model, "tunesmith_adapter")
 
 
+def _is_saved(name: str, settings: dict[str, Any]) -> bool:
+    """Adapter tensors, plus the classification head when one trains beside them (``settings["head"]``)."""
+    head = settings.get("head")
+    return ".bottleneck_adapter." in name or (head is not None and name.startswith(f"{head}."))
+
+
 def save(model: Any, target: Path) -> None:
     """Write the adapter tensors and settings into ``target`` (an existing, atomic temp dir)."""
     from safetensors.torch import save_file
 
+    settings = model.tunesmith_adapter
     tensors = {
-        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if ".bottleneck_adapter." in n
+        n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if _is_saved(n, settings)
     }
     save_file(tensors, str(target / WEIGHTS_NAME))
     (target / CONFIG_NAME).write_text(json.dumps(model.tunesmith_adapter, indent=2), encoding="utf-8")
@@ -93,10 +100,11 @@ def load(base: Any, source: Path) -> Any:
     """The base with the saved adapters attached and loaded (strict: every adapter tensor must match)."""
     from safetensors.torch import load_file
 
-    attach(base, json.loads((source / CONFIG_NAME).read_text(encoding="utf-8")))
+    settings = json.loads((source / CONFIG_NAME).read_text(encoding="utf-8"))
+    attach(base, settings)
     tensors = load_file(str(source / WEIGHTS_NAME))
     params = dict(base.named_parameters())
-    expected = {n for n in params if ".bottleneck_adapter." in n}
+    expected = {n for n in params if _is_saved(n, settings)}
     if set(tensors) != expected:
         raise RunError(
             f"{source / WEIGHTS_NAME} does not match the model: {len(tensors)} tensors saved, "

@@ -47,8 +47,9 @@ def load_options(method_cfg: Any) -> dict[str, Any]:
     return {"quantization_config": quant, "device_map": device}
 
 
-def prepare(model: Any, method_cfg: Any) -> Any:
-    from peft import get_peft_model, prepare_model_for_kbit_training
+def ready_for_kbit_training(model: Any) -> Any:
+    """Check the base is 4-bit and let PEFT ready it for training an adapter on top."""
+    from peft import prepare_model_for_kbit_training
 
     if not getattr(model, "is_loaded_in_4bit", False):
         raise ModelError(
@@ -57,5 +58,11 @@ def prepare(model: Any, method_cfg: Any) -> Any:
         )
     # Casts norms to fp32 and lets the input embeddings pass gradients; no gradient checkpointing (it
     # trades ~30% more compute for activation memory, which tiny CPU batches do not need).
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def prepare(model: Any, method_cfg: Any) -> Any:
+    from peft import get_peft_model
+
+    model = ready_for_kbit_training(model)
     return get_peft_model(model, lora_config(method_cfg, model))

@@ -4,8 +4,10 @@ The LLM is loaded as transformers' ``AutoModelForSequenceClassification`` (Llama
 ``LlamaForSequenceClassification``): the decoder's hidden state at the last non-pad token goes through
 ``score``, a new linear layer (hidden -> one logit per label, no bias) initialised at random from the run
 seed; the vocabulary head is not loaded.
-It trains with method ``full``, ``freeze`` (``score`` is the head: ``train_last_n_blocks: 0`` = head only)
-or ``lora`` (PEFT task ``SEQ_CLS``, which trains ``score`` in full and saves it via ``modules_to_save``).
+It trains with method ``full``, ``freeze`` (``score`` is the head: ``train_last_n_blocks: 0`` = head only),
+``lora`` / ``qlora`` (PEFT task ``SEQ_CLS``, which trains ``score`` in full and saves it via
+``modules_to_save``; qlora on a 4-bit body, ``score`` kept in full precision) or ``adapter`` (bottleneck
+adapters + ``score``, both saved in ``bottleneck.safetensors``).
 The run directory holds ``model/`` or ``adapter/``, loadable with no tunesmith installed::
 
     model = AutoModelForSequenceClassification.from_pretrained("runs/x/model")
@@ -30,7 +32,7 @@ import torch
 
 from tunesmith.errors import ConfigError, RunError
 
-HEAD_METHODS = ("full", "freeze", "lora")
+HEAD_METHODS = ("full", "freeze", "lora", "qlora", "adapter")
 """Methods that train a classification head; the others wrap or quantize the LM in ways not wired here."""
 
 
@@ -101,8 +103,15 @@ def start_model(cfg: Any, label_names: list[str], pad_id: int) -> Any:
     An earlier head run continues as it is (same labels required); an earlier LM run (its adapter merged)
     lends its transformer body and the head starts new.
     """
+    from tunesmith.methods import load_options
+
     model = load_sequence_classifier(
-        cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, label_names=label_names, pad_id=pad_id
+        cfg.model.name,
+        cfg.model.dtype,
+        cfg.model.trust_remote_code,
+        label_names=label_names,
+        pad_id=pad_id,
+        **load_options(cfg.method),  # qlora: the body quantized to 4 bits while loading
     )
     if cfg.init_from is None:
         return model
@@ -122,16 +131,27 @@ def start_model(cfg: Any, label_names: list[str], pad_id: int) -> Any:
 
 
 def prepare_head(model: Any, method_cfg: Any) -> Any:
-    """Apply the method to a sequence classifier: lora as PEFT ``SEQ_CLS``; full/freeze as usual (freeze
-    finds ``score`` through :func:`tunesmith.methods.freeze.output_head`)."""
+    """Apply the method to a sequence classifier: lora/qlora as PEFT ``SEQ_CLS``; adapter with ``score``
+    trained beside the bottlenecks; full/freeze as usual (freeze finds ``score`` through
+    :func:`tunesmith.methods.freeze.output_head`)."""
     from tunesmith.methods import prepare_model
 
-    if method_cfg.name != "lora":
+    if method_cfg.name == "adapter":
+        from tunesmith.methods.freeze import output_head
+
+        model = prepare_model(model, method_cfg)
+        output_head(model).requires_grad_(True)
+        model.tunesmith_adapter["head"] = "score"  # saved and loaded with the adapter tensors
+        return model
+    if method_cfg.name not in ("lora", "qlora"):
         return prepare_model(model, method_cfg)
     from peft import get_peft_model
 
     from tunesmith.methods.lora import lora_config
+    from tunesmith.methods.qlora import ready_for_kbit_training
 
+    if method_cfg.name == "qlora":
+        model = ready_for_kbit_training(model)
     config = lora_config(method_cfg, model)
     # SEQ_CLS makes PEFT add "score"/"classifier" to modules_to_save (trained in full, saved with the
     # adapter) and keep the head out of "all-linear" targets.
