@@ -327,6 +327,10 @@ class TrainConfig(Strict):
     keep_last: int = Field(2, ge=1)
     """Checkpoints kept on disk (older ones are deleted)."""
     early_stopping: EarlyStopping = EarlyStopping()
+    class_weights: Literal["none", "balanced"] = "none"
+    """Classification heads only: ``balanced`` weights each class's cross-entropy by n / (k x n_class) from
+    the training labels (scikit-learn's rule), so rare classes count as much as common ones in the loss —
+    the lever for macro-F1 on skewed data; mean weight over the training rows is 1, so lr stays comparable."""
     log_every: int = Field(1, ge=1)
     """Write a metrics.jsonl row every N steps."""
 
@@ -414,6 +418,15 @@ class RunConfig(Strict):
         if not value or "/" in value or value.startswith("."):
             raise ValueError("must be a plain directory name (no '/', not starting with '.')")
         return value
+
+    @model_validator(mode="after")
+    def _class_weights_need_a_head(self) -> RunConfig:
+        if self.train.class_weights != "none" and self.model.head != "classification":
+            raise ValueError(
+                "train.class_weights applies to model.head: classification only (the lm head trains on "
+                "label words); set model.head: classification or train.class_weights: none"
+            )
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -385,7 +385,13 @@ def test_train_evaluate_predict_end_to_end(tmp_path, tiny_model_dir, capsys):
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(16, 0)))
-    summary = train(_config(tmp_path, tiny_model_dir, data, "method.name=lora", "method.r=4"))
+    summary = train(
+        _config(
+            tmp_path, tiny_model_dir, data, "method.name=lora", "method.r=4", "train.class_weights=balanced"
+        )
+    )
+    weights = summary["head"]["class_weights"]
+    assert len(weights) == 3 and all(w > 0 for w in weights)
     val = summary["eval"]["validation"]
     assert set(val) == {"tuned"} and "not evaluated" in summary["head"]["base"]
     assert set(val["tuned"]["per_class_f1"]) == set(LABELS) and len(val["tuned"]["confusion_matrix"]) == 3
@@ -511,3 +517,31 @@ def test_init_from_an_lm_run_lends_its_body_and_the_head_starts_new(tmp_path, de
     body, lent = model.model.state_dict(), earlier.model.state_dict()
     assert body.keys() == lent.keys() and all(torch.equal(body[k], lent[k]) for k in body)
     assert model.score.weight.shape == (len(LABELS), 64)
+
+
+def test_balanced_class_weights_follow_the_training_counts():
+    from tunesmith.methods.seq_cls_run import class_weights
+
+    rows = [class_target_labels(3, c) for c in (0, 0, 0, 1)]  # class 2 never appears
+    assert class_weights(rows, 3, "none") is None
+    assert class_weights(rows, 3, "balanced").tolist() == pytest.approx([4 / 9, 4 / 3, 0.0])
+
+
+def test_weighted_loss_is_torchs_weighted_cross_entropy_sum():
+    model = make_tiny_classifier().eval()
+    data = _data(6)
+    batch = collate(data.input_ids, data.labels, PAD)
+    y = torch.tensor([row[-1] for row in data.labels])
+    weight = torch.tensor([0.5, 2.0, 1.0])
+    with torch.no_grad():
+        loss_sum, count = sequence_classification_loss(model, batch, class_weights=weight)
+        own = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert int(count) == 6  # the mean stays per example: weights with mean 1 keep the loss scale
+    expected = F.cross_entropy(own, y, weight=weight, reduction="sum")
+    assert float(loss_sum) == pytest.approx(float(expected), abs=1e-5)
+    assert float(expected) != pytest.approx(float(F.cross_entropy(own, y, reduction="sum")), abs=1e-3)
+
+
+def test_class_weights_on_an_lm_head_name_the_key():
+    with pytest.raises(ConfigError, match=r"train\.class_weights applies to model\.head: classification"):
+        load_config(None, ["train.class_weights=balanced"])

@@ -15,7 +15,9 @@ that. summary.json says so under ``head.base``; the zero-shot base of the same m
 
 from __future__ import annotations
 
+import functools
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,17 @@ def evaluate_head_split(
     return metrics, predicted
 
 
+def class_weights(labels: list[list[int]], n_classes: int, rule: str) -> torch.Tensor | None:
+    """Per-class loss weights for ``train.class_weights``: None for ``none``; for ``balanced``
+    n / (k x n_class) over the training rows (each row's class id is its one labelled position).
+    A class absent from training gets weight 0: it has no examples to weigh."""
+    if rule == "none":
+        return None
+    counts = Counter(next(t for t in row if t != -100) for row in labels)
+    total = sum(counts.values())
+    return torch.tensor([total / (n_classes * counts[c]) if counts[c] else 0.0 for c in range(n_classes)])
+
+
 def _eval_splits(data: PreparedData) -> dict[str, Split]:
     return {
         n: s for n, s in (("validation", data.validation), ("test", data.test)) if s is not None and len(s)
@@ -81,6 +94,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     seed_everything(cfg.seed)  # the new head's initialisation (and LoRA's) follows the run seed
     model = prepare_head(start_model(cfg, data.label_names, tokenizer.pad_token_id), cfg.method)
     val = data.validation
+    weights = class_weights(data.train.labels, len(data.label_names), cfg.train.class_weights)
     result = train_loop(
         model,
         TokenData(data.train.input_ids, data.train.labels),
@@ -90,7 +104,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         run_dir=run_dir,
         pad_id=tokenizer.pad_token_id,
         resume=resume,
-        loss_fn=sequence_classification_loss,
+        loss_fn=functools.partial(sequence_classification_loss, class_weights=weights),
     )
     timings = {"train_s": result.train_seconds}
     evals: dict[str, dict[str, Any]] = {}
@@ -108,6 +122,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     summary = _summary(cfg, "classification", model, result, evals, data, timings)
     summary["head"] = {"type": "classification", "labels": data.label_names, "base": BASE_NOTE}
     summary["head"]["skipped"] = SKIPPED_NOTE
+    summary["head"]["class_weights"] = None if weights is None else [round(float(w), 6) for w in weights]
     if not result.interrupted:
         tuned = {split: v["tuned"] for split, v in evals.items()}
         apply_evidence(

@@ -84,7 +84,7 @@ def full_logits_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.
 
 
 def sequence_classification_loss(
-    model: Any, batch: dict[str, torch.Tensor]
+    model: Any, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy of a sequence-classification head (``model.head: classification``), summed over examples.
 
@@ -92,14 +92,16 @@ def sequence_classification_loss(
     (:func:`tunesmith.data.render.class_target_labels`), so the count is the number of examples. The head
     (``score``) runs on those positions only: the same logits the model's own forward pools (the rightmost
     non-pad token) for right-padded rows, and correct for packed rows too, which that forward would pool as
-    one sequence. Through PEFT, ``score`` is the ``modules_to_save`` copy that trains.
+    one sequence. Through PEFT, ``score`` is the ``modules_to_save`` copy that trains. ``class_weights``
+    (one per class, ``train.class_weights``) scale each example's term; the count stays the example count.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = getattr(base, base.base_model_prefix)
     mask = batch["labels"] != -100
     hidden = decoder(**model_inputs(batch)).last_hidden_state
     logits = base.score(hidden[mask]).float()
-    return F.cross_entropy(logits, batch["labels"][mask], reduction="sum"), mask.sum()
+    weight = class_weights.to(logits.device) if class_weights is not None else None
+    return F.cross_entropy(logits, batch["labels"][mask], weight=weight, reduction="sum"), mask.sum()
 
 
 LOSSES: dict[str, LossFn] = {
