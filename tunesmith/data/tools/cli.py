@@ -164,12 +164,10 @@ def _clean(args: argparse.Namespace) -> int:
 
 @_guarded
 def _dedup(args: argparse.Namespace) -> int:
-    from tunesmith.data.tools.dedup import NearDupConfig, dedup_file, dedup_files
-    from tunesmith.data.tools.lsh_index import IndexConfig
+    from tunesmith.data.tools.dedup import dedup_file, dedup_files, near_settings
 
-    config = NearDupConfig(threshold=args.threshold, num_perm=args.num_perm)
+    config, index = near_settings(args.threshold, args.num_perm, args.index, args.tmp_dir)
     near, policy = not args.exact_only, args.on_bad_row
-    index = IndexConfig(kind=args.index, tmp_dir=args.tmp_dir)
     if len(args.file) == 1 and len(args.out) == 1:
         report = dedup_file(
             args.file[0], args.out[0], near=near, config=config, on_bad_row=policy, index=index
@@ -193,11 +191,10 @@ def _dedup(args: argparse.Namespace) -> int:
 
 @_guarded
 def _leakage(args: argparse.Namespace) -> int:
-    from tunesmith.data.tools.dedup import NearDupConfig, find_leakage
-    from tunesmith.data.tools.lsh_index import IndexConfig
+    from tunesmith.data.tools.dedup import find_leakage, near_settings
 
-    config = NearDupConfig(threshold=args.threshold, num_perm=args.num_perm)
-    near, index = not args.exact_only, IndexConfig(kind=args.index, tmp_dir=args.tmp_dir)
+    config, index = near_settings(args.threshold, args.num_perm, args.index, args.tmp_dir)
+    near = not args.exact_only
     report = find_leakage(
         args.file, args.eval, args.out, near=near, config=config, on_bad_row=args.on_bad_row, index=index
     )

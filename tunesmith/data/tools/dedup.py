@@ -104,6 +104,17 @@ def row_digest(texts: Sequence[str]) -> bytes:
     return hashlib.blake2b("\x1e".join(texts).encode("utf-8"), digest_size=16).digest()
 
 
+def near_settings(
+    threshold: float = 0.8,
+    num_perm: int = 128,
+    index: Literal["auto", "memory", "disk"] = "auto",
+    tmp_dir: str | None = None,
+) -> tuple[NearDupConfig, IndexConfig]:
+    """The near-duplicate and index settings from the flat options that ``tunesmith data dedup|leakage``
+    (``--threshold --num-perm --index --tmp-dir``) and ``data.prepare`` steps take."""
+    return NearDupConfig(threshold=threshold, num_perm=num_perm), IndexConfig(index, tmp_dir=tmp_dir)
+
+
 class MinHasher:
     """Builds datasketch MinHash signatures of normalised text, reusing one set of permutations."""
 

@@ -32,8 +32,7 @@ from typing import Any, Literal
 
 from tunesmith.data.tools.augment import augment_file
 from tunesmith.data.tools.clean import CleanOptions, clean_file
-from tunesmith.data.tools.dedup import NearDupConfig, dedup_file, find_leakage
-from tunesmith.data.tools.lsh_index import IndexConfig
+from tunesmith.data.tools.dedup import dedup_file, find_leakage, near_settings
 from tunesmith.data.tools.pii import redact_file
 from tunesmith.errors import ConfigError, DataError
 
@@ -52,7 +51,7 @@ def _dedup(
     index: Literal["auto", "memory", "disk"] = "auto",
     tmp_dir: str | None = None,
 ) -> dict[str, Any]:
-    config, where = NearDupConfig(threshold=threshold, num_perm=num_perm), IndexConfig(index, tmp_dir=tmp_dir)
+    config, where = near_settings(threshold, num_perm, index, tmp_dir)
     return dedup_file(src, dst, near=near, config=config, on_bad_row=on_bad_row, index=where)
 
 
@@ -71,7 +70,7 @@ def _leakage(
     index: Literal["auto", "memory", "disk"] = "auto",
     tmp_dir: str | None = None,
 ) -> dict[str, Any]:
-    config, where = NearDupConfig(threshold=threshold, num_perm=num_perm), IndexConfig(index, tmp_dir=tmp_dir)
+    config, where = near_settings(threshold, num_perm, index, tmp_dir)
     return find_leakage(
         src, list(eval_files), dst, near=near, config=config, on_bad_row=on_bad_row, index=where
     )
