@@ -44,6 +44,10 @@ class ModelConfig(Strict):
     label log-likelihood). ``classification``: a new sequence-classification head (transformers
     ``AutoModelForSequenceClassification``: a linear ``score`` layer on the last token's hidden state, one
     logit per label) trained with method full, freeze, lora, qlora or adapter; classification data only."""
+    head_init: Literal["random", "label_words"] = "random"
+    """``model.head: classification`` only. ``random``: ``score`` starts random (run seed). ``label_words``:
+    each label's row starts as the vocabulary-head row of the label's first token (``' ' + name``), so the
+    head starts as the zero-shot verbaliser (needs tied embeddings, as SmolLM2 and Llama 3.2 have)."""
 
 
 class TaskConfig(Strict):
@@ -118,6 +122,10 @@ class DataConfig(Strict):
     prefix: str | None = None
     """Text put before every input (the first user turn, or a classification text) in training and
     evaluation alike; multi-task runs set it per task (``data.tasks[].prefix``)."""
+    suffix: str | None = None
+    """``model.head: classification`` and ``feature_extraction`` only: text put after every input, in
+    training and prediction alike, e.g. ``'\nEmotion:'``, so the last token (the one the head reads, or
+    ``pooling: last``) is the model about to name the class rather than continuing the text."""
     tasks: list[TaskConfig] | None = Field(None, min_length=1)
     """Multi-task: several datasets mixed into one training set (instead of ``train``, ``validation``,
     ``test``); each is prepared with the settings above and evaluated on its own
@@ -425,6 +433,15 @@ class RunConfig(Strict):
             raise ValueError(
                 "train.class_weights applies to model.head: classification only (the lm head trains on "
                 "label words); set model.head: classification or train.class_weights: none"
+            )
+        if self.model.head_init != "random" and self.model.head != "classification":
+            raise ValueError("model.head_init applies to model.head: classification only")
+        if self.data.suffix and not (
+            self.model.head == "classification" or self.method.name == "feature_extraction"
+        ):
+            raise ValueError(
+                "data.suffix applies to model.head: classification and method feature_extraction only (an "
+                "lm run scores labels after data.label_prompt; put the wording there)"
             )
         return self
 

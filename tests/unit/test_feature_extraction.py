@@ -109,6 +109,12 @@ def test_train_evaluate_predict(tmp_path, tiny_model_dir, files, monkeypatch):
     assert again["eval"] == summary["eval"]
     other_layer = train(_cfg(tmp_path, tiny_model_dir, files, "name=fe3", "method.pooling=last"))
     assert other_layer["features"]["cache"]["train"] == "miss"  # pooling is part of the cache key
+    suffixed = train(
+        _cfg(tmp_path, tiny_model_dir, files, "name=fe4", "method.pooling=last", 'data.suffix=" Topic:"')
+    )
+    # Layer 0 + last pooling reads the suffix's last token for every text: identical rows, majority class.
+    assert suffixed["features"]["cache"]["train"] == "miss"
+    assert suffixed["eval"]["validation"]["tuned"]["accuracy"] == pytest.approx(1 / 3)
 
     assert evaluate(run_dir)["validation"]["f1_macro"] == val["f1_macro"]
     texts = tmp_path / "tweets.txt"

@@ -387,7 +387,13 @@ def test_train_evaluate_predict_end_to_end(tmp_path, tiny_model_dir, capsys):
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(16, 0)))
     summary = train(
         _config(
-            tmp_path, tiny_model_dir, data, "method.name=lora", "method.r=4", "train.class_weights=balanced"
+            tmp_path,
+            tiny_model_dir,
+            data,
+            "method.name=lora",
+            "method.r=4",
+            "train.class_weights=balanced",
+            'data.suffix=" Topic:"',
         )
     )
     weights = summary["head"]["class_weights"]
@@ -406,7 +412,9 @@ def test_train_evaluate_predict_end_to_end(tmp_path, tiny_model_dir, capsys):
     model, tokenizer, _ = load_trained(run_dir)
     from tunesmith.data.render import head_input_ids
 
-    one_by_one = [int(head_logits(model, [head_input_ids(t, tokenizer)], PAD).argmax()) for t in texts]
+    one_by_one = [
+        int(head_logits(model, [head_input_ids(t, tokenizer, " Topic:")], PAD).argmax()) for t in texts
+    ]
     assert ids == [str(i) for i in one_by_one]  # one id per input line, in input order (blank line too)
     rows = [
         json.loads(x)
@@ -495,6 +503,53 @@ def test_head_data_is_the_text_alone_with_the_class_at_the_last_token(tmp_path, 
     for ex, ids, labels in zip(split.examples, split.input_ids, split.labels, strict=True):
         assert ids == default_tokenizer(ex.text)["input_ids"][:8]  # truncated ones keep their start
         assert labels == class_target_labels(len(ids), ex.label)
+
+
+def test_head_suffix_follows_the_text_and_survives_truncation(tmp_path, default_tokenizer):
+    from tunesmith.config import DataConfig
+    from tunesmith.data.prepare import prepare_data
+    from tunesmith.data.render import head_input_ids
+
+    suffix = "\nEmotion:"
+    tail = default_tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(6, 0)))
+    split = prepare_data(
+        DataConfig(train=str(data), validation_fraction=0.0, max_length=8, suffix=suffix),
+        default_tokenizer,
+        0,
+        head="classification",
+    ).train
+    for ex, ids, labels in zip(split.examples, split.input_ids, split.labels, strict=True):
+        text_ids = default_tokenizer(ex.text)["input_ids"]
+        assert ids == text_ids[: 8 - len(tail)] + tail  # the text is cut, never the suffix the head reads
+        assert labels == class_target_labels(len(ids), ex.label)
+    assert head_input_ids("joy", default_tokenizer, suffix) == default_tokenizer("joy" + suffix)["input_ids"]
+
+
+def test_suffix_on_an_lm_head_names_the_key():
+    with pytest.raises(ConfigError, match=r"data\.suffix applies to model\.head: classification and method"):
+        load_config(None, ["data.suffix=x"])
+
+
+def test_label_words_init_makes_the_head_the_zero_shot_verbaliser(tiny_model_dir, default_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.methods.seq_cls import init_head_from_label_words, load_sequence_classifier
+
+    labels = ["fruit", "space", "sea"]
+    head = load_sequence_classifier(str(tiny_model_dir), label_names=labels, pad_id=PAD).eval()
+    init_head_from_label_words(head, default_tokenizer, labels)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    words = [default_tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in labels]
+    ids = torch.tensor([default_tokenizer("a red apple")["input_ids"]])
+    with torch.no_grad():
+        expected = lm(input_ids=ids).logits[0, -1, words]
+        assert torch.allclose(head(input_ids=ids).logits[0], expected, atol=1e-5)
+    with pytest.raises(ConfigError, match="share a first token"):
+        init_head_from_label_words(head, default_tokenizer, ["sea", "sea"])
+    with pytest.raises(ConfigError, match=r"model\.head_init applies to model\.head: classification"):
+        load_config(None, ["model.head_init=label_words"])
 
 
 def test_init_from_an_lm_run_lends_its_body_and_the_head_starts_new(tmp_path, default_tokenizer):

@@ -160,14 +160,18 @@ def _tokenize(
     for ex in examples:
         if data_cfg.prefix:  # kept on the example too, so evaluation prompts carry the same prefix
             ex = with_prefix(ex, data_cfg.prefix)
-        if head == "classification":  # the text alone; the class id sits at the last position
-            ids = head_input_ids(ex.text or "", tokenizer)
+        if head == "classification":  # the text (+ suffix); the class id sits at the last position
+            suffix = data_cfg.suffix or ""
+            ids = head_input_ids(ex.text or "", tokenizer, suffix)
+            truncated = len(ids) > limit
+            if truncated and suffix:  # rare: encode again, cutting the text and keeping the suffix
+                ids = head_input_ids(ex.text or "", tokenizer, suffix, limit)
             labels = class_target_labels(len(ids[:limit]), ex.label or 0)
         else:
             ids, labels = render_example(
                 ex, tokenizer, data_cfg.system_prompt, label_names, data_cfg.label_prompt
             )
-        truncated = len(ids) > limit
+            truncated = len(ids) > limit
         if truncated and data_cfg.overlong == "drop":
             counts["dropped_overlong"] += 1
             continue

@@ -40,6 +40,8 @@ class _LazyModel:
 
 
 def _features(cfg: RunConfig, tokenizer: Any, texts: list[str], model: _LazyModel) -> tuple[np.ndarray, str]:
+    if cfg.data.suffix:  # e.g. "\nEmotion:": the last token is then the model about to name the class
+        texts = [text + cfg.data.suffix for text in texts]
     feats, status = cached_features(model, tokenizer, texts, cfg.model.name, cfg.method, cfg.data.max_length)
     return feats.numpy(), status
 

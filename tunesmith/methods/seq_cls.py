@@ -130,6 +130,29 @@ def start_model(cfg: Any, label_names: list[str], pad_id: int) -> Any:
     return model
 
 
+@torch.no_grad()
+def init_head_from_label_words(model: Any, tokenizer: Any, label_names: list[str]) -> None:
+    """``model.head_init: label_words``: ``score`` row i = the vocabulary-head row of label i's first token.
+
+    The decoder's last hidden state (after the final norm) is what both heads read, so the new head starts
+    out computing the zero-shot verbaliser's logits over the label words instead of noise. The vocabulary
+    head is not loaded with a sequence classifier; with tied embeddings it is the input embedding matrix.
+    """
+    if not getattr(model.config, "tie_word_embeddings", False):
+        raise ConfigError(
+            "model.head_init: label_words needs a model with tied input/output embeddings (the vocabulary "
+            "head is not loaded with a sequence classifier); use model.head_init: random"
+        )
+    rows = [tokenizer(" " + name, add_special_tokens=False)["input_ids"][0] for name in label_names]
+    if len(set(rows)) < len(rows):
+        raise ConfigError(
+            f"model.head_init: label_words: labels {label_names} share a first token; rename them or use "
+            "model.head_init: random"
+        )
+    score = model.score.weight
+    score.copy_(model.get_input_embeddings().weight[rows].to(score.dtype))
+
+
 def prepare_head(model: Any, method_cfg: Any) -> Any:
     """Apply the method to a sequence classifier: lora/qlora as PEFT ``SEQ_CLS``; adapter with ``score``
     trained beside the bottlenecks; full/freeze as usual (freeze finds ``score`` through

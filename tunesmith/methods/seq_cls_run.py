@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.data.prepare import PreparedData, Split, prepare_data
 from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from tunesmith.methods.seq_cls import check_supported, head_logits, label_names_of, prepare_head, start_model
+from tunesmith.methods.seq_cls import (
+    check_supported,
+    head_logits,
+    init_head_from_label_words,
+    label_names_of,
+    prepare_head,
+    start_model,
+)
 
 BASE_NOTE = (
     "not evaluated: the classification head starts random, so the base model has no classifier to compare "
@@ -92,7 +99,10 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     _print_data_report(data.report)
     assert data.label_names is not None  # classification data always has label names
     seed_everything(cfg.seed)  # the new head's initialisation (and LoRA's) follows the run seed
-    model = prepare_head(start_model(cfg, data.label_names, tokenizer.pad_token_id), cfg.method)
+    model = start_model(cfg, data.label_names, tokenizer.pad_token_id)
+    if cfg.model.head_init == "label_words" and cfg.init_from is None:
+        init_head_from_label_words(model, tokenizer, data.label_names)
+    model = prepare_head(model, cfg.method)
     val = data.validation
     weights = class_weights(data.train.labels, len(data.label_names), cfg.train.class_weights)
     result = train_loop(
@@ -157,12 +167,12 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
 
 
 def head_probs(model: Any, tokenizer: Any, cfg: RunConfig, texts: list[str]) -> torch.Tensor:
-    """Class probabilities (n, labels) for raw texts, rendered as in training (the run's prefix, truncated
-    to ``data.max_length``)."""
+    """Class probabilities (n, labels) for raw texts, rendered as in training (the run's prefix and
+    suffix, truncated to ``data.max_length`` as training truncates)."""
     from tunesmith.data.render import head_input_ids
 
-    prefix = getattr(cfg.data, "prefix", None) or ""  # training put it before every text, so must we
-    ids = [head_input_ids(prefix + text, tokenizer)[: cfg.data.max_length] for text in texts]
+    prefix, suffix = cfg.data.prefix or "", cfg.data.suffix or ""  # training added them, so must we
+    ids = [head_input_ids(prefix + text, tokenizer, suffix, cfg.data.max_length) for text in texts]
     return head_logits(model, ids, tokenizer.pad_token_id, cfg.eval.batch_size).softmax(dim=-1)
 
 
