@@ -47,7 +47,8 @@ class ModelConfig(Strict):
     head_init: Literal["random", "label_words"] = "random"
     """``model.head: classification`` only. ``random``: ``score`` starts random (run seed). ``label_words``:
     each label's row starts as the vocabulary-head row of the label's first token (``' ' + name``), so the
-    head starts as the zero-shot verbaliser (needs tied embeddings, as SmolLM2 and Llama 3.2 have)."""
+    head starts as the zero-shot verbaliser (needs tied embeddings, as SmolLM2 and Llama 3.2 have). A head
+    continued from an earlier head run (``init_from``) keeps its trained weights."""
 
 
 class TaskConfig(Strict):
@@ -428,7 +429,7 @@ class RunConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _class_weights_need_a_head(self) -> RunConfig:
+    def _head_settings_need_a_head(self) -> RunConfig:
         if self.train.class_weights != "none" and self.model.head != "classification":
             raise ValueError(
                 "train.class_weights applies to model.head: classification only (the lm head trains on "

@@ -55,6 +55,13 @@ def test_layer0_mean_pooling_is_the_mean_token_embedding(default_tokenizer):
     )
     ids = default_tokenizer(texts[0], add_special_tokens=False)["input_ids"]
     assert torch.allclose(last[0], emb[ids[-1]], atol=1e-6)  # right padding does not shift the last token
+    long_text, suffix = "hello there friend " * 10, " Topic:"
+    tail = default_tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    kept = default_tokenizer(long_text, add_special_tokens=False)["input_ids"][: 8 - len(tail)] + tail
+    suffixed = extract_features(
+        model, default_tokenizer, [long_text], 0, "mean", batch_size=1, max_length=8, suffix=suffix
+    )
+    assert torch.allclose(suffixed[0], emb[kept].mean(0), atol=1e-6)  # the text is cut, never the suffix
 
 
 @pytest.mark.parametrize("classifier", ["logistic_regression", "mlp"])

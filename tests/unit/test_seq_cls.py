@@ -568,10 +568,22 @@ def test_init_from_an_lm_run_lends_its_body_and_the_head_starts_new(tmp_path, de
     cfg = RunConfig.model_validate(
         {"model": {"name": str(base_dir), "head": "classification"}, "init_from": str(lm_run)}
     )
-    model = start_model(cfg, LABELS, PAD)
+    model = start_model(cfg, LABELS, default_tokenizer)
     body, lent = model.model.state_dict(), earlier.model.state_dict()
     assert body.keys() == lent.keys() and all(torch.equal(body[k], lent[k]) for k in body)
     assert model.score.weight.shape == (len(LABELS), 64)
+
+    # head_init: label_words on the lent body: the new head's rows are that body's label-word rows (a
+    # stand-in tokenizer maps the label words into this model's 128-token vocabulary).
+    class SmallVocab:
+        pad_token_id = PAD
+
+        def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+            return {"input_ids": [{" fruit": 5, " space": 6, " sea": 7}[text]]}
+
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"head_init": "label_words"})})
+    expected = earlier.get_input_embeddings().weight[[5, 6, 7]]
+    assert torch.equal(start_model(cfg, LABELS, SmallVocab()).score.weight, expected)
 
 
 def test_balanced_class_weights_follow_the_training_counts():

@@ -93,7 +93,7 @@ def save(model: Any, target: Path) -> None:
         n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if _is_saved(n, settings)
     }
     save_file(tensors, str(target / WEIGHTS_NAME))
-    (target / CONFIG_NAME).write_text(json.dumps(model.tunesmith_adapter, indent=2), encoding="utf-8")
+    (target / CONFIG_NAME).write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
 
 def load(base: Any, source: Path) -> Any:

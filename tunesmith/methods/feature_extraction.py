@@ -40,9 +40,10 @@ class _LazyModel:
 
 
 def _features(cfg: RunConfig, tokenizer: Any, texts: list[str], model: _LazyModel) -> tuple[np.ndarray, str]:
-    if cfg.data.suffix:  # e.g. "\nEmotion:": the last token is then the model about to name the class
-        texts = [text + cfg.data.suffix for text in texts]
-    feats, status = cached_features(model, tokenizer, texts, cfg.model.name, cfg.method, cfg.data.max_length)
+    # data.suffix (e.g. "\nEmotion:"): the last token is then the model about to name the class.
+    feats, status = cached_features(
+        model, tokenizer, texts, cfg.model.name, cfg.method, cfg.data.max_length, cfg.data.suffix or ""
+    )
     return feats.numpy(), status
 
 

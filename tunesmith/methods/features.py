@@ -46,11 +46,15 @@ def model_fingerprint(name: str) -> str:
     return "|".join(parts)
 
 
-def cache_key(texts: list[str], model_name: str, layer: int, pooling: str, max_length: int) -> str:
+def cache_key(
+    texts: list[str], model_name: str, layer: int, pooling: str, max_length: int, suffix: str = ""
+) -> str:
     digest = hashlib.sha256()
     for text in texts:
         digest.update(text.encode("utf-8") + b"\0")
     payload = [CACHE_VERSION, digest.hexdigest(), model_fingerprint(model_name), layer, pooling, max_length]
+    if suffix:  # only then, so the keys of features cached before data.suffix existed still hit
+        payload.append(suffix)
     return hashlib.sha256(json.dumps(payload).encode("utf-8")).hexdigest()[:32]
 
 
@@ -78,15 +82,26 @@ def _only_first_blocks(decoder: Any, layer: int) -> Iterator[None]:
 
 @torch.no_grad()
 def extract_features(
-    model: Any, tokenizer: Any, texts: list[str], layer: int, pooling: str, batch_size: int, max_length: int
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    layer: int,
+    pooling: str,
+    batch_size: int,
+    max_length: int,
+    suffix: str = "",
 ) -> torch.Tensor:
     """(n_texts, hidden) pooled states; layer -1 is the decoder output after the final norm.
 
-    Texts are sorted by length so batches carry little padding (on CPU, padding is wasted compute).
+    ``suffix`` (``data.suffix``) follows every text; a text over ``max_length`` is cut, never the suffix, so
+    ``pooling: last`` always reads the suffix's last token (as a classification head does). Texts are sorted
+    by length so batches carry little padding (on CPU, padding is wasted compute).
     """
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-    ids = [row or [tokenizer.eos_token_id] for row in ids]  # an empty text still gets one feature row
+    tail = list(tokenizer(suffix, add_special_tokens=False)["input_ids"]) if suffix else []
+    room = max(1, max_length - len(tail))
+    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=room)["input_ids"]
+    ids = [row + tail or [tokenizer.eos_token_id] for row in ids]  # an empty text still gets one feature row
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = torch.zeros(len(ids), model.config.hidden_size)
     device = next(model.parameters()).device
@@ -109,7 +124,13 @@ def extract_features(
 
 
 def cached_features(
-    model_loader: Any, tokenizer: Any, texts: list[str], model_name: str, method_cfg: Any, max_length: int
+    model_loader: Any,
+    tokenizer: Any,
+    texts: list[str],
+    model_name: str,
+    method_cfg: Any,
+    max_length: int,
+    suffix: str = "",
 ) -> tuple[torch.Tensor, str]:
     """Features from the cache, or extracted (``model_loader()`` called only then) and cached.
 
@@ -117,7 +138,7 @@ def cached_features(
     """
     from safetensors.torch import load_file, save
 
-    path = _cache_path(cache_key(texts, model_name, method_cfg.layer, method_cfg.pooling, max_length))
+    path = _cache_path(cache_key(texts, model_name, method_cfg.layer, method_cfg.pooling, max_length, suffix))
     if path.exists():
         return load_file(str(path))["features"], "hit"
     feats = extract_features(
@@ -128,6 +149,7 @@ def cached_features(
         method_cfg.pooling,
         method_cfg.batch_size,
         max_length,
+        suffix,
     )
     write_bytes_atomic(path, save({"features": feats.contiguous()}))
     return feats, "miss"

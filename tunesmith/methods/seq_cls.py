@@ -97,11 +97,12 @@ def _decoder(model: Any) -> Any:
     return getattr(model, model.base_model_prefix)
 
 
-def start_model(cfg: Any, label_names: list[str], pad_id: int) -> Any:
+def start_model(cfg: Any, label_names: list[str], tokenizer: Any) -> Any:
     """The model training starts from: ``model.name`` with a new head, or with ``init_from`` an earlier run.
 
     An earlier head run continues as it is (same labels required); an earlier LM run (its adapter merged)
-    lends its transformer body and the head starts new.
+    lends its transformer body and the head starts new. A new head starts random (run seed) or, with
+    ``model.head_init: label_words``, from the vocabulary rows of the body it sits on.
     """
     from tunesmith.methods import load_options
 
@@ -110,23 +111,24 @@ def start_model(cfg: Any, label_names: list[str], pad_id: int) -> Any:
         cfg.model.dtype,
         cfg.model.trust_remote_code,
         label_names=label_names,
-        pad_id=pad_id,
+        pad_id=tokenizer.pad_token_id,
         **load_options(cfg.method),  # qlora: the body quantized to 4 bits while loading
     )
-    if cfg.init_from is None:
-        return model
-    from tunesmith.runs import load_trained
+    if cfg.init_from is not None:
+        from tunesmith.runs import load_trained
 
-    earlier, _, earlier_cfg = load_trained(cfg.init_from, merge=True)
-    if earlier_cfg.model.head == "classification":
-        earlier_labels = [earlier.config.id2label[i] for i in range(earlier.config.num_labels)]
-        if earlier_labels != label_names:
-            raise ConfigError(
-                f"init_from: {cfg.init_from} was trained on labels {earlier_labels}, this run has "
-                f"{label_names}; a head continues only on the same labels"
-            )
-        return earlier.train()
-    _decoder(model).load_state_dict(_decoder(earlier).state_dict())
+        earlier, _, earlier_cfg = load_trained(cfg.init_from, merge=True)
+        if earlier_cfg.model.head == "classification":
+            earlier_labels = [earlier.config.id2label[i] for i in range(earlier.config.num_labels)]
+            if earlier_labels != label_names:
+                raise ConfigError(
+                    f"init_from: {cfg.init_from} was trained on labels {earlier_labels}, this run has "
+                    f"{label_names}; a head continues only on the same labels"
+                )
+            return earlier.train()  # a trained head keeps its weights: head_init is for new heads
+        _decoder(model).load_state_dict(_decoder(earlier).state_dict())
+    if cfg.model.head_init == "label_words":
+        init_head_from_label_words(model, tokenizer, label_names)
     return model
 
 

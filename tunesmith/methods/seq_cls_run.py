@@ -30,7 +30,6 @@ from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomi
 from tunesmith.methods.seq_cls import (
     check_supported,
     head_logits,
-    init_head_from_label_words,
     label_names_of,
     prepare_head,
     start_model,
@@ -99,10 +98,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
     _print_data_report(data.report)
     assert data.label_names is not None  # classification data always has label names
     seed_everything(cfg.seed)  # the new head's initialisation (and LoRA's) follows the run seed
-    model = start_model(cfg, data.label_names, tokenizer.pad_token_id)
-    if cfg.model.head_init == "label_words" and cfg.init_from is None:
-        init_head_from_label_words(model, tokenizer, data.label_names)
-    model = prepare_head(model, cfg.method)
+    model = prepare_head(start_model(cfg, data.label_names, tokenizer), cfg.method)
     val = data.validation
     weights = class_weights(data.train.labels, len(data.label_names), cfg.train.class_weights)
     result = train_loop(
