@@ -1,14 +1,15 @@
 """LoRA SFT on the default model: tunesmith vs TRL's SFTTrainer + PEFT, same data/model/LoRA/steps, one run.
 
-    .venv/bin/python bench/bench_sft.py                 # defaults: 4 steps, global batch 8, max length 384
-    .venv/bin/python bench/bench_sft.py --steps 20 --packing
+    .venv/bin/python bench/bench_sft.py                 # defaults: 12 steps, global batch 8, max length 384
+    .venv/bin/python bench/bench_sft.py --steps 4 --sides tunesmith,trl
 
-Each side trains in its own subprocess (``--side tunesmith|trl``), so peak RSS is per side; both sides are
-then scored by the *same* function (tunesmith's target-token validation loss on the same rendered split),
-so "final validation loss" means one thing. The TRL side is written the way its docs show (a
-prompt-completion conversational dataset, ``SFTConfig`` defaults), with ``bf16=False``: TRL's default bf16
-on a CPU without AVX512-BF16 runs ~30x slower than fp32 (see tunesmith/train/precision.py), which would be
-a meaningless win. Its other defaults (gradient checkpointing on) stay as a user gets them.
+Sides: tunesmith as configured by default, one column per lever changed (gradient checkpointing, packing,
+length grouping off: see ``SIDES``), and TRL. Each trains in its own subprocess, so peak RSS is per side;
+all are then scored by the *same* function (tunesmith's target-token validation loss on the same rendered
+split), so "final validation loss" means one thing. The TRL side is written the way its docs show (a prompt-
+completion conversational dataset, ``SFTConfig`` defaults), with ``bf16=False``: TRL's default bf16 on a CPU
+without AVX512-BF16 runs ~30x slower than fp32 (see tunesmith/train/precision.py), which would be a
+meaningless win. Its other defaults (gradient checkpointing on) stay as a user gets them.
 
 Reported per side: real (non-padding) tokens/s over the training call, peak RSS, final validation loss and
 MFU against this machine's *measured* fp32/bf16 matmul peak (``matmul_peak_flops``), with training FLOPs
@@ -110,12 +111,14 @@ def mfu(tokens_per_s: float, flops_per_token: float, peak_flops: float) -> float
     return tokens_per_s * flops_per_token / peak_flops if peak_flops > 0 else 0.0
 
 
-def matmul_peak_flops(dtype_name: str, size: int = 768, seconds: float = 2.0) -> float:
-    """Best FLOP/s of a square ``size`` matmul in ``dtype`` over ~``seconds`` (after a warm-up)."""
+def matmul_peak_flops(dtype_name: str, size: int | None = None, seconds: float = 2.0) -> float:
+    """Best FLOP/s of a square ``size`` matmul in ``dtype`` over ~``seconds`` (after a warm-up); the size
+    defaults to 768 on CPU (the default model's hidden size) and 8192 on GPU (large enough to saturate it)."""
     import torch
 
     dtype = getattr(torch, dtype_name)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    size = size or (8192 if device == "cuda" else 768)
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     torch.matmul(a, b)  # warm-up: thread pool, packing of weights
@@ -130,33 +133,55 @@ def matmul_peak_flops(dtype_name: str, size: int = 768, seconds: float = 2.0) ->
     return best
 
 
+SIDES = {
+    "tunesmith": "tunesmith",
+    "tunesmith-gc": "tunesmith + grad. checkpointing",
+    "tunesmith-packed": "tunesmith + packing",
+    "tunesmith-ungrouped": "tunesmith, random batches",
+    "tunesmith-full-logits": "tunesmith, logits at every position",
+    "trl": "TRL SFTTrainer + PEFT",
+}
+"""Side key -> column title. The tunesmith variants each change one lever of its defaults (TrainConfig
+fields in ``bench.sft_sides.SIDE_SETTINGS``): ``-gc`` turns on gradient checkpointing, the memory setting
+TRL's SFTConfig has on by default (the like-for-like column for peak RSS); ``-packed`` packs rows;
+``-ungrouped`` turns length grouping off (random batches, like TRL's); ``-full-logits`` computes the loss
+through the model's own forward (vocabulary logits at every position, prompts included) instead of the
+output head on target positions only (a lever measurement, not a setting users have)."""
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """The side-by-side markdown table (tunesmith, TRL, ratio)."""
-    ts, trl = results["sides"]["tunesmith"], results["sides"]["trl"]
-
-    def ratio(key: str) -> str:
-        return f"{ts[key] / trl[key]:.2f}x" if trl.get(key) else "-"
-
+    """The side-by-side markdown table: one column per side, then each tunesmith side's ratio to TRL."""
+    sides = results["sides"]
+    trl = sides["trl"]
+    ours = [k for k in sides if k != "trl"]
     rows = [
         ("real tokens/s", "tokens_per_s", "{:.1f}"),
         ("real tokens per CPU-second", "tokens_per_cpu_s", "{:.1f}"),
         ("peak RSS (MB)", "peak_rss_mb", "{:.0f}"),
+        ("peak GPU memory (MB)", "peak_gpu_mb", "{:.0f}"),
         ("final val loss", "val_loss", "{:.4f}"),
         ("MFU vs fp32 peak", "mfu_fp32", "{:.2%}"),
         ("MFU vs bf16 peak", "mfu_bf16", "{:.2%}"),
         ("train seconds", "train_seconds", "{:.1f}"),
     ]
-    lines = ["| | tunesmith | TRL SFTTrainer + PEFT | tunesmith / TRL |", "|---|---:|---:|---:|"]
-    for label, key, fmt in rows:
-        if key not in ts or key not in trl:
-            continue
-        lines.append(f"| {label} | {fmt.format(ts[key])} | {fmt.format(trl[key])} | {ratio(key)} |")
+    titles = [SIDES.get(k, k) for k in sides] + [f"{SIDES.get(k, k)} / TRL" for k in ours]
+    lines = ["| | " + " | ".join(titles) + " |", "|---|" + "---:|" * len(titles)]
     peaks = results["matmul_peak_gflops"]
+    # MFU against a bf16 peak below fp32's (a CPU without AVX512-BF16: ~1 GFLOP/s) reads as thousands of
+    # percent and says nothing: training runs fp32 there, so that row is left out.
+    skip = set() if peaks["bfloat16"] > peaks["float32"] else {"mfu_bf16"}
+    for label, key, fmt in rows:
+        if key in skip or any(key not in side for side in sides.values()):
+            continue
+        values = [fmt.format(side[key]) for side in sides.values()]
+        ratios = [f"{sides[k][key] / trl[key]:.2f}x" if trl[key] else "-" for k in ours]
+        lines.append(f"| {label} | " + " | ".join(values + ratios) + " |")
     lines.append("")
     lines.append(
         f"Measured matmul peak: fp32 {peaks['float32']:.1f} GFLOP/s, bf16 {peaks['bfloat16']:.1f} GFLOP/s; "
         f"{results['steps']} steps x global batch {results['batch']}, max length {results['max_length']}, "
-        f"LoRA r={results['lora_r']} all-linear; {results['device']}."
+        f"LoRA r={results['lora_r']} all-linear; model {results.get('model', 'default')}; "
+        f"{results['device']}."
     )
     return "\n".join(lines)
 
@@ -174,18 +199,75 @@ def add_mfu(results: dict[str, Any]) -> None:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch", type=int, default=8, help="global batch (one micro-batch on both sides)")
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--n-train", type=int, default=240)
     parser.add_argument("--n-val", type=int, default=16)
-    parser.add_argument("--packing", action="store_true", help="tunesmith side: train.packing true")
+    parser.add_argument(
+        "--model",
+        choices=list(MODELS),
+        default="default",
+        help="default: the embedded SmolLM2-135M; llama-1b: a random ~1.1B Llama (GPU speed runs)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "sft.json")
-    parser.add_argument("--side", choices=["tunesmith", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--sides",
+        default=",".join(SIDES),
+        help=f"comma-separated, from {', '.join(SIDES)} (trl is required)",
+    )
+    parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+MODELS = {
+    "default": None,
+    # TinyLlama's shape (22 blocks, hidden 2048, GQA 32/4 heads) with the default tokenizer's vocabulary:
+    # ~1.1B parameters; speed does not depend on the weights, so random ones stand in for a download.
+    "llama-1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 5632,
+        "num_hidden_layers": 22,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
+    },
+}
+
+
+def write_random_llama(directory: Path, shape: dict[str, Any]) -> Path:
+    """A randomly initialised Llama of ``shape`` (seed 0) with the default model's tokenizer, saved as
+    safetensors in ``directory``: both sides load it by path, as they would a downloaded model."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("default")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shape,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _sides(spec: str) -> list[str]:
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SIDES]
+    if unknown or "trl" not in names:
+        raise SystemExit(f"--sides {spec!r}: choose from {', '.join(SIDES)}, trl included (the baseline)")
+    return [n for n in SIDES if n in names]  # table order: ours first, TRL last
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,11 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     results: dict[str, Any] = {
+        "model": args.model,
         "steps": args.steps,
         "batch": args.batch,
         "max_length": args.max_length,
         "lora_r": args.lora_r,
-        "packing": args.packing,
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
@@ -212,9 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory() as tmp:
         write_data(Path(tmp), args.n_train, args.n_val)
-        for side in ("tunesmith", "trl"):
+        extra = []
+        if MODELS[args.model] is not None:
+            extra = ["--model-path", str(write_random_llama(Path(tmp) / "model", MODELS[args.model]))]
+        for side in _sides(args.sides):
             side_out = Path(tmp) / f"{side}.json"
-            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
+            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), *extra]
             cmd += ["--side", side, "--data-dir", tmp, "--side-out", str(side_out)]
             print(f"== {side}", flush=True)
             if subprocess.call(cmd) != 0 or not side_out.exists():

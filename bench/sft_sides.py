@@ -1,11 +1,12 @@
 """The two sides of bench/bench_sft.py; each runs in its own process (``--side``) and writes one JSON.
 
-Both sides: the default model in fp32, LoRA r/alpha=2r on all linear layers (dropout 0), AdamW lr 2e-4 with
-cosine decay and no warm-up, ``--batch`` examples per optimizer step, ``--steps`` steps, max length
-``--max-length``, seed 0. Timing covers the training call only (tokenization and model loading excluded on
-both sides); peak RSS is read right after training, before the shared validation scoring. CPU seconds
-(``time.process_time``, all threads) are recorded too: on a shared machine wall time depends on the
-neighbours' load, tokens per CPU-second much less (equal to wall throughput x threads on an idle machine).
+Both sides: the default model (or ``--model``'s random Llama) in fp32 (bf16 autocast on GPU), LoRA
+r/alpha=2r on all linear layers (dropout 0), AdamW lr 2e-4 with cosine decay and no warm-up, ``--batch``
+examples per optimizer step, ``--steps`` steps, max length ``--max-length``, seed 0. Timing covers the
+training call only (tokenization and model loading excluded on both sides); peak RSS is read right after
+training, before the shared validation scoring. CPU seconds (``time.process_time``, all threads) are
+recorded too: on a shared machine wall time depends on the neighbours' load, tokens per CPU-second much less
+(equal to wall throughput x threads on an idle machine).
 """
 
 from __future__ import annotations
@@ -20,6 +21,26 @@ from pathlib import Path
 from typing import Any
 
 LR = 2e-4
+SIDE_SETTINGS: dict[str, dict[str, Any]] = {
+    "tunesmith": {},
+    "tunesmith-gc": {"gradient_checkpointing": True},
+    "tunesmith-packed": {"packing": True},
+    "tunesmith-ungrouped": {"group_by_length": False},
+    "tunesmith-full-logits": {},
+}
+"""TrainConfig fields each tunesmith side sets on top of the shared ones (one lever per side);
+``tunesmith-full-logits`` changes the loss instead: the model's own forward, logits at every position."""
+
+
+def _model_ref(args: argparse.Namespace) -> str:
+    """The model both sides train: the embedded default, or the random Llama the driver wrote (--model)."""
+    return args.model_path or "default"
+
+
+def _peak_gpu_mb() -> dict[str, float]:
+    import torch
+
+    return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}
 
 
 def _peak_rss_mb() -> float:
@@ -64,17 +85,20 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
     from tunesmith.methods import prepare_model
     from tunesmith.models.loading import load_causal_lm, load_tokenizer
     from tunesmith.train.loop import TokenData, train_loop
+    from tunesmith.train.losses import causal_lm_loss, full_logits_loss
 
-    tokenizer = load_tokenizer("default")
+    tokenizer = load_tokenizer(_model_ref(args))
     data, val = _validation(tokenizer, args.data_dir, args.max_length)
-    model = prepare_model(load_causal_lm("default"), LoraMethod(r=args.lora_r, alpha=2.0 * args.lora_r))
+    model = prepare_model(
+        load_causal_lm(_model_ref(args)), LoraMethod(r=args.lora_r, alpha=2.0 * args.lora_r)
+    )
     cfg = TrainConfig(
         max_steps=args.steps,
         batch_size=args.batch,
         lr=LR,
         scheduler="cosine",
-        packing=args.packing,
         log_every=1,
+        **SIDE_SETTINGS[args.side],
     )
     with tempfile.TemporaryDirectory() as run_dir:
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -86,9 +110,10 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
             seed=0,
             run_dir=Path(run_dir),
             pad_id=tokenizer.pad_token_id,
+            loss_fn=full_logits_loss if args.side == "tunesmith-full-logits" else causal_lm_loss,
         )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    rss = _peak_rss_mb()
+    rss, gpu = _peak_rss_mb(), _peak_gpu_mb()
     base, trainable = _param_counts(model)
     return {
         "tokens": result.train_tokens,
@@ -97,6 +122,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_seconds": cpu_seconds,
         "tokens_per_cpu_s": result.train_tokens / cpu_seconds,
         "peak_rss_mb": rss,
+        **gpu,
         "val_loss": _val_loss(model, val, tokenizer.pad_token_id),
         "base_params": base,
         "trainable_params": trainable,
@@ -121,7 +147,9 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
             learning_rate=LR,
             lr_scheduler_type="cosine",
             max_length=args.max_length,
-            bf16=False,  # TRL's default bf16 is ~30x slower than fp32 on CPUs without AVX512-BF16
+            # On CPU, fp32: TRL's default bf16 is ~30x slower than fp32 without AVX512-BF16. On GPU, bf16
+            # autocast, as tunesmith's precision: auto picks there.
+            bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
             logging_steps=1,
             save_strategy="no",
             report_to="none",
@@ -137,7 +165,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
             task_type="CAUSAL_LM",
         )
         trainer = SFTTrainer(
-            model=str(resolve_model_path("default")),
+            model=str(resolve_model_path(_model_ref(args))),
             args=config,
             train_dataset=train,
             peft_config=peft_config,
@@ -145,9 +173,9 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         start, cpu_start = time.perf_counter(), time.process_time()
         trainer.train()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    rss = _peak_rss_mb()
+    rss, gpu = _peak_rss_mb(), _peak_gpu_mb()
     model = trainer.model
-    tokenizer = load_tokenizer("default")
+    tokenizer = load_tokenizer(_model_ref(args))
     _, val = _validation(tokenizer, args.data_dir, args.max_length)
     base, trainable = _param_counts(model)
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
@@ -159,6 +187,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_seconds": cpu_seconds,
         "tokens_per_cpu_s": tokens / cpu_seconds,
         "peak_rss_mb": rss,
+        **gpu,
         "val_loss": _val_loss(model, val, tokenizer.pad_token_id),
         "base_params": base,
         "trainable_params": trainable,
@@ -167,6 +196,6 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_side(args: argparse.Namespace) -> None:
-    result = (run_tunesmith if args.side == "tunesmith" else run_trl)(args)
+    result = (run_trl if args.side == "trl" else run_tunesmith)(args)
     args.side_out.write_text(json.dumps(result))
     print(json.dumps(result))

@@ -8,6 +8,7 @@ tunesmith.predict("runs/lora-demo", data="questions.jsonl", out="answers.jsonl")
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -25,7 +26,14 @@ from tunesmith.errors import DataError
 from tunesmith.evaluate.evidence import after_training, apply_evidence, before_training
 from tunesmith.evaluate.runner import classify, evaluate_split, predict_texts, resolve_task
 from tunesmith.io import write_json_atomic, write_text_atomic
-from tunesmith.methods import count_parameters, load_options, prepare_model, runner, runner_for
+from tunesmith.methods import (
+    count_parameters,
+    load_options,
+    make_optimizer,
+    prepare_model,
+    runner,
+    runner_for,
+)
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.runs import load_trained, read_run_config, save_trained
 from tunesmith.train.loop import TokenData, TrainResult, train_loop
@@ -144,7 +152,12 @@ def _summary(
             "restored_best": result.restored_best,
             "final_val_loss": result.final_val_loss,
         },
-        "best": {"step": result.best_step, "val_loss": result.best_val_loss},
+        "best": {
+            "step": result.best_step,
+            "val_loss": result.best_val_loss,
+            "metric": cfg.train.best_metric,
+            "value": result.best_score,
+        },
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "peak_memory_mb": result.peak_memory_mb,
         "versions": _versions(),
@@ -239,6 +252,7 @@ def train(
         run_dir=run_dir,
         pad_id=tokenizer.pad_token_id,
         resume=resume,
+        make_optimizer=functools.partial(make_optimizer, method_cfg=cfg.method),
     )
     timings = {"base_eval_s": base_s, "train_s": result.train_seconds}
     evals: dict[str, dict[str, Any]] = {}

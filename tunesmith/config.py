@@ -180,6 +180,10 @@ class LoraMethod(Strict):
     """Adapt only the last N transformer blocks (None: all). The backward pass then stops at the lowest
     adapted block: on the default model (30 blocks) the last 15 train 1.45x faster, the last 10 1.85x; but
     new facts need the lower blocks too (demo: 39 % with the last 15 vs 87 % with all 30)."""
+    loraplus_lr_ratio: float | None = Field(None, ge=1.0)
+    """LoRA+ (PEFT ``create_loraplus_optimizer``): the B matrices learn this many times faster than the A
+    matrices (and any fully trained module, e.g. a classification head), which train at ``train.lr``. The
+    paper uses 16 with about half plain LoRA's lr. None: plain LoRA, one lr for all."""
 
 
 class DoraMethod(LoraMethod):
@@ -294,7 +298,7 @@ class EarlyStopping(Strict):
     patience: int | None = None
     """Stop after this many evaluations without improvement; None disables early stopping."""
     min_delta: float = 0.0
-    """Smallest decrease of validation loss that counts as an improvement."""
+    """Smallest improvement of ``train.best_metric`` that counts (a decrease of loss, a rise of a score)."""
 
 
 class TrainConfig(Strict):
@@ -336,6 +340,14 @@ class TrainConfig(Strict):
     keep_last: int = Field(2, ge=1)
     """Checkpoints kept on disk (older ones are deleted)."""
     early_stopping: EarlyStopping = EarlyStopping()
+    best_metric: Literal["val_loss", "macro_f1", "accuracy"] = "val_loss"
+    """What "best evaluation" means for early stopping and ``keep_best``: the lowest validation loss, or
+    (classification heads) the highest validation macro-F1 / accuracy, computed at each evaluation from
+    the same forward pass as the loss and logged to metrics.jsonl as ``val_macro_f1`` / ``val_accuracy``."""
+    keep_best: bool = False
+    """Finish with the weights of the best evaluation instead of the last step's (early stopping always
+    does): one copy of the trainable weights under checkpoints/best. The validation set then picked the
+    weights, so its score is optimistic; keep a test split to report."""
     class_weights: Literal["none", "balanced"] = "none"
     """Classification heads only: ``balanced`` weights each class's cross-entropy by n / (k x n_class) from
     the training labels (scikit-learn's rule), so rare classes count as much as common ones in the loss —
@@ -434,6 +446,11 @@ class RunConfig(Strict):
             raise ValueError(
                 "train.class_weights applies to model.head: classification only (the lm head trains on "
                 "label words); set model.head: classification or train.class_weights: none"
+            )
+        if self.train.best_metric != "val_loss" and self.model.head != "classification":
+            raise ValueError(
+                f"train.best_metric: {self.train.best_metric} needs model.head: classification (an lm run "
+                "tracks validation loss during training); use train.best_metric: val_loss"
             )
         if self.model.head_init != "random" and self.model.head != "classification":
             raise ValueError("model.head_init applies to model.head: classification only")

@@ -171,3 +171,22 @@ def test_base_eval_cache_is_keyed_by_what_the_numbers_depend_on(tmp_path, monkey
     other_eval = config_from_dict({"data": {"train": "a.jsonl"}, "eval": {"max_new_tokens": 8}}, "test")
     api._base_eval(tmp_path, None, None, other_data, "generation", other_eval)
     assert len(calls) == 3
+
+
+def test_loraplus_reaches_the_optimizer_through_a_run(tmp_path, tiny_model_dir, demo_files):
+    from safetensors.torch import load_file
+
+    extra = ("method.r=4", "method.loraplus_lr_ratio=8", "train.max_steps=1", "train.scheduler=constant")
+    train(
+        _cfg(
+            tmp_path,
+            tiny_model_dir,
+            demo_files,
+            *extra,
+            "train.max_grad_norm=null",
+            "eval.compare_base=false",
+        )
+    )
+    weights = load_file(str(tmp_path / "tiny" / "adapter" / "adapter_model.safetensors"))
+    b_max = max(float(t.abs().max()) for n, t in weights.items() if "lora_B" in n)
+    assert b_max == pytest.approx(8e-3, rel=1e-3)  # one Adam step at 8 x train.lr 1e-3 from B = 0

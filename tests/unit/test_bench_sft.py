@@ -8,6 +8,7 @@ import pytest
 
 from bench.bench_sft import (
     SOURCE,
+    _sides,
     add_mfu,
     build_sft_rows,
     format_table,
@@ -108,4 +109,54 @@ def test_format_table_side_by_side_with_ratios():
     assert "| peak RSS (MB) | 1400 | 2000 | 0.70x |" in lines
     assert not any("CPU-second" in line for line in lines)  # a row only when both sides have it
     assert "| final val loss | 1.5000 | 1.5000 | 1.00x |" in lines
+    assert not any("bf16 peak" in line for line in lines)  # bf16 slower than fp32 here: no bf16 MFU row
+    results["matmul_peak_gflops"]["bfloat16"] = 160.0
+    assert any(line.startswith("| MFU vs bf16 peak |") for line in format_table(results).splitlines())
     assert "fp32 80.0 GFLOP/s, bf16 8.0 GFLOP/s; 4 steps x global batch 8, max length 384" in table
+
+
+def test_a_checkpointing_side_gets_its_own_column_and_ratio():
+    results = _results()
+    gc = {**results["sides"]["tunesmith"], "tokens_per_s": 150.0, "peak_rss_mb": 500.0}
+    results["sides"] = {
+        "tunesmith": results["sides"]["tunesmith"],
+        "tunesmith-gc": gc,
+        "trl": results["sides"]["trl"],
+    }
+    add_mfu(results)
+    lines = format_table(results).splitlines()
+    assert lines[0] == (
+        "| | tunesmith | tunesmith + grad. checkpointing | TRL SFTTrainer + PEFT | tunesmith / TRL "
+        "| tunesmith + grad. checkpointing / TRL |"
+    )
+    assert "| peak RSS (MB) | 1400 | 500 | 2000 | 0.70x | 0.25x |" in lines
+
+
+def test_sides_keep_table_order_and_need_the_baseline():
+    assert _sides("trl, tunesmith-gc") == ["tunesmith-gc", "trl"]
+    for bad in ("tunesmith", "trl,unsloth"):
+        with pytest.raises(SystemExit, match="trl included"):
+            _sides(bad)
+
+
+def test_random_llama_is_saved_with_the_default_tokenizer_and_loads_by_path(tmp_path, default_tokenizer):
+    from bench.bench_sft import write_random_llama
+    from tunesmith.models.loading import load_causal_lm, load_tokenizer
+
+    shape = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    path = write_random_llama(tmp_path / "m", {**shape, "num_key_value_heads": 2})
+    model = load_causal_lm(str(path))
+    assert model.config.vocab_size == len(default_tokenizer) and model.config.num_hidden_layers == 2
+    assert load_tokenizer(str(path))("a b").input_ids == default_tokenizer("a b").input_ids
+    assert (path / "model.safetensors").exists()
+
+
+def test_the_gpu_speed_model_has_about_a_billion_parameters(default_tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from bench.bench_sft import MODELS
+
+    with torch.device("meta"):  # shapes only, no memory
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(default_tokenizer), **MODELS["llama-1b"]))
+    assert 1.0e9 < sum(p.numel() for p in model.parameters()) < 1.4e9

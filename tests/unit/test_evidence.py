@@ -210,7 +210,7 @@ def test_overfitting_flag_and_gaps():
     assert report["overfitting"] is True
     assert report["gap_end"] == pytest.approx(1.4) and report["gap_best"] == pytest.approx(-0.3)
     assert "rose for 3 evaluations (steps 2-5)" in report["message"]
-    assert "restored the best checkpoint (step 2)" in report["message"]
+    assert "training finished on the best checkpoint's weights (step 2)" in report["message"]
     assert overfitting_report([], 3, False, None)["gap_end"] is None
 
 

@@ -13,7 +13,13 @@ import pytest
 
 from tunesmith.errors import RunError
 from tunesmith.report.html import write_report
-from tunesmith.report.plots import comparison_bar_png, confusion_matrix_png, ema_smooth, loss_curve_png
+from tunesmith.report.plots import (
+    comparison_bar_png,
+    confusion_matrix_png,
+    ema_smooth,
+    loss_curve_png,
+    validation_scores,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -220,3 +226,12 @@ def test_report_empty_and_missing_run_dir(tmp_path: Path) -> None:
     assert "<h1>empty</h1>" in page and "holds none of summary.json" in page
     with pytest.raises(RunError, match="does not exist"):
         write_report(tmp_path / "missing")
+
+
+def test_head_scores_logged_during_training_join_the_loss_plot() -> None:
+    rows = [*_metrics_rows(), {"step": 2, "val_loss": 0.9, "val_macro_f1": 0.4, "val_accuracy": 0.6}]
+    rows.append({"step": 4, "val_loss": 0.7, "val_macro_f1": 0.55})
+    assert validation_scores(rows) == {"macro_f1": ([2.0, 4.0], [0.4, 0.55]), "accuracy": ([2.0], [0.6])}
+    assert validation_scores(_metrics_rows()) == {}
+    png = loss_curve_png(rows)
+    assert png is not None and png.startswith(b"\x89PNG") and png != loss_curve_png(_metrics_rows())

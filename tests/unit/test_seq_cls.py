@@ -612,3 +612,24 @@ def test_weighted_loss_is_torchs_weighted_cross_entropy_sum():
 def test_class_weights_on_an_lm_head_name_the_key():
     with pytest.raises(ConfigError, match=r"train\.class_weights applies to model\.head: classification"):
         load_config(None, ["train.class_weights=balanced"])
+
+
+def test_keep_best_by_macro_f1_evaluates_the_restored_weights(tmp_path, tiny_model_dir):
+    from tunesmith.api import train
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _rows(24, 0)))
+    extra = ("train.max_steps=6", "train.eval_every=1", "train.best_metric=macro_f1", "train.keep_best=true")
+    summary = train(_config(tmp_path, tiny_model_dir, data, "method.name=full", "train.lr=0.05", *extra))
+    rows = [json.loads(x) for x in (tmp_path / "head" / "metrics.jsonl").read_text().splitlines()]
+    f1s = {r["step"]: r["val_macro_f1"] for r in rows if "val_macro_f1" in r}
+    best = summary["best"]
+    assert best["metric"] == "macro_f1" and best["value"] == max(f1s.values()) == f1s[best["step"]]
+    assert summary["train"]["restored_best"] and best["step"] < 6  # lr 0.05 collapses the head after step 1
+    # The run's reported validation score is the kept weights' score, measured afresh after saving.
+    assert summary["eval"]["validation"]["tuned"]["f1_macro"] == pytest.approx(best["value"])
+
+
+def test_best_metric_on_an_lm_head_names_the_key():
+    with pytest.raises(ConfigError, match=r"train\.best_metric: macro_f1 needs model\.head: classification"):
+        load_config(None, ["train.best_metric=macro_f1"])

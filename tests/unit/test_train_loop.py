@@ -169,3 +169,60 @@ def test_length_grouping_cuts_padding_and_keeps_every_example():
     assert padded(plain) > 1.5 * sum(lengths)
     assert grouped == length_grouped_batches(lengths, 8, seed=0, epoch=0, group=True)
     assert grouped != length_grouped_batches(lengths, 8, seed=0, epoch=1, group=True)
+
+
+def test_keep_best_by_a_score_finishes_on_that_evaluations_weights(tmp_path):
+    # Scripted validation scores: the loss keeps falling (loss-best = last step) while macro-F1 peaks at
+    # step 2, so only selection by the score restores step 2's weights. Each call snapshots the weights.
+    f1s, snapshots = [0.1, 0.5, 0.3, 0.2], []
+
+    def val_metrics(model, batch_size):
+        snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        k = len(snapshots) - 1
+        return {"val_loss": 3.0 - k, "val_macro_f1": f1s[k], "val_accuracy": 0.5}
+
+    cfg = _cfg(max_steps=4, eval_every=1, best_metric="macro_f1", keep_best=True)
+    model, res, run_dir = _run(tmp_path, "kb", cfg, val_metrics=val_metrics)
+    assert (res.best_step, res.best_score, res.best_val_loss) == (2, 0.5, 2.0) and res.restored_best
+    assert all(torch.equal(p, snapshots[1][n]) for n, p in model.named_parameters())
+    assert not torch.equal(snapshots[1]["model.norm.weight"], snapshots[3]["model.norm.weight"])
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_macro_f1"] for r in rows if "val_macro_f1" in r] == f1s
+
+
+def test_keep_best_by_loss_without_early_stopping(tmp_path):
+    cfg = _cfg(max_steps=30, lr=0.5, scheduler="constant", warmup_steps=0, eval_every=1, keep_best=True)
+    model, res, _ = _run(tmp_path, "kbl", cfg)
+    assert res.steps == 30 and not res.stopped_early and res.restored_best and res.best_step < 30
+    from tunesmith.train.loop import evaluate_loss
+
+    assert evaluate_loss(model, _data(8, seed=1), 4, PAD, "cpu") == pytest.approx(res.best_val_loss, abs=1e-5)
+    assert res.best_score == res.best_val_loss  # for val_loss the reported value is the loss itself
+
+
+def test_a_score_to_pick_by_needs_scores(tmp_path):
+    from tunesmith.errors import RunError
+
+    with pytest.raises(RunError, match=r"train\.best_metric: macro_f1 needs a classification head"):
+        _run(tmp_path, "nb", _cfg(best_metric="macro_f1"))
+
+
+def _lora_b_max_after_one_step(tmp_path, name: str, ratio: float | None) -> float:
+    from functools import partial
+
+    from tunesmith.methods import make_optimizer
+
+    method = LoraMethod(r=4, loraplus_lr_ratio=ratio)
+    cfg = _cfg(max_steps=1, lr=1e-3, scheduler="constant", warmup_steps=0, max_grad_norm=None)
+    model = prepare_model(make_tiny_llama(VOCAB), method)
+    run_dir = tmp_path / name
+    opt = partial(make_optimizer, method_cfg=method)
+    train_loop(model, _data(), None, cfg, seed=0, run_dir=run_dir, pad_id=PAD, make_optimizer=opt)
+    return max(float(p.detach().abs().max()) for n, p in model.named_parameters() if "lora_B" in n)
+
+
+def test_loraplus_moves_the_b_matrices_ratio_times_further(tmp_path):
+    # B starts at zero and Adam's first step moves each weight by lr x sign(gradient): the largest |B| after
+    # one step is the B matrices' learning rate itself.
+    assert _lora_b_max_after_one_step(tmp_path, "plain", None) == pytest.approx(1e-3, rel=1e-3)
+    assert _lora_b_max_after_one_step(tmp_path, "plus", 16.0) == pytest.approx(16e-3, rel=1e-3)

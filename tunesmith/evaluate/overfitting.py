@@ -83,7 +83,7 @@ def overfitting_report(
     else:
         message = "no sign of overfitting"
     if restored_best:
-        message += f"; early stopping restored the best checkpoint (step {best[0]})"
+        message += f"; training finished on the best checkpoint's weights (step {best[0]})"
     return {
         **out,
         "gap_end": round(last[1] - last[2], 6),

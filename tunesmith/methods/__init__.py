@@ -65,6 +65,26 @@ def runner_for(cfg: Any) -> Any | None:
     return runner(cfg.method.name)
 
 
+def make_optimizer(model: Any, train_cfg: Any, method_cfg: Any) -> Any:
+    """AdamW over the parameters that train, at ``train.lr``; LoRA+ parameter groups when the method sets
+    ``loraplus_lr_ratio`` (B matrices at ratio x lr, via PEFT)."""
+    import torch
+
+    ratio = getattr(method_cfg, "loraplus_lr_ratio", None)
+    if ratio is not None:
+        from peft.optimizers import create_loraplus_optimizer
+
+        return create_loraplus_optimizer(
+            model,
+            torch.optim.AdamW,
+            lr=train_cfg.lr,
+            loraplus_lr_ratio=ratio,
+            loraplus_weight_decay=train_cfg.weight_decay,
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+
 def count_parameters(model: Any) -> tuple[int, int]:
     """(trainable, total) parameter counts; tied weights counted once."""
     seen: set[int] = set()

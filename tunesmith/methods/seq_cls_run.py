@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.data.prepare import PreparedData, Split, prepare_data
 from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from tunesmith.methods import make_optimizer
 from tunesmith.methods.seq_cls import (
     check_supported,
     head_logits,
@@ -67,6 +68,28 @@ def class_weights(labels: list[list[int]], n_classes: int, rule: str) -> torch.T
     counts = Counter(next(t for t in row if t != -100) for row in labels)
     total = sum(counts.values())
     return torch.tensor([total / (n_classes * counts[c]) if counts[c] else 0.0 for c in range(n_classes)])
+
+
+def head_val_metrics(split: Split, label_names: list[str], pad_id: int, weights: torch.Tensor | None):
+    """The training loop's validation pass for a head (``train_loop(val_metrics=...)``): one forward over
+    ``split`` gives the loss the head trains on (class-weighted like it, per example) and the scores
+    ``train.best_metric`` may pick by (``val_macro_f1``, ``val_accuracy``)."""
+    from tunesmith.evaluate.metrics import classification_metrics
+
+    y_true = [int(ex.label) for ex in split.examples]  # type: ignore[arg-type]
+    targets = torch.tensor(y_true)
+
+    def scores(model: Any, batch_size: int) -> dict[str, float]:
+        logits = head_logits(model, split.input_ids, pad_id, batch_size)
+        loss = F.cross_entropy(logits, targets, weight=weights, reduction="sum") / len(y_true)
+        metrics = classification_metrics(y_true, logits.argmax(dim=-1).tolist(), label_names)
+        return {
+            "val_loss": float(loss),
+            "val_macro_f1": metrics["f1_macro"],
+            "val_accuracy": metrics["accuracy"],
+        }
+
+    return scores
 
 
 def _eval_splits(data: PreparedData) -> dict[str, Split]:
@@ -111,6 +134,10 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         pad_id=tokenizer.pad_token_id,
         resume=resume,
         loss_fn=functools.partial(sequence_classification_loss, class_weights=weights),
+        make_optimizer=functools.partial(make_optimizer, method_cfg=cfg.method),
+        val_metrics=head_val_metrics(val, data.label_names, tokenizer.pad_token_id, weights)
+        if val is not None and len(val)
+        else None,
     )
     timings = {"train_s": result.train_seconds}
     evals: dict[str, dict[str, Any]] = {}

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 _DPI = 100
 _TRAIN_COLOR = "#1f77b4"
 _VAL_COLOR = "#d62728"
+_SCORE_COLORS = {"macro_f1": "#2ca02c", "accuracy": "#9467bd"}
 _MAX_TICK_CHARS = 18  # longer class names are shortened on the axes (the HTML tables keep them whole)
 
 
@@ -84,8 +85,16 @@ def _auto_beta(n: int) -> float:
     return min(0.95, 1.0 - 1.0 / window)
 
 
+def validation_scores(metrics: Sequence[dict]) -> dict[str, tuple[list[float], list[float]]]:
+    """``{"macro_f1": (steps, values), ...}`` for the validation scores a head run logs during training
+    (``val_macro_f1``, ``val_accuracy``); absent scores are left out."""
+    found = {name: _series(metrics, f"val_{name}") for name in _SCORE_COLORS}
+    return {name: series for name, series in found.items() if series[1]}
+
+
 def loss_curve_png(metrics: list[dict]) -> bytes | None:
-    """Training loss (raw, faint, plus EMA-smoothed) and validation loss against optimizer step.
+    """Training loss (raw, faint, plus EMA-smoothed) and validation loss against optimizer step; the
+    validation scores of a classification head, when logged, on a second 0-1 axis.
 
     Args:
         metrics: Rows of metrics.jsonl; rows without ``step`` or a numeric loss are skipped.
@@ -128,7 +137,26 @@ def loss_curve_png(metrics: list[dict]) -> bytes | None:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    scores = validation_scores(metrics)
+    if scores:
+        right = ax.twinx()
+        for name, (steps, values) in scores.items():
+            label = f"validation {name.replace('_', '-')}"
+            right.plot(
+                steps,
+                values,
+                color=_SCORE_COLORS[name],
+                marker="s",
+                markersize=3,
+                linestyle="--",
+                label=label,
+            )
+        right.set_ylim(0, 1)
+        right.set_ylabel("validation score")
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, loc="best", fontsize=9)
     return _png(fig)
 
 

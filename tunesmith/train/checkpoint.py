@@ -32,8 +32,9 @@ class TrainState:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # current epoch index
     batch_in_epoch: int = 0  # micro-batches of the current epoch already consumed
-    best_val_loss: float | None = None
+    best_val_loss: float | None = None  # validation loss at best_step
     best_step: int | None = None
+    best_score: float | None = None  # train.best_metric at best_step, oriented so higher is better
     evals_without_improvement: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

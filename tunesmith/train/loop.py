@@ -4,7 +4,8 @@
 
 Per optimizer step: ``grad_accum`` micro-batches, each loss a token *sum* divided by the target tokens of the
 whole step (so accumulation equals one big batch), clip, AdamW, scheduler. Every ``eval_every`` steps:
-validation loss, early-stopping bookkeeping, best weights snapshot. Every ``save_every`` steps and on Ctrl-C:
+validation loss (or a caller's ``val_metrics``: loss plus scores), early-stopping bookkeeping on
+``train.best_metric``, best weights snapshot. Every ``save_every`` steps and on Ctrl-C:
 an atomic checkpoint that ``resume=True`` continues from exactly (weights, optimizer, scheduler, RNG, data
 position). Device and autocast come from accelerate, so the same code runs on CPU and CUDA.
 """
@@ -33,6 +34,9 @@ from tunesmith.train.losses import LossFn, causal_lm_loss
 from tunesmith.train.monitor import MetricsLog, peak_rss_mb
 from tunesmith.train.precision import pick_mixed_precision
 
+ValMetrics = Callable[[Any, int], dict[str, float]]
+"""(model, batch_size) -> {"val_loss": ..., "val_<score>": ...}: one validation pass, loss and scores."""
+
 
 @dataclass
 class TokenData:
@@ -50,7 +54,8 @@ class TrainResult:
     stopped_early: bool = False
     restored_best: bool = False
     best_step: int | None = None
-    best_val_loss: float | None = None
+    best_val_loss: float | None = None  # validation loss at best_step
+    best_score: float | None = None  # train.best_metric at best_step (for val_loss: the loss itself)
     final_val_loss: float | None = None
     train_tokens: int = 0
     train_seconds: float = 0.0
@@ -114,8 +119,20 @@ def train_loop(
     resume: bool = False,
     loss_fn: LossFn = causal_lm_loss,
     on_step: Callable[[int, float], None] | None = None,
+    val_metrics: ValMetrics | None = None,
+    make_optimizer: Callable[[Any, TrainConfig], torch.optim.Optimizer] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place; see the module docstring. ``on_step(step, loss)`` runs after each step."""
+    """Train ``model`` in place; see the module docstring. ``on_step(step, loss)`` runs after each step.
+
+    ``val_metrics(model, batch_size)`` replaces the validation-loss pass when given: it returns
+    ``{"val_loss": ..., "val_<score>": ...}`` from one pass (classification heads: macro-F1, accuracy), so
+    ``train.best_metric`` can pick weights by a score rather than the loss. ``make_optimizer(model, cfg)``
+    replaces plain AdamW over the trainable parameters (a method's own parameter groups, e.g. LoRA+).
+    """
+    if cfg.best_metric != "val_loss" and val_metrics is None:
+        raise RunError(
+            f"train.best_metric: {cfg.best_metric} needs a classification head's validation scores"
+        )
     precision = pick_mixed_precision(cfg.precision)
     accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
     model = model.to(accelerator.device)
@@ -123,7 +140,10 @@ def train_loop(
         enable_gradient_checkpointing(model)
     cfg = plan_and_fit(model, train_data, cfg, precision)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if make_optimizer is not None:
+        optimizer = make_optimizer(model, cfg)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = total_optimizer_steps(len(train_data.input_ids), cfg)
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
@@ -137,6 +157,8 @@ def train_loop(
         found = ckpt.list_checkpoints(ckpt_root)
         if found:
             state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler)
+            if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
+                state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
             print(f"tunesmith: resuming from {found[-1]} (step {state.step}/{total_steps})")
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_after=state.step if resume else 0)
     result = TrainResult(steps=state.step, total_steps=total_steps)
@@ -180,7 +202,17 @@ def train_loop(
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             if val_data is not None and _should_eval(state.step, total_steps, cfg):
                 stop = _evaluate_and_track(
-                    model, val_data, cfg, pad_id, accelerator, state, log, best_dir, result, loss_fn
+                    model,
+                    val_data,
+                    cfg,
+                    pad_id,
+                    accelerator,
+                    state,
+                    log,
+                    best_dir,
+                    result,
+                    loss_fn,
+                    val_metrics,
                 )
                 result.stopped_early = stop
             if cfg.save_every and state.step % cfg.save_every == 0:
@@ -200,8 +232,9 @@ def train_loop(
     result.steps = state.step
     result.train_seconds = time.perf_counter() - start_time
     result.best_step, result.best_val_loss = state.best_step, state.best_val_loss
-    if not result.interrupted and cfg.early_stopping.patience is not None:
-        result.restored_best = _restore_best(model, best_dir, state)
+    result.best_score = state.best_val_loss if cfg.best_metric == "val_loss" else state.best_score
+    if not result.interrupted and _keeps_best(cfg):
+        result.restored_best = _restore_best(model, best_dir, state, cfg)
     result.history = log.rows
     result.peak_memory_mb = peak_rss_mb()
     return result
@@ -313,14 +346,18 @@ def plan_and_fit(model: Any, data: TokenData, cfg: TrainConfig, precision: str) 
     return cfg
 
 
-def _restore_best(model: Any, best_dir: Path, state: ckpt.TrainState) -> bool:
-    """Early stopping's promise: finish with the best validation weights, not the last ones."""
+def _keeps_best(cfg: TrainConfig) -> bool:
+    return cfg.keep_best or cfg.early_stopping.patience is not None
+
+
+def _restore_best(model: Any, best_dir: Path, state: ckpt.TrainState, cfg: TrainConfig) -> bool:
+    """Finish with the best evaluation's weights (early stopping's promise, or ``train.keep_best``)."""
     if not (best_dir / "trainable.safetensors").exists() or state.best_step == state.step:
         return False
     ckpt.restore_weights(best_dir, model)
-    print(
-        f"tunesmith: restored the best weights (step {state.best_step}, val_loss {state.best_val_loss:.4f})"
-    )
+    score = "" if cfg.best_metric == "val_loss" else f"val_{cfg.best_metric} {state.best_score:.4f}, "
+    loss = f"val_loss {state.best_val_loss:.4f}"
+    print(f"tunesmith: restored the best weights (step {state.best_step}, {score}{loss})")
     return True
 
 
@@ -343,16 +380,28 @@ def _evaluate_and_track(
     best_dir: Path,
     result: TrainResult,
     loss_fn: LossFn = causal_lm_loss,
+    val_metrics: ValMetrics | None = None,
 ) -> bool:
-    """Validation loss, best-weights snapshot, patience. Returns True when training should stop early."""
+    """Validation pass, best-weights snapshot, patience. Returns True when training should stop early."""
     with accelerator.autocast():
-        val_loss = evaluate_loss(model, val_data, cfg.batch_size, pad_id, accelerator.device, loss_fn)
+        if val_metrics is not None:
+            scores = val_metrics(model, cfg.batch_size)
+        else:
+            scores = {
+                "val_loss": evaluate_loss(
+                    model, val_data, cfg.batch_size, pad_id, accelerator.device, loss_fn
+                )
+            }
+    val_loss = scores["val_loss"]
     result.final_val_loss = val_loss
-    log.write({"step": state.step, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50.0))})
-    improved = state.best_val_loss is None or val_loss < state.best_val_loss - cfg.early_stopping.min_delta
+    log.write({"step": state.step, **scores, "val_ppl": math.exp(min(val_loss, 50.0))})
+    # Oriented so higher is better: the loss is negated, scores are not.
+    score = -val_loss if cfg.best_metric == "val_loss" else scores[f"val_{cfg.best_metric}"]
+    improved = state.best_score is None or score > state.best_score + cfg.early_stopping.min_delta
     if improved:
-        state.best_val_loss, state.best_step, state.evals_without_improvement = val_loss, state.step, 0
-        if cfg.early_stopping.patience is not None:
+        state.best_score, state.best_val_loss, state.best_step = score, val_loss, state.step
+        state.evals_without_improvement = 0
+        if _keeps_best(cfg):
             ckpt.save_weights(best_dir, model)
         return False
     state.evals_without_improvement += 1
