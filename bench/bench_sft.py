@@ -2,14 +2,16 @@
 
     .venv/bin/python bench/bench_sft.py                 # defaults: 12 steps, global batch 8, max length 384
     .venv/bin/python bench/bench_sft.py --steps 4 --sides tunesmith,trl
+    .venv/bin/python bench/bench_sft.py --model llama-1b      # a random ~1.1B Llama, for GPU speed runs
 
 Sides: tunesmith as configured by default, one column per lever changed (gradient checkpointing, packing,
-length grouping off: see ``SIDES``), and TRL. Each trains in its own subprocess, so peak RSS is per side;
-all are then scored by the *same* function (tunesmith's target-token validation loss on the same rendered
-split), so "final validation loss" means one thing. The TRL side is written the way its docs show (a prompt-
-completion conversational dataset, ``SFTConfig`` defaults), with ``bf16=False``: TRL's default bf16 on a CPU
-without AVX512-BF16 runs ~30x slower than fp32 (see tunesmith/train/precision.py), which would be a
-meaningless win. Its other defaults (gradient checkpointing on) stay as a user gets them.
+length grouping off, logits at every position: see ``SIDES``), and TRL. Each trains in its own subprocess,
+so peak RSS is per side; all are then scored by the *same* function (tunesmith's target-token validation
+loss on the same rendered split), so "final validation loss" means one thing. The TRL side is written the
+way its docs show (a prompt-completion conversational dataset, ``SFTConfig`` defaults), with ``bf16`` only
+on GPU (as tunesmith's ``precision: auto``): TRL's default bf16 on a CPU without AVX512-BF16 runs ~30x
+slower than fp32 (see tunesmith/train/precision.py), which would be a meaningless win. Its other defaults
+(gradient checkpointing on) stay as a user gets them.
 
 Reported per side: real (non-padding) tokens/s over the training call, peak RSS, final validation loss and
 MFU against this machine's *measured* fp32/bf16 matmul peak (``matmul_peak_flops``), with training FLOPs

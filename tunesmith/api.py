@@ -8,7 +8,6 @@ tunesmith.predict("runs/lora-demo", data="questions.jsonl", out="answers.jsonl")
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import platform
@@ -29,7 +28,7 @@ from tunesmith.io import write_json_atomic, write_text_atomic
 from tunesmith.methods import (
     count_parameters,
     load_options,
-    make_optimizer,
+    optimizer_for,
     prepare_model,
     runner,
     runner_for,
@@ -252,7 +251,7 @@ def train(
         run_dir=run_dir,
         pad_id=tokenizer.pad_token_id,
         resume=resume,
-        make_optimizer=functools.partial(make_optimizer, method_cfg=cfg.method),
+        make_optimizer=optimizer_for(cfg.method),
     )
     timings = {"base_eval_s": base_s, "train_s": result.train_seconds}
     evals: dict[str, dict[str, Any]] = {}

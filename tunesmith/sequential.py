@@ -20,7 +20,6 @@ retrained, their end weights are reloaded, and the interrupted stage continues f
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from tunesmith.config import DataConfig, RunConfig, TrainConfig, _format_errors, dump_config
 from tunesmith.errors import ConfigError
 from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from tunesmith.methods import make_optimizer
+from tunesmith.methods import optimizer_for
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.loop import TokenData, TrainResult, train_loop
 from tunesmith.train.multitask import (
@@ -209,7 +208,7 @@ def _train_stage(
         run_dir=stage.dir,
         pad_id=tokenizer.pad_token_id,
         resume=resume,
-        make_optimizer=functools.partial(make_optimizer, method_cfg=cfg.method),
+        make_optimizer=optimizer_for(cfg.method),
     )
     return result, None
 

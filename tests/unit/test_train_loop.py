@@ -208,15 +208,13 @@ def test_a_score_to_pick_by_needs_scores(tmp_path):
 
 
 def _lora_b_max_after_one_step(tmp_path, name: str, ratio: float | None) -> float:
-    from functools import partial
-
-    from tunesmith.methods import make_optimizer
+    from tunesmith.methods import optimizer_for
 
     method = LoraMethod(r=4, loraplus_lr_ratio=ratio)
     cfg = _cfg(max_steps=1, lr=1e-3, scheduler="constant", warmup_steps=0, max_grad_norm=None)
     model = prepare_model(make_tiny_llama(VOCAB), method)
     run_dir = tmp_path / name
-    opt = partial(make_optimizer, method_cfg=method)
+    opt = optimizer_for(method)  # None for plain LoRA: the loop's own AdamW
     train_loop(model, _data(), None, cfg, seed=0, run_dir=run_dir, pad_id=PAD, make_optimizer=opt)
     return max(float(p.detach().abs().max()) for n, p in model.named_parameters() if "lora_B" in n)
 

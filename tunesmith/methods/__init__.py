@@ -65,13 +65,16 @@ def runner_for(cfg: Any) -> Any | None:
     return runner(cfg.method.name)
 
 
-def make_optimizer(model: Any, train_cfg: Any, method_cfg: Any) -> Any:
-    """AdamW over the parameters that train, at ``train.lr``; LoRA+ parameter groups when the method sets
-    ``loraplus_lr_ratio`` (B matrices at ratio x lr, via PEFT)."""
-    import torch
-
+def optimizer_for(method_cfg: Any) -> Callable[[Any, Any], Any] | None:
+    """The method's own optimizer factory for ``train_loop(make_optimizer=...)``, or None for the loop's
+    plain AdamW: LoRA+ parameter groups (B matrices at ``loraplus_lr_ratio`` x ``train.lr``, via PEFT) when
+    the method sets that ratio."""
     ratio = getattr(method_cfg, "loraplus_lr_ratio", None)
-    if ratio is not None:
+    if ratio is None:
+        return None
+
+    def loraplus(model: Any, train_cfg: Any) -> Any:
+        import torch
         from peft.optimizers import create_loraplus_optimizer
 
         return create_loraplus_optimizer(
@@ -81,8 +84,8 @@ def make_optimizer(model: Any, train_cfg: Any, method_cfg: Any) -> Any:
             loraplus_lr_ratio=ratio,
             loraplus_weight_decay=train_cfg.weight_decay,
         )
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+
+    return loraplus
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.data.prepare import PreparedData, Split, prepare_data
 from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from tunesmith.methods import make_optimizer
+from tunesmith.methods import optimizer_for
 from tunesmith.methods.seq_cls import (
     check_supported,
     head_logits,
@@ -47,15 +47,30 @@ def evaluate_head_split(
     model: Any, split: Split, label_names: list[str], pad_id: int, cfg: RunConfig
 ) -> tuple[dict[str, Any], list[int]]:
     """Accuracy, macro P/R/F1, per-class F1, confusion matrix and mean cross-entropy; plus the predictions."""
-    from tunesmith.evaluate.metrics import classification_metrics
     from tunesmith.evaluate.runner import _cap
 
     split = _cap(split, cfg.eval.max_examples)
-    logits = head_logits(model, split.input_ids, pad_id, cfg.eval.batch_size)
+    return score_head(model, split, label_names, pad_id, cfg.eval.batch_size)
+
+
+def score_head(
+    model: Any,
+    split: Split,
+    label_names: list[str],
+    pad_id: int,
+    batch_size: int,
+    weights: torch.Tensor | None = None,
+) -> tuple[dict[str, Any], list[int]]:
+    """One forward over a labelled split: classification metrics plus ``loss``, the mean cross-entropy per
+    example (class-weighted when ``weights`` are given, as the head trains), and the predicted ids."""
+    from tunesmith.evaluate.metrics import classification_metrics
+
+    logits = head_logits(model, split.input_ids, pad_id, batch_size)
     y_true = [int(ex.label) for ex in split.examples]  # type: ignore[arg-type]
     predicted = logits.argmax(dim=-1).tolist()
     metrics = classification_metrics(y_true, predicted, label_names)
-    metrics["loss"] = float(F.cross_entropy(logits, torch.tensor(y_true)))
+    loss_sum = F.cross_entropy(logits, torch.tensor(y_true), weight=weights, reduction="sum")
+    metrics["loss"] = float(loss_sum) / len(y_true)
     return metrics, predicted
 
 
@@ -71,20 +86,14 @@ def class_weights(labels: list[list[int]], n_classes: int, rule: str) -> torch.T
 
 
 def head_val_metrics(split: Split, label_names: list[str], pad_id: int, weights: torch.Tensor | None):
-    """The training loop's validation pass for a head (``train_loop(val_metrics=...)``): one forward over
-    ``split`` gives the loss the head trains on (class-weighted like it, per example) and the scores
-    ``train.best_metric`` may pick by (``val_macro_f1``, ``val_accuracy``)."""
-    from tunesmith.evaluate.metrics import classification_metrics
-
-    y_true = [int(ex.label) for ex in split.examples]  # type: ignore[arg-type]
-    targets = torch.tensor(y_true)
+    """The training loop's validation pass for a head (``train_loop(val_metrics=...)``): one
+    :func:`score_head` over ``split`` gives the loss the head trains on (class-weighted like it) and the
+    scores ``train.best_metric`` may pick by (``val_macro_f1``, ``val_accuracy``)."""
 
     def scores(model: Any, batch_size: int) -> dict[str, float]:
-        logits = head_logits(model, split.input_ids, pad_id, batch_size)
-        loss = F.cross_entropy(logits, targets, weight=weights, reduction="sum") / len(y_true)
-        metrics = classification_metrics(y_true, logits.argmax(dim=-1).tolist(), label_names)
+        metrics, _ = score_head(model, split, label_names, pad_id, batch_size, weights)
         return {
-            "val_loss": float(loss),
+            "val_loss": metrics["loss"],
             "val_macro_f1": metrics["f1_macro"],
             "val_accuracy": metrics["accuracy"],
         }
@@ -134,7 +143,7 @@ def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
         pad_id=tokenizer.pad_token_id,
         resume=resume,
         loss_fn=functools.partial(sequence_classification_loss, class_weights=weights),
-        make_optimizer=functools.partial(make_optimizer, method_cfg=cfg.method),
+        make_optimizer=optimizer_for(cfg.method),
         val_metrics=head_val_metrics(val, data.label_names, tokenizer.pad_token_id, weights)
         if val is not None and len(val)
         else None,
