@@ -348,6 +348,10 @@ class TrainConfig(Strict):
     """Finish with the weights of the best evaluation instead of the last step's (early stopping always
     does): one copy of the trainable weights under checkpoints/best. The validation set then picked the
     weights, so its score is optimistic; keep a test split to report."""
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    """Evaluate, keep and save an exponential moving average of the trained weights (decay per step, e.g.
+    0.99 ~ the last 100 steps) instead of the last step's: smooths SGD noise in the scores; one extra
+    copy of the trainable weights (two during validation passes)."""
     class_weights: Literal["none", "balanced"] = "none"
     """Classification heads only: ``balanced`` weights each class's cross-entropy by n / (k x n_class) from
     the training labels (scikit-learn's rule), so rare classes count as much as common ones in the loss —

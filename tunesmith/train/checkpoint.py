@@ -4,6 +4,7 @@ A checkpoint directory ``checkpoints/step-000120/`` holds:
   trainable.safetensors  the parameters that train (LoRA: a few MB; full: the whole model)
   optimizer.safetensors  AdamW moments, flattened to ``{param_index}.{key}`` tensors
   rng.safetensors        torch CPU (and CUDA) generator states
+  ema.safetensors        the averaged weights, when ``train.ema_decay`` is set
   state.json             step, data position, scheduler state, optimizer hyper-parameters, Python/NumPy RNG
 Written into a temp dir and renamed, so a crash mid-save leaves the previous checkpoint intact.
 """
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from tunesmith.errors import RunError
 from tunesmith.io import atomic_dir
+from tunesmith.train.ema import WeightAverage
 
 
 @dataclass
@@ -116,6 +118,7 @@ def save_checkpoint(
     scheduler: Any,
     state: TrainState,
     keep_last: int,
+    ema: WeightAverage | None = None,
 ) -> Path:
     """Write ``ckpt_root/step-NNNNNN`` atomically and prune all but the newest ``keep_last``."""
     target = ckpt_root / f"step-{state.step:06d}"
@@ -124,6 +127,8 @@ def save_checkpoint(
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+        if ema is not None:
+            save_file(ema.state_tensors(), str(tmp / "ema.safetensors"))
         meta = {
             "train_state": asdict(state),
             "scheduler": scheduler.state_dict(),
@@ -144,14 +149,25 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    ema: WeightAverage | None = None,
 ) -> TrainState:
-    """Restore model, optimizer, scheduler and RNG from ``path``; return the saved TrainState."""
+    """Restore model, optimizer, scheduler, RNG (and the weight average) from ``path``; return the
+    saved TrainState."""
     meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
     load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
     _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
     _restore_rng(load_file(str(path / "rng.safetensors")), meta["rng"])
+    if ema is not None:
+        if not (path / "ema.safetensors").exists():
+            raise RunError(
+                f"{path} was saved without train.ema_decay; resume with the settings it was trained with"
+            )
+        ema.load_state_tensors(load_file(str(path / "ema.safetensors")))
     return TrainState(**meta["train_state"])
 
 

@@ -7,7 +7,9 @@ whole step (so accumulation equals one big batch), clip, AdamW, scheduler. Every
 validation loss (or a caller's ``val_metrics``: loss plus scores), early-stopping bookkeeping on
 ``train.best_metric``, best weights snapshot. Every ``save_every`` steps and on Ctrl-C:
 an atomic checkpoint that ``resume=True`` continues from exactly (weights, optimizer, scheduler, RNG, data
-position). Device and autocast come from accelerate, so the same code runs on CPU and CUDA.
+position). With ``train.ema_decay`` the validation passes, the best snapshot and the final weights are an
+exponential moving average of the trained ones. Device and autocast come from accelerate, so the same code
+runs on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ from tunesmith.errors import RunError
 from tunesmith.models.memory import fit_micro_batch, plan_memory
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.batching import batches_per_epoch, iter_batches, iter_eval_batches
+from tunesmith.train.ema import WeightAverage
 from tunesmith.train.losses import LossFn, causal_lm_loss
 from tunesmith.train.monitor import MetricsLog, peak_rss_mb
 from tunesmith.train.precision import pick_mixed_precision
@@ -152,11 +156,12 @@ def train_loop(
         num_training_steps=total_steps,
     )
     ckpt_root, best_dir = run_dir / "checkpoints", run_dir / "checkpoints" / "best"
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     state = ckpt.TrainState()
     if resume:
         found = ckpt.list_checkpoints(ckpt_root)
         if found:
-            state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler)
+            state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler, ema)
             if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
                 state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
             print(f"tunesmith: resuming from {found[-1]} (step {state.step}/{total_steps})")
@@ -184,6 +189,8 @@ def train_loop(
             )
             epoch, batch_idx, _ = micro[-1]
             state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, batch_idx + 1
+            if ema is not None:
+                ema.update(state.step)
             result.train_tokens += n_tokens
             tok_s = n_tokens / (time.perf_counter() - step_start)
             lr = scheduler.get_last_lr()[0]
@@ -201,22 +208,23 @@ def train_loop(
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             if val_data is not None and _should_eval(state.step, total_steps, cfg):
-                stop = _evaluate_and_track(
-                    model,
-                    val_data,
-                    cfg,
-                    pad_id,
-                    accelerator,
-                    state,
-                    log,
-                    best_dir,
-                    result,
-                    loss_fn,
-                    val_metrics,
-                )
+                with ema.swapped_in() if ema is not None else nullcontext():
+                    stop = _evaluate_and_track(
+                        model,
+                        val_data,
+                        cfg,
+                        pad_id,
+                        accelerator,
+                        state,
+                        log,
+                        best_dir,
+                        result,
+                        loss_fn,
+                        val_metrics,
+                    )
                 result.stopped_early = stop
             if cfg.save_every and state.step % cfg.save_every == 0:
-                ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last)
+                ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, ema)
             if on_step is not None:
                 on_step(state.step, step_loss)
             if result.stopped_early:
@@ -225,7 +233,7 @@ def train_loop(
         # Ctrl-C: keep what was trained. The step in flight (if any) is dropped; the checkpoint marks the
         # last completed step, so --resume continues exactly from there.
         result.interrupted = True
-        path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last)
+        path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, ema)
         print(f"\ntunesmith: interrupted at step {state.step}; saved {path}. Continue with --resume")
     finally:
         bar.close()
@@ -233,6 +241,8 @@ def train_loop(
     result.train_seconds = time.perf_counter() - start_time
     result.best_step, result.best_val_loss = state.best_step, state.best_val_loss
     result.best_score = state.best_val_loss if cfg.best_metric == "val_loss" else state.best_score
+    if ema is not None:
+        ema.copy_to_model()  # the run's result is the average (its checkpoints keep both for --resume)
     if not result.interrupted and _keeps_best(cfg):
         result.restored_best = _restore_best(model, best_dir, state, cfg)
     result.history = log.rows
