@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 
 from tunesmith.errors import RunError
 from tunesmith.io import atomic_dir
-from tunesmith.train.ema import WeightAverage
 
 
 @dataclass
@@ -41,11 +40,21 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU clones by name, ready for safetensors (which refuses shared storage)."""
+    return {n: t.detach().to("cpu").contiguous().clone() for n, t in tensors.items()}
+
+
+@torch.no_grad()
+def copy_into(targets: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
+    """Copy each of ``tensors`` in place into the same-named target, on the target's device and dtype."""
+    for name, tensor in tensors.items():
+        targets[name].copy_(tensor.to(targets[name].device, targets[name].dtype))
+
+
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Trainable parameters by name (contiguous CPU clones; safetensors refuses shared storage)."""
-    return {
-        n: p.detach().to("cpu").contiguous().clone() for n, p in model.named_parameters() if p.requires_grad
-    }
+    """Trainable parameters by name, as CPU copies."""
+    return cpu_copies({n: p for n, p in model.named_parameters() if p.requires_grad})
 
 
 def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -55,9 +64,7 @@ def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor
         raise RunError(
             f"checkpoint does not match the model: missing {missing[:3]}... ({len(missing)} tensors)"
         )
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    copy_into(params, tensors)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -118,17 +125,18 @@ def save_checkpoint(
     scheduler: Any,
     state: TrainState,
     keep_last: int,
-    ema: WeightAverage | None = None,
+    averaged: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``ckpt_root/step-NNNNNN`` atomically and prune all but the newest ``keep_last``."""
+    """Write ``ckpt_root/step-NNNNNN`` atomically and prune all but the newest ``keep_last``;
+    ``averaged``: the weight average's tensors (``train.ema_decay``), saved beside the weights."""
     target = ckpt_root / f"step-{state.step:06d}"
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
     with atomic_dir(target) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
-        if ema is not None:
-            save_file(ema.state_tensors(), str(tmp / "ema.safetensors"))
+        if averaged is not None:
+            save_file(cpu_copies(averaged), str(tmp / "ema.safetensors"))
         meta = {
             "train_state": asdict(state),
             "scheduler": scheduler.state_dict(),
@@ -153,21 +161,21 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    ema: WeightAverage | None = None,
+    averaged: dict[str, torch.Tensor] | None = None,
 ) -> TrainState:
-    """Restore model, optimizer, scheduler, RNG (and the weight average) from ``path``; return the
-    saved TrainState."""
+    """Restore model, optimizer, scheduler, RNG (and, in place, the weight average's ``averaged``
+    tensors) from ``path``; return the saved TrainState."""
     meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
     load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
     _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])
     scheduler.load_state_dict(meta["scheduler"])
     _restore_rng(load_file(str(path / "rng.safetensors")), meta["rng"])
-    if ema is not None:
+    if averaged is not None:
         if not (path / "ema.safetensors").exists():
             raise RunError(
                 f"{path} was saved without train.ema_decay; resume with the settings it was trained with"
             )
-        ema.load_state_tensors(load_file(str(path / "ema.safetensors")))
+        copy_into(averaged, load_file(str(path / "ema.safetensors")))
     return TrainState(**meta["train_state"])
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from tunesmith.train.checkpoint import copy_into
+
 
 class WeightAverage:
     """Shadow copies of ``model``'s trainable parameters, averaged after every optimizer step.
@@ -46,20 +48,7 @@ class WeightAverage:
         try:
             yield
         finally:
-            with torch.no_grad():
-                for name, param in self.params.items():
-                    param.copy_(own[name])
+            copy_into(self.params, own)
 
-    @torch.no_grad()
     def copy_to_model(self) -> None:
-        for name, param in self.params.items():
-            param.copy_(self.shadow[name])
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """For checkpoints (safetensors): contiguous CPU copies by parameter name."""
-        return {n: t.detach().to("cpu").contiguous().clone() for n, t in self.shadow.items()}
-
-    @torch.no_grad()
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        for name, tensor in tensors.items():
-            self.shadow[name].copy_(tensor.to(self.shadow[name].device, self.shadow[name].dtype))
+        copy_into(self.params, self.shadow)

@@ -157,11 +157,12 @@ def train_loop(
     )
     ckpt_root, best_dir = run_dir / "checkpoints", run_dir / "checkpoints" / "best"
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    averaged = ema.shadow if ema is not None else None  # what checkpoints save and restore of it
     state = ckpt.TrainState()
     if resume:
         found = ckpt.list_checkpoints(ckpt_root)
         if found:
-            state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler, ema)
+            state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler, averaged)
             if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
                 state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
             print(f"tunesmith: resuming from {found[-1]} (step {state.step}/{total_steps})")
@@ -224,7 +225,7 @@ def train_loop(
                     )
                 result.stopped_early = stop
             if cfg.save_every and state.step % cfg.save_every == 0:
-                ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, ema)
+                ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged)
             if on_step is not None:
                 on_step(state.step, step_loss)
             if result.stopped_early:
@@ -233,7 +234,7 @@ def train_loop(
         # Ctrl-C: keep what was trained. The step in flight (if any) is dropped; the checkpoint marks the
         # last completed step, so --resume continues exactly from there.
         result.interrupted = True
-        path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, ema)
+        path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged)
         print(f"\ntunesmith: interrupted at step {state.step}; saved {path}. Continue with --resume")
     finally:
         bar.close()
