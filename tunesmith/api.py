@@ -312,22 +312,32 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
     return _evaluate_all(model, tokenizer, prepared, task, cfg)
 
 
-def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "jsonl") -> Path:
+def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "auto") -> Path:
     """One prediction per input row, in input order: generated text, or the label for classification.
 
-    ``fmt="labels"`` (classification runs) writes one label id per line, the format benchmarks read.
+    A generation run answers questions: chat rows ending with the user's turn, ``prompt`` rows,
+    ``instruction`` (+``input``) rows without ``output``, a ``.txt`` with one question per line (a blank line
+    gets an empty answer), and training rows (their answer is not read). Each prompt is rendered as training
+    rendered it (chat template, ``data.system_prompt``, ``data.prefix``) plus the generation prompt.
+
+    ``fmt``: ``jsonl`` (``{"prediction": ...}`` or label rows with probabilities), ``text`` (one answer per
+    line, see :func:`write_predictions`), ``labels`` (classification runs: one label id per line, the format
+    benchmarks read), or ``auto``: ``.txt`` outputs get ``labels`` (classification) or ``text``
+    (generation), anything else JSONL.
     """
     method_runner = runner_for(read_run_config(run_dir))
     if method_runner is not None:
         return method_runner.predict(run_dir, data, out, fmt)
-    model, tokenizer, cfg = load_trained(run_dir)
     label_names = json.loads((Path(run_dir) / "data_report.json").read_text()).get("label_names")
-    if label_names and Path(data).suffix == ".txt":  # a classification run reads plain text: one input a line
+    if not label_names:  # a generation run: the inputs are prompts
+        return _predict_answers(run_dir, data, out, fmt)
+    model, tokenizer, cfg = load_trained(run_dir)
+    if Path(data).suffix == ".txt":  # a classification run reads plain text: one input a line
         split, task = _plain_text_split(data), "classification"
     else:
         prepared = _prepare_file(cfg, tokenizer, data)
         split, task = prepared.train, resolve_task(cfg, prepared.kind)
-    if task == "classification" and label_names:
+    if task == "classification":
         predicted, probs = classify(model, tokenizer, split, label_names, cfg)
         rows = [
             {"label": int(p), "label_name": label_names[p], "probs": [round(x, 6) for x in pr]}
@@ -335,6 +345,24 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "
         ]
     else:
         rows = [{"prediction": text} for text in predict_texts(model, tokenizer, split, cfg)]
+    return write_predictions(out, rows, fmt)
+
+
+def _predict_answers(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str) -> Path:
+    """A generation run's answers to the prompts in ``data`` (see :func:`predict`), in input order."""
+    from tunesmith.data.mixing import with_prefix
+    from tunesmith.data.prompts import read_prompts
+    from tunesmith.errors import ConfigError
+
+    if fmt == "labels":  # before loading and generating anything
+        raise ConfigError(_LABELS_NEED_CLASSIFICATION)
+    inputs = read_prompts(data)  # bad rows stop here, before the model loads
+    model, tokenizer, cfg = load_trained(run_dir)
+    if cfg.data.prefix:  # training put it before every input; so must prediction
+        inputs = [ex if ex is None else with_prefix(ex, cfg.data.prefix) for ex in inputs]
+    asked = [ex for ex in inputs if ex is not None]
+    answers = iter(predict_texts(model, tokenizer, Split(asked, [], []), cfg) if asked else [])
+    rows = [{"prediction": "" if ex is None else next(answers)} for ex in inputs]
     return write_predictions(out, rows, fmt)
 
 
@@ -348,17 +376,50 @@ def _plain_text_split(path: str | Path) -> Split:
     return Split(examples, [], [])
 
 
+_LABELS_NEED_CLASSIFICATION = "--format labels needs a classification run; this one generates text"
+_LINE_BREAKS = {"\\": "\\\\", "\n": "\\n", "\r": "\\r"}
+
+
+def _one_line(text: str) -> str:
+    r"""``text`` on one line, reversibly, as in a Python string literal: ``\`` becomes ``\\``, a newline
+    ``\n``, a carriage return ``\r``, and the rarer characters ``str.splitlines`` also breaks at (``\x0b``,
+    ``\x0c``, ``\x1c``-``\x1e``, ``\x85``, ``\u2028``, ``\u2029``) their ``\xNN`` / ``\uNNNN`` escapes."""
+    out = []
+    for char in text:
+        if char in _LINE_BREAKS:
+            out.append(_LINE_BREAKS[char])
+        elif char.splitlines() == [char]:
+            out.append(char)
+        else:
+            out.append(f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+    return "".join(out)
+
+
 def write_predictions(out: str | Path, rows: list[dict[str, Any]], fmt: str) -> Path:
-    """JSONL rows, or with ``fmt="labels"`` one label id per line (classification rows only)."""
+    """Write prediction rows to ``out``.
+
+    ``jsonl``: one JSON object per row. ``labels`` (classification rows only): one label id per line.
+    ``text``: one prediction per line, line i for row i — the generated text with its line breaks escaped by
+    :func:`_one_line` (JSONL keeps answers verbatim), or a classification row's label name. ``auto``:
+    ``.txt`` gets ``labels`` for classification rows and ``text`` for generated ones, anything else JSONL.
+    """
     from tunesmith.errors import ConfigError
     from tunesmith.io import write_jsonl_atomic
 
+    classified = bool(rows) and "label" in rows[0]
+    if fmt == "auto":
+        fmt = ("labels" if classified else "text") if str(out).endswith(".txt") else "jsonl"
     if fmt == "labels":
-        if rows and "label" not in rows[0]:
-            raise ConfigError("--format labels needs a classification run; this one generates text")
+        if rows and not classified:
+            raise ConfigError(_LABELS_NEED_CLASSIFICATION)
         write_text_atomic(out, "".join(f"{row['label']}\n" for row in rows))
-    else:
+    elif fmt == "text":
+        key = "label_name" if classified else "prediction"
+        write_text_atomic(out, "".join(_one_line(str(row[key])) + "\n" for row in rows))
+    elif fmt == "jsonl":
         write_jsonl_atomic(out, rows)
+    else:
+        raise ConfigError(f"unknown prediction format {fmt!r} (known: auto, jsonl, labels, text)")
     return Path(out)
 
 

@@ -62,10 +62,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from tunesmith.api import predict
 
-    fmt = args.format
-    if fmt == "auto":  # labels.txt -> one label id per line (the benchmark format); anything else -> JSONL
-        fmt = "labels" if str(args.out).endswith(".txt") else "jsonl"
-    path = predict(args.run_dir, data=args.data, out=args.out, fmt=fmt)
+    # auto: a .txt output is one label id per line (classification) or one answer per line; else JSONL
+    path = predict(args.run_dir, data=args.data, out=args.out, fmt=args.format)
     print(f"tunesmith: predictions written to {path}")
     return 0
 
@@ -79,9 +77,14 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from tunesmith.demo.run import run_demo
+    from tunesmith.errors import RunError
 
-    result = run_demo(out_dir=args.out, quick=args.quick)
-    return 0 if result.get("passed", True) or args.quick else 1
+    result = run_demo(out_dir=args.out, quick=args.quick, seed=args.seed, precision=args.precision)
+    if args.quick:  # a smoke run: no targets
+        return 0
+    if not isinstance(result.get("passed"), bool):  # no verdict is an error, never a pass
+        raise RunError("the demo's result has no pass/fail verdict ('passed'); see demo_result.json")
+    return 0 if result["passed"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,14 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="one prediction per input line, in input order")
     p.add_argument("run_dir")
-    p.add_argument("--data", required=True)
+    p.add_argument(
+        "--data",
+        required=True,
+        help="inputs: chat rows (ending with the user's turn, or training rows), prompt rows, instruction "
+        "(+input) rows, or a .txt with one question (classification: one text) per line",
+    )
     p.add_argument("--out", required=True)
     p.add_argument(
         "--format",
-        choices=["auto", "labels", "jsonl"],
+        choices=["auto", "labels", "jsonl", "text"],
         default="auto",
-        help="labels: one label id per line (classification); jsonl: rows with probabilities; "
-        "auto: labels when --out ends in .txt",
+        help="labels: one label id per line (classification); text: one answer per line (line breaks "
+        "inside an answer written as \\n, backslashes as \\\\); jsonl: {'prediction': ...} rows, or "
+        "labels with probabilities; auto: labels (classification) or text for a .txt --out, else jsonl",
     )
     p.set_defaults(func=_predict)
 
@@ -123,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="where the demo writes its data and run")
     p.add_argument(
         "--quick", action="store_true", help="a tiny version for smoke tests (not the real targets)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds the generated store and the training run (default 0)"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="train.precision; auto: bf16 on CPUs with AVX512-BF16/AMX, fp32 elsewhere",
     )
     p.set_defaults(func=_demo)
 

@@ -277,7 +277,7 @@ METHOD_VARIANTS = (
     AdapterMethod,
     FeatureExtractionMethod,
 )
-"""Every method config, in the order the README reference lists them."""
+"""Every method config, in the order the config reference (docs/config.md) lists them."""
 
 MethodConfig = Annotated[
     FullMethod
@@ -483,7 +483,7 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = f"unknown value {e['ctx']['tag']!r}; allowed: {e['ctx']['expected_tags']}"
         lines.append(f"  {path or '<root>'}: {msg} (got {e.get('input')!r})")
     if any(e["type"] == "extra_forbidden" for e in err.errors()):
-        lines.append("  see the config reference in README.md for the allowed keys")
+        lines.append("  see the config reference in docs/config.md for the allowed keys")
     return "\n".join(lines)
 
 
@@ -568,7 +568,7 @@ def _list_item_model(annotation: Any) -> type[BaseModel] | None:
 
 
 def reference_markdown() -> str:
-    """The config reference table in README.md, generated from this schema (a test keeps them equal)."""
+    """The config reference table in docs/config.md, generated from this schema (a test keeps them equal)."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
 
     def walk(model: type[BaseModel], prefix: str) -> None:

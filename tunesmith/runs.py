@@ -75,6 +75,10 @@ def load_trained(run_dir: str | Path, merge: bool = False) -> tuple[Any, Any, Ru
         options = load_options(cfg.method)  # e.g. qlora: the adapter goes back onto the same 4-bit base
         base = load_model(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, **options)
         model = _load_adapter(base, run_dir / "adapter", merge)
+        if options:  # a 4-bit base: the kernels training used, so predictions are the same on every CPU
+            from tunesmith.methods.qlora import keep_differentiable_kernels
+
+            keep_differentiable_kernels(model)
         tokenizer = load_tokenizer(str(run_dir / "adapter"), cfg.model.trust_remote_code)
     else:
         raise RunError(f"{run_dir} has no adapter/ or model/: the run did not finish (try --resume)")

@@ -86,10 +86,10 @@ def test_every_recipe_validates(recipe):
         assert (Path(__file__).resolve().parents[2] / cfg.data.train).exists()
 
 
-def test_readme_config_reference_is_current():
+def test_docs_config_reference_is_current():
     from tunesmith.config import reference_markdown
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert reference_markdown() in readme, (
-        "regenerate the README table from tunesmith.config.reference_markdown()"
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "config.md").read_text()
+    assert reference_markdown() in docs, (
+        "regenerate the table in docs/config.md from tunesmith.config.reference_markdown()"
     )

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_llama
+from tests.reference import EXACT, reference_losses
 from tunesmith.config import (
     AdapterMethod,
     DoraMethod,
@@ -38,38 +39,37 @@ def _data(n: int = 24, seed: int = 0) -> TokenData:
     return TokenData(ids, labels)
 
 
+def _train_cfg(steps: int) -> TrainConfig:
+    # fp32 pinned: `auto` is bf16 on AVX512-BF16/AMX CPUs, and these tests compare exact fp32 numbers.
+    return TrainConfig(
+        max_steps=steps, batch_size=4, lr=1e-2, scheduler="constant", log_every=1, precision="fp32"
+    )
+
+
 def _train(model, tmp_path, steps: int = 3) -> list[float]:
-    cfg = TrainConfig(max_steps=steps, batch_size=4, lr=1e-2, scheduler="constant", log_every=1)
+    cfg = _train_cfg(steps)
     train_loop(model, _data(), None, cfg, seed=0, run_dir=tmp_path, pad_id=PAD)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return [r["train_loss"] for r in rows if "train_loss" in r]
 
 
-# (method, trainable parameter count, name fragment every trainable parameter has, first three losses)
+# (method, trainable parameter count, name fragment every trainable parameter has)
 CASES = [
     # DoRA: LoRA A/B (r*(in+out) per linear: 4096 per layer at r=4) + one magnitude per output feature.
-    (DoraMethod(r=4, alpha=8), 2 * 4096 + 2 * (64 + 32 + 32 + 64 + 128 + 128 + 64), "lora_", None),
+    (DoraMethod(r=4, alpha=8), 2 * 4096 + 2 * (64 + 32 + 32 + 64 + 128 + 128 + 64), "lora_"),
     # IA3 on Llama: k_proj (32) and v_proj (32) outputs, down_proj input (128), per layer.
-    (Ia3Method(), 2 * (32 + 32 + 128), "ia3_l", None),
+    (Ia3Method(), 2 * (32 + 32 + 128), "ia3_l"),
     # Prompt tuning: 5 virtual tokens x hidden 64.
-    (PromptTuningMethod(num_virtual_tokens=5), 5 * 64, "prompt_encoder", None),
+    (PromptTuningMethod(num_virtual_tokens=5), 5 * 64, "prompt_encoder"),
     # Prefix tuning: 5 tokens x layers 2 x (key + value) x kv width 32 (2 kv heads x 16).
-    (PrefixTuningMethod(num_virtual_tokens=5), 5 * 2 * 2 * 32, "prompt_encoder", None),
+    (PrefixTuningMethod(num_virtual_tokens=5), 5 * 2 * 2 * 32, "prompt_encoder"),
     # Bottleneck adapter per block: 64->8 (+bias) and 8->64 (+bias).
-    (AdapterMethod(bottleneck=8), 2 * (64 * 8 + 8 + 8 * 64 + 64), "bottleneck_adapter", None),
+    (AdapterMethod(bottleneck=8), 2 * (64 * 8 + 8 + 8 * 64 + 64), "bottleneck_adapter"),
 ]
-EXPECTED_LOSSES = {
-    "dora": [4.8639579, 4.9031620, 4.9228778],
-    "ia3": [4.8639579, 4.8996801, 4.9189558],
-    # Differs from step 1 on: the virtual tokens are in the loss (the fast decoder-only path would skip them).
-    "prompt_tuning": [4.8607459, 4.8898306, 4.9258618],
-    "prefix_tuning": [4.8764820, 4.8397417, 4.8579664],
-    "adapter": [4.8639579, 4.8426747, 4.8852701],
-}
 
 
-@pytest.mark.parametrize(("method", "n_trainable", "fragment", "_"), CASES, ids=[c[0].name for c in CASES])
-def test_method_trains_exactly_its_parameters(tmp_path, method, n_trainable, fragment, _):
+@pytest.mark.parametrize(("method", "n_trainable", "fragment"), CASES, ids=[c[0].name for c in CASES])
+def test_method_trains_exactly_its_parameters(tmp_path, method, n_trainable, fragment):
     model = prepare_model(make_tiny_llama(VOCAB), method)
     trainable, _total = count_parameters(model)
     assert trainable == n_trainable
@@ -78,8 +78,12 @@ def test_method_trains_exactly_its_parameters(tmp_path, method, n_trainable, fra
     assert requires and all(fragment in n for n in requires)
     start = evaluate_loss(model, _data(), 8, PAD, "cpu")
     losses = _train(model, tmp_path, steps=6)
-    # Regression values (seed 0); each step sees a different batch, so compare a fixed set before/after.
-    assert losses[:3] == pytest.approx(EXPECTED_LOSSES[method.name], abs=1e-5)
+    # The same prepared model (same seeds) trained by a plain-PyTorch loop on the same batches. For prompt
+    # and prefix tuning the loop's loss goes through PEFT's own forward (virtual tokens in the loss).
+    fresh = prepare_model(make_tiny_llama(VOCAB), method)
+    expected = reference_losses(fresh, _data(), _train_cfg(6), seed=0, pad_id=PAD, steps=6)
+    assert losses == pytest.approx(expected, abs=EXACT)
+    # Each step sees a different batch, so progress is checked on a fixed set before/after.
     assert evaluate_loss(model, _data(), 8, PAD, "cpu") < start - 1e-3
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == requires, sorted(changed ^ requires)[:4]  # prompt/prefix: the virtual tokens moved

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.reference import EXACT, reference_losses
 from tests.unit.test_feature_extraction import _rows
 from tunesmith.config import (
     AdapterMethod,
@@ -27,7 +28,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.methods import count_parameters, load_options
 from tunesmith.methods.seq_cls import head_logits, load_sequence_classifier, prepare_head
 from tunesmith.runs import load_trained, save_trained
-from tunesmith.train.batching import collate, collate_packed, iter_batches
+from tunesmith.train.batching import collate, collate_packed
 from tunesmith.train.loop import TokenData, evaluate_loss, train_loop
 from tunesmith.train.losses import sequence_classification_loss
 
@@ -68,7 +69,8 @@ def _data(n: int = 24, seed: int = 0) -> TokenData:
 def _train_cfg(lr: float = 1e-2, **extra):
     from tunesmith.config import TrainConfig
 
-    return TrainConfig(batch_size=4, lr=lr, scheduler="constant", log_every=1, **extra)
+    # fp32 pinned: `auto` is bf16 on AVX512-BF16/AMX CPUs, and these tests compare exact fp32 numbers.
+    return TrainConfig(batch_size=4, lr=lr, scheduler="constant", log_every=1, precision="fp32", **extra)
 
 
 def _logged_losses(run_dir) -> list[float]:
@@ -93,24 +95,13 @@ def test_loss_is_the_models_own_pooled_cross_entropy_padded_and_packed():
     assert float(packed_sum) == pytest.approx(float(expected), abs=1e-5)  # packing pools each example's own
 
 
-def _reference_losses(model, data: TokenData, steps: int) -> list[float]:
-    """Plain torch: the same batches, the model's own forward + F.cross_entropy (mean), AdamW, clip 1.0."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
-    batches = iter_batches(data.input_ids, data.labels, 4, PAD, seed=0, epoch=0)
-    losses = []
-    for _ in range(steps):
-        batch = next(batches)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        # each row's class id sits at its last real token, its one labelled position
-        y = torch.stack([row[row != -100][0] for row in batch["labels"]])
-        loss = F.cross_entropy(logits.float(), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-    return losses
+def _class_loss_sum(model, ids, labels, pad_id) -> torch.Tensor:
+    """Plain torch: the model's own pooled forward + F.cross_entropy, summed (the reference's loss)."""
+    batch = collate(ids, labels, pad_id)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # each row's class id sits at its last real token, its one labelled position
+    y = torch.stack([row[row != -100][0] for row in batch["labels"]])
+    return F.cross_entropy(logits.float(), y, reduction="sum")
 
 
 def test_exact_losses_for_the_first_steps(tmp_path):
@@ -125,9 +116,9 @@ def test_exact_losses_for_the_first_steps(tmp_path):
         pad_id=PAD,
         loss_fn=sequence_classification_loss,
     )
-    expected = _reference_losses(prepare_head(make_tiny_classifier(), FullMethod()), _data(), 3)
-    assert _logged_losses(tmp_path) == pytest.approx(expected, abs=1e-5)
-    assert expected == pytest.approx([1.1135424, 1.1508282, 1.2837217], abs=1e-5)  # regression values, seed 0
+    fresh = prepare_head(make_tiny_classifier(), FullMethod())
+    expected = reference_losses(fresh, _data(), _train_cfg(max_steps=3), 0, PAD, 3, loss_sum=_class_loss_sum)
+    assert _logged_losses(tmp_path) == pytest.approx(expected, abs=EXACT)
 
 
 LAYER1 = {
@@ -373,6 +364,7 @@ def _config(tmp_path, tiny_model_dir, train_file, *extra: str):
             "data.validation_fraction=0.25",
             "train.max_steps=3",
             "train.batch_size=4",
+            "train.precision=fp32",
             "eval.probes=false",
             *extra,
         ],

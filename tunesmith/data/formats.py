@@ -14,6 +14,8 @@ Every problem is a :class:`DataError` starting with ``path:line:`` so the user c
 
     examples, counts = read_examples("train.jsonl")
     # counts: rows_read, malformed_skipped, empty_dropped, kept
+
+Prediction inputs, which may be questions without answers, are read by :mod:`tunesmith.data.prompts`.
 """
 
 from __future__ import annotations
@@ -361,6 +363,19 @@ def _message(raw: Any, index: int) -> dict[str, Any]:
 
 
 def _chat(row: dict, label_names: list[str] | None) -> Example | None:
+    clean = _chat_messages(row)
+    if clean[-1]["role"] != "assistant":
+        raise _RowError(
+            f"last turn is {clean[-1]['role']!r}, not 'assistant': the example must end with the reply"
+        )
+    final = clean[-1]
+    if not final.get("tool_calls") and not final.get("content", "").strip():
+        return None
+    return Example("", 0, "chat", messages=clean, extra=_rest(row, {"messages"}))
+
+
+def _chat_messages(row: dict) -> list[dict[str, Any]]:
+    """The validated ``messages`` of a chat row (CSV's JSON text parsed); the first turn is not the reply."""
     messages = row.get("messages")
     if isinstance(messages, str):  # CSV cells hold the conversation as JSON text
         try:
@@ -374,14 +389,7 @@ def _chat(row: dict, label_names: list[str] | None) -> Example | None:
     clean = [_message(raw, i) for i, raw in enumerate(messages)]
     if clean[0]["role"] == "assistant":
         raise _RowError("the conversation starts with an assistant turn; put a user turn before it")
-    if clean[-1]["role"] != "assistant":
-        raise _RowError(
-            f"last turn is {clean[-1]['role']!r}, not 'assistant': the example must end with the reply"
-        )
-    final = clean[-1]
-    if not final.get("tool_calls") and not final.get("content", "").strip():
-        return None
-    return Example("", 0, "chat", messages=clean, extra=_rest(row, {"messages"}))
+    return clean
 
 
 def _two_turn(user: str, assistant: str, row: dict, used: set[str]) -> Example | None:
@@ -393,9 +401,13 @@ def _two_turn(user: str, assistant: str, row: dict, used: set[str]) -> Example |
 
 def _instruction(row: dict, label_names: list[str] | None) -> Example | None:
     instruction, output = _string(row, "instruction"), _string(row, "output")
+    return _two_turn(_instruction_user(row, instruction), output, row, {"instruction", "input", "output"})
+
+
+def _instruction_user(row: dict, instruction: str) -> str:
+    """The user turn of an instruction row: the instruction, then the optional input after a blank line."""
     extra_input = _string(row, "input") if row.get("input") is not None else ""
-    user = instruction + ("\n\n" + extra_input if extra_input.strip() else "")
-    return _two_turn(user, output, row, {"instruction", "input", "output"})
+    return instruction + ("\n\n" + extra_input if extra_input.strip() else "")
 
 
 def _prompt_completion(row: dict, label_names: list[str] | None) -> Example | None:

@@ -250,7 +250,10 @@ def render_example(
 def render_prompt(ex: Example, tokenizer: Any, system_prompt: str | None, label_prompt: str) -> list[int]:
     """The inference-time prompt: the conversation before the last assistant turn plus the generation prompt.
 
-    For classification it is the label prompt as a user turn; the model's answer should be the label name.
+    A conversation that does not end with an assistant turn (a question to answer: the user's, or a tool
+    result) is rendered whole, plus the generation prompt: the same ids as the same conversation with an
+    answer appended would get here. For classification it is the label prompt as a user turn; the model's
+    answer should be the label name.
 
     Raises:
         DataError: ``text`` examples have no prompt to complete.
@@ -258,7 +261,7 @@ def render_prompt(ex: Example, tokenizer: Any, system_prompt: str | None, label_
     if ex.kind == "text":
         raise DataError(f"{ex.source}:{ex.line}: a 'text' example has no prompt; evaluate it by loss instead")
     messages, _, tools = _conversation(ex, tokenizer, system_prompt, None, label_prompt)
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    last = len(messages) - 1 if messages[-1]["role"] == "assistant" else len(messages)
     text = _render(tokenizer, ex, messages[:last], tools, True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -138,7 +139,7 @@ def train_loop(
             f"train.best_metric: {cfg.best_metric} needs a classification head's validation scores"
         )
     precision = pick_mixed_precision(cfg.precision)
-    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(precision)
     model = model.to(accelerator.device)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -249,6 +250,21 @@ def train_loop(
     result.history = log.rows
     result.peak_memory_mb = peak_rss_mb()
     return result
+
+
+def make_accelerator(precision: str) -> Accelerator:
+    """An Accelerator for this run's precision (``bf16`` or ``no``).
+
+    accelerate keeps one process-wide state and refuses an Accelerator whose precision differs from the
+    first one's ("AcceleratorState has already been initialized"): a second run in the same process —
+    sequential stages, a sweep, the Python API, a test suite — could not change precision. Its precision
+    part is cleared when it differs; the distributed part (PartialState: process group, device) is kept.
+    Runs in one process therefore take turns, which the loop does anyway (one run at a time).
+    """
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != precision:
+        AcceleratorState._reset_state()  # private, but the only way; a no-op cost (a dict clear)
+    return Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
 
 
 def _optimizer_step(
