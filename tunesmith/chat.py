@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.evaluate.generate import generate_texts
+from tunesmith.infer.generate import generate_texts
 
 
 def chat_loop(run_dir: str | Path, max_new_tokens: int = 128) -> None:

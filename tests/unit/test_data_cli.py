@@ -229,7 +229,7 @@ def test_augment_paraphrase_plumbing(tmp_path, default_tokenizer):
     import torch
 
     from tests.conftest import make_tiny_llama
-    from tunesmith.evaluate.generate import generate_texts
+    from tunesmith.infer.generate import generate_texts
 
     model = make_tiny_llama(len(default_tokenizer))
     # Untie the head: a tied random head echoes the last prompt token ("\n"), which strips to nothing.

@@ -8,7 +8,7 @@ import torch
 from peft import LoraConfig, PromptTuningConfig, get_peft_model
 
 from tests.conftest import make_tiny_llama
-from tunesmith.evaluate.generate import label_log_likelihoods
+from tunesmith.infer.generate import label_log_likelihoods
 
 VOCAB = 96
 PAD = 2

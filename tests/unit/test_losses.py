@@ -6,8 +6,8 @@ import pytest
 
 from tests.conftest import make_tiny_llama
 from tunesmith.config import LoraMethod
+from tunesmith.infer import loss as losses
 from tunesmith.methods import prepare_model
-from tunesmith.train import losses
 from tunesmith.train.batching import collate
 
 

@@ -25,9 +25,8 @@ import torch
 from tests.conftest import make_tiny_llama
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.errors import ConfigError
-from tunesmith.evaluate.generate import generate_texts, label_log_likelihoods
-from tunesmith.evaluate.runner import label_token_ids
 from tunesmith.export import export
+from tunesmith.infer.generate import generate_texts, label_log_likelihoods, label_token_ids
 from tunesmith.models.loading import load_causal_lm
 from tunesmith.runs import load_trained
 from tunesmith.serve.app import ROUTES, ServeSettings, create_app

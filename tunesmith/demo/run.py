@@ -73,7 +73,7 @@ def general_check(model: Any, tokenizer: Any, questions: list[dict[str, Any]], t
     """Share of general questions answered right, and perplexity on general prose."""
     import torch
 
-    from tunesmith.evaluate.generate import generate_texts, model_device
+    from tunesmith.infer.generate import generate_texts, model_device
 
     prompts = [
         tokenizer.apply_chat_template(

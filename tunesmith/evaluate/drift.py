@@ -29,6 +29,7 @@ import torch
 
 from tunesmith.data.formats import Example, read_source
 from tunesmith.evaluate.metrics import normalize_answer
+from tunesmith.infer.batching import collate, model_device
 from tunesmith.io import write_bytes_atomic, write_json_atomic
 
 THRESHOLDS = {
@@ -81,9 +82,6 @@ def text_stats(train: list[str], new: list[str], tokenizer: Any) -> dict[str, fl
 @torch.no_grad()
 def mean_hidden_states(model: Any, tokenizer: Any, texts: list[str], batch_size: int = 16) -> np.ndarray:
     """Mean-pooled last-layer hidden state per text, shape (n, hidden)."""
-    from tunesmith.evaluate.generate import model_device
-    from tunesmith.train.batching import collate
-
     model.eval()
     device, rows = model_device(model), []
     for start in range(0, len(texts), batch_size):

@@ -11,9 +11,10 @@ from typing import Any
 from tunesmith.config import RunConfig
 from tunesmith.data.prepare import Split
 from tunesmith.data.render import reference_text, render_prompt
-from tunesmith.evaluate.generate import generate_texts, label_log_likelihoods, model_device
 from tunesmith.evaluate.metrics import classification_metrics, generation_metrics
-from tunesmith.train.loop import TokenData, evaluate_loss
+from tunesmith.infer.batching import TokenData, model_device
+from tunesmith.infer.generate import generate_texts, label_log_likelihoods, label_token_ids
+from tunesmith.infer.loss import evaluate_loss
 
 
 def resolve_task(cfg: RunConfig, data_kind: str) -> str:
@@ -27,13 +28,6 @@ def _cap(split: Split, limit: int | None) -> Split:
     if limit is None or len(split.examples) <= limit:
         return split
     return Split(split.examples[:limit], split.input_ids[:limit], split.labels[:limit])
-
-
-def label_token_ids(tokenizer: Any, label_names: list[str]) -> list[list[int]]:
-    """Each label as the assistant would write it: its tokens followed by the end-of-turn token."""
-    return [
-        [*tokenizer.encode(name, add_special_tokens=False), tokenizer.eos_token_id] for name in label_names
-    ]
 
 
 def classify(

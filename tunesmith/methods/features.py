@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tunesmith.infer.batching import collate
 from tunesmith.io import write_bytes_atomic, write_json_atomic
-from tunesmith.train.batching import collate
 
 CACHE_VERSION = 1
 

@@ -201,31 +201,3 @@ def head_loader(run_dir: str | Path) -> Callable[..., Any]:
     saved = run_dir / "model" if (run_dir / "model").is_dir() else run_dir / "adapter"
     pad_id = load_tokenizer(str(saved)).pad_token_id
     return functools.partial(load_sequence_classifier, label_names=label_names_of(run_dir), pad_id=pad_id)
-
-
-@torch.no_grad()
-def head_logits(model: Any, input_ids: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """Class logits (n, labels) in input order, through the model's own forward (stock pooling).
-
-    Rows are sorted by length and right-padded per batch (less padding = less wasted compute on CPU).
-    """
-    from tunesmith.evaluate.generate import model_device
-    from tunesmith.train.batching import collate
-
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
-    rows: list[torch.Tensor | None] = [None] * len(input_ids)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([input_ids[i] for i in idx], None, pad_id)
-        logits = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            use_cache=False,
-        ).logits
-        for row, i in enumerate(idx):
-            rows[i] = logits[row].float().cpu()
-    model.train(was_training)
-    return torch.stack(rows) if rows else torch.zeros(0, 0)  # type: ignore[arg-type]

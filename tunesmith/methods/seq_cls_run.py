@@ -26,11 +26,11 @@ import torch.nn.functional as F
 
 from tunesmith.config import RunConfig, dump_config
 from tunesmith.data.prepare import PreparedData, Split, prepare_data
+from tunesmith.infer.generate import head_logits
 from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from tunesmith.methods import optimizer_for
 from tunesmith.methods.seq_cls import (
     check_supported,
-    head_logits,
     label_names_of,
     prepare_head,
     start_model,

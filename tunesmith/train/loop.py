@@ -30,24 +30,17 @@ from transformers import get_scheduler
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import RunError
+from tunesmith.infer.batching import TokenData
+from tunesmith.infer.loss import LossFn, causal_lm_loss, evaluate_loss
 from tunesmith.models.memory import fit_micro_batch, plan_memory
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.batching import batches_per_epoch, iter_batches, iter_eval_batches
+from tunesmith.train.batching import batches_per_epoch, iter_batches
 from tunesmith.train.ema import WeightAverage
-from tunesmith.train.losses import LossFn, causal_lm_loss
 from tunesmith.train.monitor import MetricsLog, peak_rss_mb
 from tunesmith.train.precision import pick_mixed_precision
 
 ValMetrics = Callable[[Any, int], dict[str, float]]
 """(model, batch_size) -> {"val_loss": ..., "val_<score>": ...}: one validation pass, loss and scores."""
-
-
-@dataclass
-class TokenData:
-    """Tokenized rows for the loop (the loop needs nothing else from the data pipeline)."""
-
-    input_ids: list[list[int]]
-    labels: list[list[int]]
 
 
 @dataclass
@@ -72,23 +65,6 @@ def total_optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
         return cfg.max_steps
     per_epoch = batches_per_epoch(n_examples, cfg.batch_size)
     return max(1, math.ceil(per_epoch * cfg.epochs / cfg.grad_accum))
-
-
-@torch.no_grad()
-def evaluate_loss(
-    model: Any, data: TokenData, batch_size: int, pad_id: int, device: Any, loss_fn: LossFn = causal_lm_loss
-) -> float:
-    """Mean of ``loss_fn`` (next-token loss by default) over the labelled positions of ``data``."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for batch in iter_eval_batches(data.input_ids, data.labels, batch_size, pad_id):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss_sum, n = loss_fn(model, batch)
-        total += float(loss_sum)
-        count += int(n)
-    model.train(was_training)
-    return total / max(count, 1)
 
 
 def _micro_batches(data: TokenData, cfg: TrainConfig, seed: int, pad_id: int, state: ckpt.TrainState):

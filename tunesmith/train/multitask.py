@@ -29,8 +29,8 @@ from tunesmith.data.mixing import draw_rows, mixing_probabilities, quota_counts
 from tunesmith.data.prepare import PreparedData, prepare_data
 from tunesmith.errors import DataError
 from tunesmith.evaluate.runner import evaluate_split, resolve_task
+from tunesmith.infer.batching import TokenData
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
-from tunesmith.train.loop import TokenData
 
 MAIN_METRIC = {"classification": "f1_macro", "generation": "token_f1", "language_modeling": "perplexity"}
 """The one number per task in per-task tables and the forgetting matrix (perplexity: lower is better)."""

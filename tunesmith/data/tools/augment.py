@@ -163,7 +163,7 @@ def _replace(row: dict[str, Any], where: str, text: str) -> dict[str, Any]:
 
 
 class Paraphraser:
-    """Greedy paraphrases from a causal LM through :func:`tunesmith.evaluate.generate.generate_texts`.
+    """Greedy paraphrases from a causal LM through :func:`tunesmith.infer.generate.generate_texts`.
 
     The model is loaded on first use, so building one is free when no row needs it. Pass ``model`` and
     ``tokenizer`` to use ones already loaded; ``model_name`` (default: ``default``, the base model) names
@@ -209,7 +209,7 @@ class Paraphraser:
         """Paraphrase each ``(text, noun, k)``; returns the cleaned replies in order."""
         if not requests:
             return []
-        from tunesmith.evaluate.generate import generate_texts
+        from tunesmith.infer.generate import generate_texts
 
         if self.model is None or self.tokenizer is None:
             self._load()

@@ -1,4 +1,4 @@
-"""Batched greedy generation and label scoring by log-likelihood — the two ways a model is evaluated.
+"""Batched greedy generation, label scoring by log-likelihood, and a classification head's logits.
 
 Both take token ids (the data pipeline renders prompts), so they work for any model and chat template.
 """
@@ -10,11 +10,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tunesmith.train.batching import collate
+from tunesmith.infer.batching import collate, model_device
 
 
-def model_device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+def label_token_ids(tokenizer: Any, label_names: list[str]) -> list[list[int]]:
+    """Each label as the assistant would write it: its tokens followed by the end-of-turn token."""
+    return [
+        [*tokenizer.encode(name, add_special_tokens=False), tokenizer.eos_token_id] for name in label_names
+    ]
 
 
 @torch.no_grad()
@@ -139,3 +142,29 @@ def _score_pairs(
     shifted = batch["labels"][:, 1:]
     picked = logprobs.gather(-1, shifted.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (shifted != -100)
     return picked.sum(-1).view(len(prompts), len(labels)).cpu()
+
+
+@torch.no_grad()
+def head_logits(model: Any, input_ids: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
+    """Class logits (n, labels) of a sequence classifier in input order, through the model's own forward
+    (stock pooling of the last non-pad token).
+
+    Rows are sorted by length and right-padded per batch (less padding = less wasted compute on CPU).
+    """
+    was_training = model.training
+    model.eval()
+    device = model_device(model)
+    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
+    rows: list[torch.Tensor | None] = [None] * len(input_ids)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate([input_ids[i] for i in idx], None, pad_id)
+        logits = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            use_cache=False,
+        ).logits
+        for row, i in enumerate(idx):
+            rows[i] = logits[row].float().cpu()
+    model.train(was_training)
+    return torch.stack(rows) if rows else torch.zeros(0, 0)  # type: ignore[arg-type]
