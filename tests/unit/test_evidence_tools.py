@@ -13,8 +13,8 @@ from tunesmith.config import load_config
 from tunesmith.data.formats import Example
 from tunesmith.errors import DataError
 from tunesmith.evaluate.bias import counterfactual, flip_stats, group_metrics, load_substitutions, substitute
-from tunesmith.evaluate.cv import aggregate, fold_indices
 from tunesmith.evaluate.drift import embedding_stats, js_divergence, verdict
+from tunesmith.pipelines.cv import aggregate, fold_indices
 
 
 def _cls(text: str, label: int, **extra) -> Example:

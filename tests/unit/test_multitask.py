@@ -15,7 +15,7 @@ from tunesmith.config import config_from_dict, load_config
 from tunesmith.data.mixing import draw_rows, mixing_probabilities, quota_counts, with_prefix
 from tunesmith.data.render import render_prompt
 from tunesmith.errors import ConfigError
-from tunesmith.train.multitask import mix_tasks, prepare_tasks
+from tunesmith.pipelines.multitask import mix_tasks, prepare_tasks
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "multi_task.yaml"
 

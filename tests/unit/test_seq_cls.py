@@ -428,7 +428,7 @@ def test_train_evaluate_predict_end_to_end(tmp_path, tiny_model_dir, capsys):
 def test_bias_audit_of_a_head_run_scores_the_tuned_head_alone(tmp_path, tiny_model_dir):
     from tunesmith.api import train
     from tunesmith.evaluate.bias import bias_audit
-    from tunesmith.methods.seq_cls_run import head_probs
+    from tunesmith.evaluate.runner import head_probs
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _rows(16, 0)))
@@ -588,7 +588,7 @@ def test_init_from_an_lm_run_lends_its_body_and_the_head_starts_new(tmp_path, de
 
 
 def test_balanced_class_weights_follow_the_training_counts():
-    from tunesmith.methods.seq_cls_run import class_weights
+    from tunesmith.pipelines.head import class_weights
 
     rows = [class_target_labels(3, c) for c in (0, 0, 0, 1)]  # class 2 never appears
     assert class_weights(rows, 3, "none") is None

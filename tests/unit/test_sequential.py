@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-import tunesmith.sequential as sequential
+import tunesmith.pipelines.staged as sequential
 from tests.unit.test_multitask import write_task
 from tunesmith.api import train
 from tunesmith.config import config_from_dict, dump_config, load_config

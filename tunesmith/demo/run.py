@@ -113,7 +113,7 @@ def _store_accuracy(run_dir: Path, rows: list[dict[str, Any]], which: str) -> fl
 
 def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False) -> dict[str, Any]:
     """Run the whole demo; returns (and writes to ``demo_result.json``) the before/after numbers."""
-    from tunesmith.runs import load_trained
+    from tunesmith.methods import load_trained
 
     t0 = time.perf_counter()
     out = Path(out_dir)

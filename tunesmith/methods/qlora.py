@@ -61,8 +61,8 @@ def ready_for_kbit_training(model: Any) -> Any:
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
 
 
-def prepare(model: Any, method_cfg: Any) -> Any:
+def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
     from peft import get_peft_model
 
     model = ready_for_kbit_training(model)
-    return get_peft_model(model, lora_config(method_cfg, model))
+    return get_peft_model(model, lora_config(method_cfg, model, head))

@@ -14,7 +14,6 @@ runs on CPU and CUDA.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from tunesmith.errors import RunError
 from tunesmith.infer.batching import TokenData
 from tunesmith.infer.loss import LossFn, causal_lm_loss, evaluate_loss
 from tunesmith.models.memory import fit_micro_batch, plan_memory
+from tunesmith.runs import RunDir
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.batching import batches_per_epoch, iter_batches
 from tunesmith.train.ema import WeightAverage
@@ -131,7 +131,8 @@ def train_loop(
         num_warmup_steps=cfg.warmup_steps,
         num_training_steps=total_steps,
     )
-    ckpt_root, best_dir = run_dir / "checkpoints", run_dir / "checkpoints" / "best"
+    ckpt_root = RunDir(run_dir).checkpoints
+    best_dir = ckpt_root / "best"
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     averaged = ema.shadow if ema is not None else None  # what checkpoints save and restore of it
     state = ckpt.TrainState()
@@ -142,7 +143,7 @@ def train_loop(
             if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
                 state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
             print(f"tunesmith: resuming from {found[-1]} (step {state.step}/{total_steps})")
-    log = MetricsLog(run_dir / "metrics.jsonl", truncate_after=state.step if resume else 0)
+    log = MetricsLog(RunDir(run_dir).metrics, truncate_after=state.step if resume else 0)
     result = TrainResult(steps=state.step, total_steps=total_steps)
     stream = _micro_batches(train_data, cfg, seed, pad_id, state)
     splits = 1  # each micro-batch runs in this many row chunks; doubled on CUDA out-of-memory
@@ -397,10 +398,3 @@ def _evaluate_and_track(
         print(f"\ntunesmith: early stopping at step {state.step}: no improvement for {patience} evaluations")
         return True
     return False
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -190,6 +190,7 @@ class Paraphraser:
         self.batch_size = batch_size
 
     def _load(self) -> None:
+        # deferred: torch loads only to paraphrase (the data tools stay torch-free)
         from tunesmith.models.loading import load_causal_lm, load_tokenizer
 
         if self.tokenizer is None:
@@ -209,6 +210,7 @@ class Paraphraser:
         """Paraphrase each ``(text, noun, k)``; returns the cleaned replies in order."""
         if not requests:
             return []
+        # deferred: torch loads only to paraphrase (the data tools stay torch-free)
         from tunesmith.infer.generate import generate_texts
 
         if self.model is None or self.tokenizer is None:

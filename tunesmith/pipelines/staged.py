@@ -1,6 +1,7 @@
-"""Sequential and multi-task runs: ``stages:`` trained one after another, each from the previous result.
+"""The ``staged`` run kind: sequential and multi-task runs, ``stages:`` trained one after another, each from
+the previous result.
 
-``api.train`` hands a config with ``stages`` or ``data.tasks`` here. A stage's ``data``/``train`` sections
+A config with ``stages`` or ``data.tasks`` runs as this kind. A stage's ``data``/``train`` sections
 override the top-level ones key by key; its data may itself be multi-task. Stage k continues training the
 same in-memory model (for LoRA the same adapter) with a fresh optimizer and schedule. After each stage the
 validation sets of all stages so far are evaluated; the main metric (macro-F1, token F1 or perplexity)
@@ -21,6 +22,7 @@ retrained, their end weights are reloaded, and the interrupted stage continues f
 from __future__ import annotations
 
 import json
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,28 +30,36 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from tunesmith.config import DataConfig, RunConfig, TrainConfig, _format_errors, dump_config
+from tunesmith.config import DataConfig, RunConfig, TrainConfig, format_errors
+from tunesmith.data.mixing import replay_count
 from tunesmith.errors import ConfigError
-from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from tunesmith.methods import optimizer_for
-from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.loop import TokenData, TrainResult, train_loop
-from tunesmith.train.multitask import (
+from tunesmith.evaluate.evidence import after_training, before_training
+from tunesmith.infer.batching import TokenData
+from tunesmith.io import write_json_atomic, write_jsonl_atomic
+from tunesmith.methods import METHODS, count_parameters, load_trained, optimizer_for, prepare_model
+from tunesmith.pipelines.base import Fit, Pipeline, Run, data_hashes, seed_everything, summarise
+from tunesmith.pipelines.lm import evaluate as evaluate_lm
+from tunesmith.pipelines.lm import load_start_model
+from tunesmith.pipelines.multitask import (
     MAIN_METRIC,
     TaskData,
     cached_base_eval,
     evaluate_tasks,
     main_score,
     mix_tasks,
+    prepare_tasks,
     task_table,
     validation_rows,
 )
+from tunesmith.runs import RunDir, Summary, save_trained
+from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.loop import TrainResult, train_loop
 
 
 @dataclass
 class Stage:
     name: str
-    dir: Path
+    dir: RunDir
     data_cfg: DataConfig
     train_cfg: TrainConfig
     replay: float
@@ -75,7 +85,7 @@ def _merged(model: type[BaseModel], top: BaseModel, override: BaseModel, where: 
     try:
         return model.model_validate(merge(raw, over))
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, where)) from None
+        raise ConfigError(format_errors(err, where)) from None
 
 
 def plan_stages(cfg: RunConfig) -> list[tuple[str, DataConfig, TrainConfig, float]]:
@@ -93,15 +103,13 @@ def plan_stages(cfg: RunConfig) -> list[tuple[str, DataConfig, TrainConfig, floa
     ]
 
 
-def _prepare_stages(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> list[Stage]:
+def _prepare_stages(cfg: RunConfig, tokenizer: Any, run_dir: RunDir) -> list[Stage]:
     """Every stage's data, prepared before any training so a bad file fails in seconds, not hours."""
-    from tunesmith.train.multitask import prepare_tasks
-
     planned = plan_stages(cfg)
     stages = []
     for k, (name, data_cfg, train_cfg, replay) in enumerate(planned):
-        stage_dir = run_dir if len(planned) == 1 else run_dir / "stages" / f"{k + 1:02d}-{name}"
-        tasks = prepare_tasks(cfg, data_cfg, tokenizer, run_dir / "prepared" / name, default_name=name)
+        stage_dir = run_dir if len(planned) == 1 else run_dir.stage(k, name)
+        tasks = prepare_tasks(cfg, data_cfg, tokenizer, run_dir.prepared / name, default_name=name)
         if len(planned) > 1 and data_cfg.tasks:  # eval-set names stay unique across stages
             for t in tasks:
                 t.name = f"{name}.{t.name}"
@@ -114,10 +122,6 @@ def _prepare_stages(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> list[Stage
 
 def _replay_rows(earlier: TokenData, fraction: float, seed: int) -> TokenData:
     """``replay_count`` of the earlier stages' rows, drawn seeded without replacement."""
-    import random
-
-    from tunesmith.data.mixing import replay_count
-
     n = replay_count(len(earlier.input_ids), fraction)
     picks = sorted(random.Random(seed).sample(range(len(earlier.input_ids)), n))
     return TokenData([earlier.input_ids[i] for i in picks], [earlier.labels[i] for i in picks])
@@ -176,26 +180,25 @@ def forgetting_matrix(
     }
 
 
-def _combine_metrics(run_dir: Path, stages: list[Stage]) -> None:
+def _combine_metrics(run_dir: RunDir, stages: list[Stage]) -> None:
     """The stages' metrics.jsonl as one run-level log (steps continue across stages) for the loss curves."""
     rows, offset = [], 0
     for s in stages:
-        path = s.dir / "metrics.jsonl"
-        if not path.exists():
+        if not s.dir.metrics.exists():
             break
-        stage_rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        stage_rows = s.dir.read_metrics()
         rows += [{**r, "step": r.get("step", 0) + offset, "stage": s.name} for r in stage_rows]
         offset += max((r.get("step", 0) for r in stage_rows), default=0)
-    write_jsonl_atomic(run_dir / "metrics.jsonl", rows)
+    write_jsonl_atomic(run_dir.metrics, rows)
 
 
 def _train_stage(
     stage: Stage, k: int, model: Any, tokenizer: Any, rows: TokenData, cfg: RunConfig, resume: bool
 ) -> tuple[TrainResult | None, dict[str, Any] | None]:
     """(loop result, None), or for a stage finished earlier and ``resume``: (None, its stage.json)."""
-    done = stage.dir / "stage.json"
+    done = stage.dir.stage_record
     if resume and cfg.stages and len(cfg.stages) > 1 and done.exists():
-        ckpt.restore_weights(stage.dir / "end", model)
+        ckpt.restore_weights(stage.dir.stage_end, model)
         print(f"tunesmith: stage {stage.name} finished earlier; reloaded its end weights")
         return None, json.loads(done.read_text(encoding="utf-8"))
     print(f"tunesmith: stage {k + 1} ({stage.name}): {len(rows.input_ids)} training rows")
@@ -205,7 +208,7 @@ def _train_stage(
         validation_rows(stage.tasks),
         stage.train_cfg,
         seed=cfg.seed,
-        run_dir=stage.dir,
+        run_dir=stage.dir.path,
         pad_id=tokenizer.pad_token_id,
         resume=resume,
         make_optimizer=optimizer_for(cfg.method),
@@ -213,89 +216,116 @@ def _train_stage(
     return result, None
 
 
-def train_stages(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
-    """Train a multi-task or sequential run end to end; returns the summary (also in summary.json)."""
-    from tunesmith.api import _load_start_model, seed_everything
-    from tunesmith.methods import prepare_model, runner
-    from tunesmith.models.loading import load_tokenizer
-    from tunesmith.runs import save_trained
+class StagedPipeline(Pipeline):
+    """Multi-task and sequential runs: every stage's data first, then the stages in order on one model."""
 
-    if runner(cfg.method.name) is not None:
-        raise ConfigError(
-            f"method {cfg.method.name} trains outside the training loop; data.tasks and stages need a loop "
-            "method (lora, full, freeze, ...)"
-        )
-    if getattr(cfg.model, "head", "lm") != "lm":
-        raise ConfigError(
-            "model.head: classification is not supported with data.tasks or stages yet (each task would need "
-            "its own head); use model.head: lm, which scores each task's labels by log-likelihood"
-        )
-    t_start = time.perf_counter()
-    seed_everything(cfg.seed)
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-    tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-    stages = _prepare_stages(cfg, tokenizer, run_dir)
-    write_json_atomic(run_dir / "data_report.json", _data_report(stages))
-    all_sets = [t for s in stages for t in s.tasks]
-    model = _load_start_model(cfg)
-    t_eval = time.perf_counter()
-    base = {}
-    if cfg.eval.compare_base:
-        base = cached_base_eval(run_dir / "base_eval_tasks.json", model, tokenizer, all_sets, cfg)
-    before = _evidence_before(run_dir, model, tokenizer, all_sets[0], cfg)
-    timings = {"base_eval_s": time.perf_counter() - t_eval, "train_s": 0.0, "tuned_eval_s": 0.0}
-    seed_everything(cfg.seed)  # training randomness must not depend on whether the base was evaluated
-    model = prepare_model(model, cfg.method)
-    earlier = TokenData([], [])
-    after: list[dict[str, Any]] = []
-    records: list[dict[str, Any]] = []
-    result: TrainResult | None = None
-    for k, stage in enumerate(stages):
-        own, mix_report = mix_tasks(stage.tasks, stage.data_cfg, cfg.seed + k)
-        replayed = _replay_rows(earlier, stage.replay, cfg.seed + k) if stage.replay else TokenData([], [])
-        rows = TokenData(own.input_ids + replayed.input_ids, own.labels + replayed.labels)
-        stage_result, record = _train_stage(stage, k, model, tokenizer, rows, cfg, resume)
-        earlier = TokenData(earlier.input_ids + own.input_ids, earlier.labels + own.labels)
-        if record is None:
-            assert stage_result is not None
-            result = stage_result
-            timings["train_s"] += stage_result.train_seconds
-            if stage_result.interrupted:
-                break
-            t_eval = time.perf_counter()
-            last = k == len(stages) - 1
-            if len(stages) > 1:  # each stage's result stays loadable; end/ is what a resumed run reloads
-                save_trained(model, tokenizer, stage.dir)
-                ckpt.save_weights(stage.dir / "end", model)
-            preds = (run_dir if last else stage.dir) / "predictions_tuned"
-            sets = [t for s in stages[: k + 1] for t in s.tasks]
-            record = _stage_record(
-                stage, stage_result, mix_report, rows, replayed, sets, model, tokenizer, preds
+    name = "staged"
+
+    def check(self, cfg: RunConfig) -> None:
+        if cfg.method.name not in METHODS:
+            raise ConfigError(
+                f"method {cfg.method.name} trains outside the training loop; data.tasks and stages need a "
+                "loop method (lora, full, freeze, ...)"
             )
-            timings["tuned_eval_s"] += time.perf_counter() - t_eval
-            if len(stages) > 1:
-                write_json_atomic(stage.dir / "stage.json", record)
-        records.append(record)
-        after.append(record["eval"])
-    interrupted = result is not None and result.interrupted
-    if len(stages) > 1:
-        _combine_metrics(run_dir, stages)
-    if not interrupted:
-        save_trained(model, tokenizer, run_dir)
-    timings["total_s"] = time.perf_counter() - t_start
-    summary = _summary(cfg, model, stages, all_sets, base, after, records, result, timings, interrupted)
-    if not interrupted and result is not None:
-        _evidence_after(summary, run_dir, model, tokenizer, all_sets[0], cfg, before, result)
-    write_json_atomic(run_dir / "summary.json", summary)
-    from tunesmith.report.html import write_report
+        if getattr(cfg.model, "head", "lm") != "lm":
+            raise ConfigError(
+                "model.head: classification is not supported with data.tasks or stages yet (each task would "
+                "need its own head); use model.head: lm, which scores each task's labels by log-likelihood"
+            )
 
-    write_report(run_dir)
-    return summary
+    def prepare(self, run: Run) -> list[Stage]:
+        stages = _prepare_stages(run.cfg, run.tokenizer, run.dir)
+        run.dir.write_data_report(_data_report(stages))
+        return stages
+
+    def start_model(self, run: Run, stages: list[Stage]) -> Any:
+        return load_start_model(run.cfg)
+
+    def baselines(self, run: Run, model: Any, stages: list[Stage]) -> dict[str, Any]:
+        cfg, all_sets = run.cfg, [t for s in stages for t in s.tasks]
+        base = {}
+        if cfg.eval.compare_base:
+            base = cached_base_eval(run.dir.base_eval_tasks, model, run.tokenizer, all_sets, cfg)
+        first = all_sets[0]
+        evidence = before_training(run.dir.path, model, run.tokenizer, first.data, first.task, _no_icl(cfg))
+        return {"base": base, "evidence": evidence}
+
+    def fit(self, run: Run, model: Any, stages: list[Stage]) -> Fit:
+        cfg, tokenizer = run.cfg, run.tokenizer
+        run.timings.update(train_s=0.0, tuned_eval_s=0.0)
+        seed_everything(cfg.seed)  # training randomness must not depend on whether the base was evaluated
+        model = prepare_model(model, cfg.method)
+        earlier = TokenData([], [])
+        after: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
+        result: TrainResult | None = None
+        for k, stage in enumerate(stages):
+            own, mix_report = mix_tasks(stage.tasks, stage.data_cfg, cfg.seed + k)
+            replayed = TokenData([], [])
+            if stage.replay:
+                replayed = _replay_rows(earlier, stage.replay, cfg.seed + k)
+            rows = TokenData(own.input_ids + replayed.input_ids, own.labels + replayed.labels)
+            stage_result, record = _train_stage(stage, k, model, tokenizer, rows, cfg, run.resume)
+            earlier = TokenData(earlier.input_ids + own.input_ids, earlier.labels + own.labels)
+            if record is None:
+                assert stage_result is not None
+                result = stage_result
+                run.timings["train_s"] += stage_result.train_seconds
+                if stage_result.interrupted:
+                    break
+                t_eval = time.perf_counter()
+                last = k == len(stages) - 1
+                if len(stages) > 1:  # each stage's result stays loadable; end/ is what a resumed run reloads
+                    save_trained(model, tokenizer, stage.dir.path)
+                    ckpt.save_weights(stage.dir.stage_end, model)
+                preds = (run.dir if last else stage.dir).predictions("tuned")
+                sets = [t for s in stages[: k + 1] for t in s.tasks]
+                record = _stage_record(
+                    stage, stage_result, mix_report, rows, replayed, sets, model, tokenizer, preds
+                )
+                run.timings["tuned_eval_s"] += time.perf_counter() - t_eval
+                if len(stages) > 1:
+                    write_json_atomic(stage.dir.stage_record, record)
+            records.append(record)
+            after.append(record["eval"])
+        interrupted = result is not None and result.interrupted
+        if len(stages) > 1:
+            _combine_metrics(run.dir, stages)
+        return Fit(model, result, interrupted, {"after": after, "records": records})
+
+    def save(self, run: Run, fit: Fit) -> None:
+        save_trained(fit.model, run.tokenizer, run.dir.path)
+
+    def summarise(self, run: Run, fit: Fit, stages: list[Stage], evals: dict[str, Any]) -> Summary:
+        return _summary(run, fit, stages)
+
+    def evidence(self, run: Run, fit: Fit, stages: list[Stage], before: Any, evals: dict[str, Any]) -> Any:
+        """Forgetting probes, overfitting flag and gates, as for a plain run (on the first eval set)."""
+        if fit.result is None:
+            return None
+        first = stages[0].tasks[0]
+        return after_training(
+            run.dir.path,
+            fit.model,
+            run.tokenizer,
+            first.data,
+            first.task,
+            _no_icl(run.cfg),
+            before["evidence"],
+            {},
+            fit.result,
+        )
 
 
-def evaluate_stages(model: Any, tokenizer: Any, cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a finished staged run: on ``data`` as an lm run, else on every eval set's own splits."""
+    if data is not None:
+        return evaluate_lm(run_dir, data)
+    model, tokenizer, cfg = load_trained(run_dir)
+    return evaluate_stages(model, tokenizer, cfg, RunDir(run_dir))
+
+
+def evaluate_stages(model: Any, tokenizer: Any, cfg: RunConfig, run_dir: RunDir) -> dict[str, Any]:
     """A finished run's model on every task's / stage's own validation and test split (``tunesmith eval``).
 
     Returns ``{eval set: {split: metrics}}``.
@@ -329,22 +359,10 @@ def _stage_record(
     }
 
 
-def _summary(
-    cfg: RunConfig,
-    model: Any,
-    stages: list[Stage],
-    all_sets: list[TaskData],
-    base: dict[str, Any],
-    after: list[dict[str, Any]],
-    records: list[dict[str, Any]],
-    result: TrainResult | None,
-    timings: dict[str, float],
-    interrupted: bool,
-) -> dict[str, Any]:
-    from tunesmith.api import _versions
-    from tunesmith.methods import count_parameters
-
-    trainable, total = count_parameters(model)
+def _summary(run: Run, fit: Fit, stages: list[Stage]) -> Summary:
+    cfg, base = run.cfg, run.before["base"]
+    after, records, result = fit.extra["after"], fit.extra["records"], fit.result
+    all_sets = [t for s in stages for t in s.tasks]
     final = after[-1] if after and len(after) == len(stages) else {}
     evals = {
         f"{t.name}/{split}": ({"base": base.get(t.name, {}).get(split)} if base else {}) | {"tuned": m}
@@ -352,30 +370,24 @@ def _summary(
         for split, m in final.get(t.name, {}).items()
     }
     kinds = sorted({t.task for t in all_sets})
-    summary: dict[str, Any] = {
-        "name": cfg.name,
-        "status": "interrupted" if interrupted else "completed",
-        "method": cfg.method.name,
-        "model": cfg.model.name,
-        "task": kinds[0] if len(kinds) == 1 else "mixed",
-        "trainable_params": trainable,
-        "total_params": total,
-        "eval": evals,
-        "tasks": task_table(all_sets, base, final),
-        "train": {
-            "steps": sum(r["steps"] for r in records),
-            "stages": len(records),
-            "last_stage_steps": result.steps if result else None,
-        },
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-        "peak_memory_mb": result.peak_memory_mb if result else None,
-        "versions": _versions(),
-        "data_hashes": {
-            f"{t.name}/{k}": v.get("sha256")
-            for t in all_sets
-            for k, v in t.data.report.get("files", {}).items()
-        },
+    train = {
+        "steps": sum(r["steps"] for r in records),
+        "stages": len(records),
+        "last_stage_steps": result.steps if result else None,
     }
+    hashes = {f"{t.name}/{k}": v for t in all_sets for k, v in data_hashes(t.data).items()}
+    summary = summarise(
+        cfg,
+        task=kinds[0] if len(kinds) == 1 else "mixed",
+        params=count_parameters(fit.model),
+        evals=evals,
+        train=train,
+        timings=run.timings,
+        peak_memory_mb=result.peak_memory_mb if result else None,
+        hashes=hashes,
+        interrupted=fit.interrupted,
+        before_train={"tasks": task_table(all_sets, base, final)},
+    )
     if len(stages) > 1:
         summary["stages"] = [{k: v for k, v in r.items() if k != "eval"} for r in records]
         summary["forgetting_matrix"] = forgetting_matrix(stages, after, base)
@@ -389,28 +401,3 @@ def _no_icl(cfg: RunConfig) -> RunConfig:
     # cost a base evaluation per k and task, so multi-task and sequential runs skip them (gates.min_gain
     # then reports that no baseline was evaluated).
     return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"icl_shots": []})})
-
-
-def _evidence_before(run_dir: Path, model: Any, tokenizer: Any, first: TaskData, cfg: RunConfig) -> Any:
-    from tunesmith.evaluate.evidence import before_training
-
-    return before_training(run_dir, model, tokenizer, first.data, first.task, _no_icl(cfg))
-
-
-def _evidence_after(
-    summary: dict[str, Any],
-    run_dir: Path,
-    model: Any,
-    tokenizer: Any,
-    first: TaskData,
-    cfg: RunConfig,
-    before: Any,
-    result: TrainResult,
-) -> None:
-    """Forgetting probes, overfitting flag and gates, as for a plain run."""
-    from tunesmith.evaluate.evidence import after_training, apply_evidence
-
-    sections = after_training(
-        run_dir, model, tokenizer, first.data, first.task, _no_icl(cfg), before, {}, result
-    )
-    apply_evidence(summary, sections)

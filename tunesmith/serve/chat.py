@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunesmith.infer.generate import generate_texts
+from tunesmith.methods import load_trained
 
 
 def chat_loop(run_dir: str | Path, max_new_tokens: int = 128) -> None:
     """Read a line, answer with the tuned model, keep the conversation; empty line or Ctrl-D ends."""
-    from tunesmith.runs import load_trained
-
     model, tokenizer, cfg = load_trained(run_dir)
     messages: list[dict[str, str]] = []
     if cfg.data.system_prompt is not None:  # "" is a real (empty) system turn, as in training

@@ -7,12 +7,12 @@ on each (so formats, chat rendering, loss masks and the tokenized cache are the 
 :func:`mix_tasks` draws the training rows by the configured mixing (tunesmith/data/mixing.py), and
 :func:`evaluate_tasks` scores each task's validation/test split with its own labels and prompt::
 
-    tasks = prepare_tasks(cfg, cfg.data, tokenizer, run_dir / "prepared", default_name="main")
+    tasks = prepare_tasks(cfg, cfg.data, tokenizer, run_dir.prepared, default_name="main")
     train_rows, mix_report = mix_tasks(tasks, cfg.data, cfg.seed)
-    scores = evaluate_tasks(model, tokenizer, tasks, run_dir / "predictions_tuned")
+    scores = evaluate_tasks(model, tokenizer, tasks, run_dir.predictions("tuned"))
 
-The orchestration (training, base vs tuned, summary) is in tunesmith/sequential.py: a multi-task run is a
-one-stage sequential run.
+The orchestration (training, base vs tuned, summary) is the staged run kind (tunesmith/pipelines/staged.py):
+a multi-task run is a one-stage sequential run.
 """
 
 from __future__ import annotations
@@ -27,10 +27,12 @@ from typing import Any
 from tunesmith.config import DataConfig, RunConfig
 from tunesmith.data.mixing import draw_rows, mixing_probabilities, quota_counts
 from tunesmith.data.prepare import PreparedData, prepare_data
+from tunesmith.data.tools.pipeline import run_prepare_steps
 from tunesmith.errors import DataError
 from tunesmith.evaluate.runner import evaluate_split, resolve_task
 from tunesmith.infer.batching import TokenData
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
+from tunesmith.runs import RunDir
 
 MAIN_METRIC = {"classification": "f1_macro", "generation": "token_f1", "language_modeling": "perplexity"}
 """The one number per task in per-task tables and the forgetting matrix (perplexity: lower is better)."""
@@ -80,8 +82,6 @@ def prepare_tasks(
     Raises:
         DataError: as :func:`~tunesmith.data.prepare.prepare_data`, prefixed with the task's name.
     """
-    from tunesmith.data.tools.pipeline import run_prepare_steps
-
     tasks = []
     for name, task_cfg, weight in task_data_configs(data_cfg):
         name = name or default_name
@@ -191,7 +191,7 @@ def cached_base_eval(
         if cached.get("key") == key:
             return cached["metrics"]
     print("tunesmith: evaluating the base model on every task")
-    metrics = evaluate_tasks(model, tokenizer, tasks, save_as=path.parent / "predictions_base")
+    metrics = evaluate_tasks(model, tokenizer, tasks, save_as=RunDir(path.parent).predictions("base"))
     write_json_atomic(path, {"key": key, "metrics": metrics})
     return metrics
 

@@ -1,7 +1,9 @@
-"""Train, evaluate and predict with a sequence-classification head (``model.head: classification``).
+"""The ``head`` run kind: train, evaluate and predict with a sequence-classification head
+(``model.head: classification``).
 
-``api.train/evaluate/predict`` hand head runs here. Training is the one loop (:func:`train_loop`) with
-:func:`~tunesmith.train.losses.sequence_classification_loss`; everything else is a head run's own::
+Training is the one loop (:func:`train_loop`) with
+:func:`~tunesmith.train.losses.sequence_classification_loss`; the model side (loading, the new ``score``
+layer, applying the method) is :mod:`tunesmith.methods.seq_cls`::
 
     tunesmith train recipes/tweeteval-emotion-head.yaml
     tunesmith predict runs/tweeteval-emotion-head --data tweets.txt --out labels.txt   # one id per line
@@ -24,17 +26,30 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunesmith.config import RunConfig, dump_config
+from tunesmith.config import RunConfig
 from tunesmith.data.prepare import PreparedData, Split, prepare_data
+from tunesmith.evaluate.evidence import after_training
+from tunesmith.evaluate.metrics import classification_metrics
+from tunesmith.evaluate.runner import cap, head_probs
+from tunesmith.infer.batching import TokenData
 from tunesmith.infer.generate import head_logits
-from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
-from tunesmith.methods import optimizer_for
-from tunesmith.methods.seq_cls import (
-    check_supported,
-    label_names_of,
-    prepare_head,
-    start_model,
+from tunesmith.io import write_jsonl_atomic
+from tunesmith.methods import load_trained, optimizer_for
+from tunesmith.methods.seq_cls import check_supported, prepare_head, start_model
+from tunesmith.pipelines.base import (
+    Fit,
+    Pipeline,
+    Run,
+    apply_prepare_steps,
+    loop_summary,
+    print_data_report,
+    read_texts,
+    seed_everything,
+    write_predictions,
 )
+from tunesmith.runs import RunDir, Summary, save_trained
+from tunesmith.train.loop import train_loop
+from tunesmith.train.losses import sequence_classification_loss
 
 BASE_NOTE = (
     "not evaluated: the classification head starts random, so the base model has no classifier to compare "
@@ -47,9 +62,7 @@ def evaluate_head_split(
     model: Any, split: Split, label_names: list[str], pad_id: int, cfg: RunConfig
 ) -> tuple[dict[str, Any], list[int]]:
     """Accuracy, macro P/R/F1, per-class F1, confusion matrix and mean cross-entropy; plus the predictions."""
-    from tunesmith.evaluate.runner import _cap
-
-    split = _cap(split, cfg.eval.max_examples)
+    split = cap(split, cfg.eval.max_examples)
     return score_head(model, split, label_names, pad_id, cfg.eval.batch_size)
 
 
@@ -63,8 +76,6 @@ def score_head(
 ) -> tuple[dict[str, Any], list[int]]:
     """One forward over a labelled split: classification metrics plus ``loss``, the mean cross-entropy per
     example (class-weighted when ``weights`` are given, as the head trains), and the predicted ids."""
-    from tunesmith.evaluate.metrics import classification_metrics
-
     logits = head_logits(model, split.input_ids, pad_id, batch_size)
     y_true = [int(ex.label) for ex in split.examples]  # type: ignore[arg-type]
     predicted = logits.argmax(dim=-1).tolist()
@@ -107,74 +118,87 @@ def _eval_splits(data: PreparedData) -> dict[str, Split]:
     }
 
 
-def train(cfg: RunConfig, resume: bool = False) -> dict[str, Any]:
+class HeadPipeline(Pipeline):
     """Prepare the data (text alone, class id at the last token), train the head, save, evaluate, report."""
-    from tunesmith.api import _print_data_report, _run_prepare_steps, _summary, seed_everything
-    from tunesmith.evaluate.evidence import after_training, apply_evidence
-    from tunesmith.models.loading import load_tokenizer
-    from tunesmith.runs import save_trained
-    from tunesmith.train.loop import TokenData, train_loop
-    from tunesmith.train.losses import sequence_classification_loss
 
-    check_supported(cfg)
-    t_start = time.perf_counter()
-    run_dir = cfg.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", dump_config(cfg))
-    tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-    data_cfg, prepare_reports = _run_prepare_steps(cfg, run_dir)
-    data = prepare_data(data_cfg, tokenizer, cfg.seed, head="classification")
-    if prepare_reports:
-        data.report["prepare"] = prepare_reports
-    write_json_atomic(run_dir / "data_report.json", data.report)
-    _print_data_report(data.report)
-    assert data.label_names is not None  # classification data always has label names
-    seed_everything(cfg.seed)  # the new head's initialisation (and LoRA's) follows the run seed
-    model = prepare_head(start_model(cfg, data.label_names, tokenizer), cfg.method)
-    val = data.validation
-    weights = class_weights(data.train.labels, len(data.label_names), cfg.train.class_weights)
-    result = train_loop(
-        model,
-        TokenData(data.train.input_ids, data.train.labels),
-        TokenData(val.input_ids, val.labels) if val is not None and len(val) else None,
-        cfg.train,
-        seed=cfg.seed,
-        run_dir=run_dir,
-        pad_id=tokenizer.pad_token_id,
-        resume=resume,
-        loss_fn=functools.partial(sequence_classification_loss, class_weights=weights),
-        make_optimizer=optimizer_for(cfg.method),
-        val_metrics=head_val_metrics(val, data.label_names, tokenizer.pad_token_id, weights)
-        if val is not None and len(val)
-        else None,
-    )
-    timings = {"train_s": result.train_seconds}
-    evals: dict[str, dict[str, Any]] = {}
-    if not result.interrupted:
-        save_trained(model, tokenizer, run_dir)
+    name = "head"
+    seed_first = False  # the run seed is set where the new head is initialised (start_model)
+
+    def check(self, cfg: RunConfig) -> None:
+        check_supported(cfg)
+
+    def prepare(self, run: Run) -> PreparedData:
+        cfg = run.cfg
+        data_cfg, prepare_reports = apply_prepare_steps(cfg, run.dir)
+        data = prepare_data(data_cfg, run.tokenizer, cfg.seed, head="classification")
+        if prepare_reports:
+            data.report["prepare"] = prepare_reports
+        run.dir.write_data_report(data.report)
+        print_data_report(data.report)
+        assert data.label_names is not None  # classification data always has label names
+        run.task = "classification"
+        return data
+
+    def start_model(self, run: Run, data: PreparedData) -> Any:
+        seed_everything(run.cfg.seed)  # the new head's initialisation (and LoRA's) follows the run seed
+        assert data.label_names is not None
+        return prepare_head(start_model(run.cfg, data.label_names, run.tokenizer), run.cfg.method)
+
+    def fit(self, run: Run, model: Any, data: PreparedData) -> Fit:
+        cfg, pad_id = run.cfg, run.tokenizer.pad_token_id
+        assert data.label_names is not None
+        val = data.validation
+        weights = class_weights(data.train.labels, len(data.label_names), cfg.train.class_weights)
+        result = train_loop(
+            model,
+            TokenData(data.train.input_ids, data.train.labels),
+            TokenData(val.input_ids, val.labels) if val is not None and len(val) else None,
+            cfg.train,
+            seed=cfg.seed,
+            run_dir=run.dir.path,
+            pad_id=pad_id,
+            resume=run.resume,
+            loss_fn=functools.partial(sequence_classification_loss, class_weights=weights),
+            make_optimizer=optimizer_for(cfg.method),
+            val_metrics=head_val_metrics(val, data.label_names, pad_id, weights)
+            if val is not None and len(val)
+            else None,
+        )
+        run.timings["train_s"] = result.train_seconds
+        return Fit(model, result, result.interrupted, {"weights": weights})
+
+    def save(self, run: Run, fit: Fit) -> None:
+        save_trained(fit.model, run.tokenizer, run.dir.path)
+
+    def evaluate(self, run: Run, fit: Fit, data: PreparedData, before: Any) -> dict[str, Any]:
+        assert data.label_names is not None
         t_eval = time.perf_counter()
+        evals: dict[str, Any] = {}
         for name, split in _eval_splits(data).items():
             metrics, predicted = evaluate_head_split(
-                model, split, data.label_names, tokenizer.pad_token_id, cfg
+                fit.model, split, data.label_names, run.tokenizer.pad_token_id, run.cfg
             )
             evals[name] = {"tuned": metrics}
-            write_jsonl_atomic(run_dir / f"predictions_tuned_{name}.jsonl", [{"label": p} for p in predicted])
-        timings["tuned_eval_s"] = time.perf_counter() - t_eval
-    timings["total_s"] = time.perf_counter() - t_start
-    summary = _summary(cfg, "classification", model, result, evals, data, timings)
-    summary["head"] = {"type": "classification", "labels": data.label_names, "base": BASE_NOTE}
-    summary["head"]["skipped"] = SKIPPED_NOTE
-    summary["head"]["class_weights"] = None if weights is None else [round(float(w), 6) for w in weights]
-    if not result.interrupted:
-        tuned = {split: v["tuned"] for split, v in evals.items()}
-        apply_evidence(
-            summary, after_training(run_dir, model, tokenizer, data, "classification", cfg, {}, tuned, result)
-        )
-    write_json_atomic(run_dir / "summary.json", summary)
-    from tunesmith.report.html import write_report
+            path = f"{run.dir.predictions('tuned')}_{name}.jsonl"
+            write_jsonl_atomic(path, [{"label": p} for p in predicted])
+        run.timings["tuned_eval_s"] = time.perf_counter() - t_eval
+        return evals
 
-    write_report(run_dir)
-    return summary
+    def summarise(self, run: Run, fit: Fit, data: PreparedData, evals: dict[str, Any]) -> Summary:
+        assert fit.result is not None
+        summary = loop_summary(run, fit.model, "classification", fit.result, evals, data)
+        weights = fit.extra["weights"]
+        summary["head"] = {"type": "classification", "labels": data.label_names, "base": BASE_NOTE}
+        summary["head"]["skipped"] = SKIPPED_NOTE
+        summary["head"]["class_weights"] = None if weights is None else [round(float(w), 6) for w in weights]
+        return summary
+
+    def evidence(self, run: Run, fit: Fit, data: PreparedData, before: Any, evals: dict[str, Any]) -> Any:
+        """The overfitting check and the gates (no in-context baselines or probes: see the module doc)."""
+        tuned = {split: v["tuned"] for split, v in evals.items()}
+        return after_training(
+            run.dir.path, fit.model, run.tokenizer, data, "classification", run.cfg, {}, tuned, fit.result
+        )
 
 
 def _prepare_file(cfg: RunConfig, tokenizer: Any, path: str | Path, label_names: list[str]) -> Split:
@@ -186,10 +210,8 @@ def _prepare_file(cfg: RunConfig, tokenizer: Any, path: str | Path, label_names:
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     """Metrics of a finished head run on ``data`` (default: the run's own validation/test splits)."""
-    from tunesmith.runs import load_trained
-
     model, tokenizer, cfg = load_trained(run_dir)
-    label_names = label_names_of(run_dir)
+    label_names = RunDir(run_dir).require_label_names()
     if data is not None:
         splits = {"validation": _prepare_file(cfg, tokenizer, data, label_names)}
     else:
@@ -198,25 +220,11 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
     return {name: evaluate_head_split(model, s, label_names, pad_id, cfg)[0] for name, s in splits.items()}
 
 
-def head_probs(model: Any, tokenizer: Any, cfg: RunConfig, texts: list[str]) -> torch.Tensor:
-    """Class probabilities (n, labels) for raw texts, rendered as in training (the run's prefix and
-    suffix, truncated to ``data.max_length`` as training truncates)."""
-    from tunesmith.data.render import head_input_ids
-
-    prefix, suffix = cfg.data.prefix or "", cfg.data.suffix or ""  # training added them, so must we
-    ids = [head_input_ids(prefix + text, tokenizer, suffix, cfg.data.max_length) for text in texts]
-    return head_logits(model, ids, tokenizer.pad_token_id, cfg.eval.batch_size).softmax(dim=-1)
-
-
 def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "jsonl") -> Path:
     """One label per input in input order: ``fmt="labels"`` writes ids one per line, else JSONL with
     ``label``, ``label_name`` and ``probs``. Plain ``.txt`` is one text per line (blank lines too)."""
-    from tunesmith.api import write_predictions
-    from tunesmith.methods.feature_extraction import read_texts
-    from tunesmith.runs import load_trained
-
     model, tokenizer, cfg = load_trained(run_dir)
-    label_names = label_names_of(run_dir)
+    label_names = RunDir(run_dir).require_label_names()
     probs = head_probs(model, tokenizer, cfg, read_texts(data, cfg, label_names))
     rows = [
         {

@@ -19,6 +19,8 @@ from tunesmith.config import RunConfig, apply_overrides, config_from_dict, load_
 from tunesmith.data.formats import Example, read_source
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.io import write_bytes_atomic, write_json_atomic, write_jsonl_atomic
+from tunesmith.pipelines.registry import train
+from tunesmith.report.plots import figure, png
 
 
 def _row(ex: Example, label_names: list[str] | None) -> dict[str, Any]:
@@ -39,6 +41,7 @@ def fold_indices(
     Raises:
         DataError: Too few examples (or per-class examples) for ``folds`` folds, or a missing group value.
     """
+    # deferred: scikit-learn (~1 s to import) loads only for cross-validation
     from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
 
     n = len(examples)
@@ -90,9 +93,7 @@ def aggregate(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 def cv_plot_png(per_fold: list[dict[str, float]], metrics: list[str]) -> bytes:
     """Each fold's value as a dot and the mean ± std as a bar with error whiskers, one column per metric."""
-    from tunesmith.report.plots import _figure, _png
-
-    fig = _figure(max(5.0, 1.3 * len(metrics) + 2), 3.8)
+    fig = figure(max(5.0, 1.3 * len(metrics) + 2), 3.8)
     ax = fig.add_subplot()
     for m, metric in enumerate(metrics):
         values = [row[metric] for row in per_fold if metric in row]
@@ -102,15 +103,13 @@ def cv_plot_png(per_fold: list[dict[str, float]], metrics: list[str]) -> bytes:
     ax.set_xticks(range(len(metrics)), metrics)
     ax.set_ylabel("value (dots: folds; bar: mean ± std)")
     ax.grid(axis="y", alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def cross_validate(
     config: str | Path | None, folds: int, overrides: list[str] | None = None, group_column: str | None = None
 ) -> dict[str, Any]:
     """Train one run per fold and summarise; returns (and writes) ``cv_summary.json``'s content."""
-    from tunesmith.api import train
-
     cfg = load_config(config, overrides)
     if cfg.data.train is None:
         raise ConfigError("data.train is not set: cross-validation splits the training file")
