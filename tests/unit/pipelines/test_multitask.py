@@ -17,7 +17,7 @@ from tunesmith.data.render import render_prompt
 from tunesmith.errors import ConfigError
 from tunesmith.pipelines.multitask import mix_tasks, prepare_tasks
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "multi_task.yaml"
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "multi_task.yaml"
 
 
 def write_task(folder: Path, name: str, n_train: int, labels: list[str], seed: int) -> dict[str, str]:

@@ -23,7 +23,7 @@ from tunesmith.data.tools import (
     split_file,
 )
 
-EMOTION = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "tweeteval" / "emotion"
+EMOTION = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "tweeteval" / "emotion"
 TRAIN, VAL = EMOTION / "train_text.txt", EMOTION / "val_text.txt"
 
 

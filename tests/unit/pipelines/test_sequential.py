@@ -10,12 +10,12 @@ import torch
 import yaml
 
 import tunesmith.pipelines.staged as sequential
-from tests.unit.test_multitask import write_task
+from tests.unit.pipelines.test_multitask import write_task
 from tunesmith.api import train
 from tunesmith.config import config_from_dict, dump_config, load_config
 from tunesmith.errors import ConfigError
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "sequential.yaml"
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "sequential.yaml"
 
 
 def _raw(tmp_path, model_dir, first, second, replay=0.25):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_llama
-from tests.unit.test_train_loop import PAD, VOCAB, _cfg, _losses, _run
+from tests.unit.train.test_train_loop import PAD, VOCAB, _cfg, _losses, _run
 from tunesmith.config import FullMethod, LoraMethod
 from tunesmith.methods import prepare_model
 from tunesmith.models.memory import (

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_llama
-from tests.unit.test_methods import PAD, VOCAB, _data
+from tests.unit.methods.test_methods import PAD, VOCAB, _data
 from tunesmith.config import QloraMethod, RunConfig, TrainConfig, dump_config
 from tunesmith.errors import ModelError
 from tunesmith.methods import count_parameters, load_options, prepare_model

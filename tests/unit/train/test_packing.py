@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_llama
-from tests.unit.test_train_loop import PAD, VOCAB, _cfg, _data, _losses, _run
+from tests.unit.train.test_train_loop import PAD, VOCAB, _cfg, _data, _losses, _run
 from tunesmith.train.batching import collate, collate_packed, iter_batches, pack_rows
 from tunesmith.train.losses import causal_lm_loss, full_logits_loss
 

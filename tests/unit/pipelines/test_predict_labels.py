@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.unit.test_feature_extraction import _rows
+from tests.unit.methods.test_feature_extraction import _rows
 from tunesmith import cli
 from tunesmith.api import predict, train
 from tunesmith.config import load_config

@@ -9,7 +9,7 @@ import pytest
 from tunesmith.config import load_config
 from tunesmith.demo.run import TARGETS, demo_config, print_table, retained_share
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_recipe_equals_the_demo_config():

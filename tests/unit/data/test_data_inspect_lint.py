@@ -22,7 +22,7 @@ from tunesmith.data.tools.inspect import (
 from tunesmith.data.tools.lint import default_system_prompt, end_of_turn_token, format_lint, lint_file
 
 GSM8K = (
-    Path(__file__).resolve().parents[3]
+    Path(__file__).resolve().parents[4]
     / "shared"
     / "datasets"
     / "openai-format"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.unit.test_feature_extraction import _rows
+from tests.unit.methods.test_feature_extraction import _rows
 from tunesmith.api import train
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError

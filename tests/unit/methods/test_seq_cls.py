@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.unit.test_feature_extraction import _rows
+from tests.unit.methods.test_feature_extraction import _rows
 from tunesmith.config import (
     AdapterMethod,
     FreezeMethod,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_llama
-from tests.unit.test_train_loop import PAD, VOCAB, _cfg, _data, _losses
+from tests.unit.train.test_train_loop import PAD, VOCAB, _cfg, _data, _losses
 from tunesmith.config import FullMethod, TrainConfig
 from tunesmith.methods import prepare_model
 from tunesmith.train.loop import train_loop
