@@ -35,7 +35,7 @@ from tunesmith.errors import ConfigError, RunError  # noqa: E402
 from tunesmith.export import MANIFEST, export  # noqa: E402
 from tunesmith.export.gguf_export import GGUF_NAME  # noqa: E402
 from tunesmith.io import write_json_atomic  # noqa: E402
-from tunesmith.runs import load_trained  # noqa: E402
+from tunesmith.methods import load_trained  # noqa: E402
 
 CHATS = [
     ("What is the capital of France?", "The capital of France is Paris."),

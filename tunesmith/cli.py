@@ -36,7 +36,7 @@ def headline(summary: dict[str, Any]) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tunesmith.api import train
+    from tunesmith.api import train  # deferred: `tunesmith --help` loads no command
 
     summary = train(args.config, overrides=args.set, resume=args.resume)
     if summary["status"] == "interrupted":
@@ -44,7 +44,7 @@ def _train(args: argparse.Namespace) -> int:
     print(headline(summary))
     print(f"tunesmith: run directory runs/{summary['name']} (report.html, summary.json)")
     if summary["status"] == "failed":  # a gate failed: exit non-zero so a pipeline cannot promote the run
-        from tunesmith.evaluate.gates import GATE_EXIT_CODE
+        from tunesmith.evaluate.gates import GATE_EXIT_CODE  # deferred: `tunesmith --help` loads no command
 
         for reason in summary.get("gates", {}).get("failures", []):
             print(f"tunesmith: gate failed: {reason}", file=sys.stderr)
@@ -53,7 +53,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from tunesmith.api import evaluate
+    from tunesmith.api import evaluate  # deferred: `tunesmith --help` loads no command
 
     print(json.dumps(evaluate(args.run_dir, data=args.data), indent=2))
     return 0
@@ -69,7 +69,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from tunesmith.chat import chat_loop
+    from tunesmith.serve.chat import chat_loop  # deferred: `tunesmith --help` loads no command
 
     chat_loop(args.run_dir, max_new_tokens=args.max_new_tokens)
     return 0
@@ -144,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_demo)
 
+    # deferred: `tunesmith --help` loads no command
     from tunesmith.data.tools.cli import add_parser as add_data_parser
     from tunesmith.evaluate.cli import add_parser as add_evidence_parser
     from tunesmith.export.cli import add_parser as add_export_parser

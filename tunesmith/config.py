@@ -130,7 +130,7 @@ class DataConfig(Strict):
     tasks: list[TaskConfig] | None = Field(None, min_length=1)
     """Multi-task: several datasets mixed into one training set (instead of ``train``, ``validation``,
     ``test``); each is prepared with the settings above and evaluated on its own
-    (tunesmith/train/multitask.py)."""
+    (tunesmith/pipelines/multitask.py)."""
     mixing: Literal["proportional", "weights", "temperature"] = "proportional"
     """How tasks are mixed: by size (every row once), by ``tasks[].weight``, or p_i ~ n_i^(1/temperature).
     The mixed set has as many rows as the tasks together; a task drawn above its size repeats rows."""
@@ -430,7 +430,7 @@ class RunConfig(Strict):
     """Quality gates; a violated gate marks the run failed and ``tunesmith train`` exits 3."""
     stages: list[StageConfig] | None = Field(None, min_length=1)
     """Sequential training: stage k starts from stage k-1's model; after each stage the validation sets of
-    all stages so far are re-run into a forgetting matrix (tunesmith/sequential.py)."""
+    all stages so far are re-run into a forgetting matrix (tunesmith/pipelines/staged.py)."""
 
     @field_validator("stages")
     @classmethod
@@ -472,7 +472,7 @@ class RunConfig(Strict):
         return Path(self.output_dir) / self.name
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def format_errors(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
@@ -522,7 +522,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_errors(err, source)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:

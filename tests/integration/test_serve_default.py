@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tunesmith.config import RunConfig, dump_config
-from tunesmith.evaluate.generate import generate_texts
+from tunesmith.infer.generate import generate_texts
 from tunesmith.serve.app import ServeSettings, create_app
 from tunesmith.serve.models import load_registry
 from tunesmith.serve.server import ServerThread

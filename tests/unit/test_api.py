@@ -152,7 +152,7 @@ def test_malformed_training_file_stops_before_training(tmp_path, tiny_model_dir)
 def test_base_eval_cache_is_keyed_by_what_the_numbers_depend_on(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import tunesmith.api as api
+    import tunesmith.pipelines.lm as lm
     from tunesmith.config import config_from_dict
 
     calls: list[int] = []
@@ -161,15 +161,15 @@ def test_base_eval_cache_is_keyed_by_what_the_numbers_depend_on(tmp_path, monkey
         calls.append(1)
         return {"validation": {"exact_match": float(len(calls))}}
 
-    monkeypatch.setattr(api, "_evaluate_all", fake_eval)
+    monkeypatch.setattr(lm, "evaluate_all", fake_eval)
     data = SimpleNamespace(report={"files": {"train": "hash-a"}})
     cfg = config_from_dict({"data": {"train": "a.jsonl"}}, "test")
-    first = api._base_eval(tmp_path, None, None, data, "generation", cfg)
-    assert api._base_eval(tmp_path, None, None, data, "generation", cfg) == first  # cached
+    first = lm.base_eval(tmp_path, None, None, data, "generation", cfg)
+    assert lm.base_eval(tmp_path, None, None, data, "generation", cfg) == first  # cached
     other_data = SimpleNamespace(report={"files": {"train": "hash-b"}})
-    assert api._base_eval(tmp_path, None, None, other_data, "generation", cfg) != first
+    assert lm.base_eval(tmp_path, None, None, other_data, "generation", cfg) != first
     other_eval = config_from_dict({"data": {"train": "a.jsonl"}, "eval": {"max_new_tokens": 8}}, "test")
-    api._base_eval(tmp_path, None, None, other_data, "generation", other_eval)
+    lm.base_eval(tmp_path, None, None, other_data, "generation", other_eval)
     assert len(calls) == 3
 
 

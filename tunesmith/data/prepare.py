@@ -36,6 +36,7 @@ from tunesmith.data.render import (
 )
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.io import atomic_dir, write_json_atomic
+from tunesmith.models.loading import tunesmith_home
 
 CACHE_VERSION = 1
 """Bump when rendering or the cache layout changes, so old caches are not reused."""
@@ -96,8 +97,6 @@ def _file_sha256(path: str) -> str:
 
 
 def _cache_dir(key: str) -> Path:
-    from tunesmith.models.loading import tunesmith_home
-
     return tunesmith_home() / "cache" / "tokenized" / key
 
 
@@ -195,7 +194,7 @@ def _tokenize(
 
 
 def _save(directory: Path, splits: dict[str, Split | None], report: dict[str, Any]) -> None:
-    import pyarrow as pa
+    import pyarrow as pa  # deferred: pyarrow loads only for the tokenized cache
     import pyarrow.parquet as pq
 
     token_lists = pa.list_(pa.int32())
@@ -216,7 +215,7 @@ def _save(directory: Path, splits: dict[str, Split | None], report: dict[str, An
 
 def _load(directory: Path) -> tuple[dict[str, Split | None], dict[str, Any]] | None:
     """The cached splits and report, or None when absent or unreadable (then it is rebuilt)."""
-    import pyarrow as pa
+    import pyarrow as pa  # deferred: pyarrow loads only for the tokenized cache
     import pyarrow.parquet as pq
 
     report_path = directory / "report.json"

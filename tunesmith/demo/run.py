@@ -73,7 +73,7 @@ def general_check(model: Any, tokenizer: Any, questions: list[dict[str, Any]], t
     """Share of general questions answered right, and perplexity on general prose."""
     import torch
 
-    from tunesmith.evaluate.generate import generate_texts, model_device
+    from tunesmith.infer.generate import generate_texts, model_device
 
     prompts = [
         tokenizer.apply_chat_template(
@@ -113,7 +113,7 @@ def _store_accuracy(run_dir: Path, rows: list[dict[str, Any]], which: str) -> fl
 
 def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False) -> dict[str, Any]:
     """Run the whole demo; returns (and writes to ``demo_result.json``) the before/after numbers."""
-    from tunesmith.runs import load_trained
+    from tunesmith.methods import load_trained
 
     t0 = time.perf_counter()
     out = Path(out_dir)

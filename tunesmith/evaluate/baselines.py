@@ -29,8 +29,8 @@ from tunesmith.data.formats import Example
 from tunesmith.data.prepare import Split
 from tunesmith.data.render import _label_prompt, reference_text, render_prompt
 from tunesmith.evaluate.bootstrap import paired_bootstrap
-from tunesmith.evaluate.generate import generate_texts, label_log_likelihoods
 from tunesmith.evaluate.metrics import classification_metrics, generation_metrics, token_f1
+from tunesmith.infer.generate import generate_texts, label_log_likelihoods, label_token_ids
 from tunesmith.io import write_json_atomic
 
 PRIMARY_METRIC = {"classification": "f1_macro", "generation": "token_f1"}
@@ -85,8 +85,6 @@ def evaluate_icl(
     ]
     if task == "classification":
         assert label_names is not None
-        from tunesmith.evaluate.runner import label_token_ids
-
         scores = label_log_likelihoods(
             model,
             prompts,

@@ -28,12 +28,17 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tunesmith.data.formats import Example
+from tunesmith.data.formats import Example, read_source
 from tunesmith.data.prepare import Split
 from tunesmith.data.render import reference_text
 from tunesmith.errors import DataError
 from tunesmith.evaluate.metrics import normalize_answer, token_f1
+from tunesmith.evaluate.runner import cap, classify, head_probs, predict_texts, resolve_task
 from tunesmith.io import write_json_atomic
+from tunesmith.methods import load_trained
+from tunesmith.models.loading import load_causal_lm
+from tunesmith.report.html import write_report
+from tunesmith.runs import RunDir
 
 Predictor = Callable[[list[Example]], tuple[list[Any], list[list[float]] | None]]
 """Predictions for examples: label ids with probabilities (classification) or texts with None."""
@@ -136,15 +141,24 @@ def group_metrics(
     }
 
 
-def _predictor(model: Any, tokenizer: Any, cfg: Any, task: str, label_names: list[str] | None) -> Predictor:
-    from tunesmith.evaluate.runner import classify, predict_texts
+def _head_predictor(
+    model: Any, tokenizer: Any, cfg: Any, task: str, label_names: list[str] | None
+) -> Predictor:
+    """A classification head's predictions: the argmax of its class probabilities."""
 
     def predict(examples: list[Example]) -> tuple[list[Any], list[list[float]] | None]:
-        if cfg.model.head == "classification":
-            from tunesmith.methods.seq_cls_run import head_probs
+        probs = head_probs(model, tokenizer, cfg, [ex.text or "" for ex in examples])
+        return probs.argmax(dim=-1).tolist(), probs.tolist()
 
-            probs = head_probs(model, tokenizer, cfg, [ex.text or "" for ex in examples])
-            return probs.argmax(dim=-1).tolist(), probs.tolist()
+    return predict
+
+
+def _lm_predictor(
+    model: Any, tokenizer: Any, cfg: Any, task: str, label_names: list[str] | None
+) -> Predictor:
+    """An lm head's predictions: labels by log-likelihood, or generated text."""
+
+    def predict(examples: list[Example]) -> tuple[list[Any], list[list[float]] | None]:
         split = Split(examples, [], [])
         if task == "classification":
             assert label_names is not None
@@ -154,6 +168,10 @@ def _predictor(model: Any, tokenizer: Any, cfg: Any, task: str, label_names: lis
     return predict
 
 
+PREDICTORS: dict[str, Callable[..., Predictor]] = {"lm": _lm_predictor, "classification": _head_predictor}
+"""``model.head`` -> how a run of that head predicts."""
+
+
 def bias_audit(
     run_dir: str | Path,
     data: str | Path | None = None,
@@ -161,24 +179,19 @@ def bias_audit(
     lists: str | Path | None = None,
 ) -> dict[str, Any]:
     """Counterfactual flip rates (base vs tuned) and per-group metrics of a finished run; writes bias.json."""
-    from tunesmith.data.formats import read_source
-    from tunesmith.evaluate.runner import _cap, resolve_task
-    from tunesmith.models.loading import load_causal_lm
-    from tunesmith.report.html import write_report
-    from tunesmith.runs import load_trained
-
     run_dir = Path(run_dir)
     tuned, tokenizer, cfg = load_trained(run_dir)
-    label_names = json.loads((run_dir / "data_report.json").read_text(encoding="utf-8")).get("label_names")
+    label_names = RunDir(run_dir).label_names()
     path = data or cfg.data.validation or cfg.data.test
     if path is None:
         raise DataError(f"{run_dir}: the run has no validation/test file; pass --data FILE to audit")
     source = read_source(path, cfg.data.format, cfg.data.on_bad_row, label_names)
-    examples = _cap(Split(source.examples, [], []), cfg.eval.max_examples).examples
+    examples = cap(Split(source.examples, [], []), cfg.eval.max_examples).examples
     task = resolve_task(cfg, source.examples[0].kind if source.examples else "chat")
     result: dict[str, Any] = {"data": str(path), "task": task, "categories": {}}
     models = {"tuned": tuned}
-    if cfg.model.head == "classification":
+    predictor = PREDICTORS[cfg.model.head]
+    if cfg.model.head != "lm":
         # The base has no classifier: its score head would be freshly random, so its flips mean nothing.
         result["base"] = "not audited: a classification-head run's base has no trained head"
     else:
@@ -188,16 +201,16 @@ def bias_audit(
         }
     for category, pairs in load_substitutions(lists).items():
         result["categories"][category] = {
-            name: flip_stats(_predictor(m, tokenizer, cfg, task, label_names), examples, pairs, task)
+            name: flip_stats(predictor(m, tokenizer, cfg, task, label_names), examples, pairs, task)
             for name, m in models.items()
         }
     if group_column is None and examples and all("group" in ex.extra for ex in examples):
         group_column = "group"  # a column literally named "group" is audited without being asked
     if group_column is not None:
-        predictions, _ = _predictor(tuned, tokenizer, cfg, task, label_names)(examples)
+        predictions, _ = predictor(tuned, tokenizer, cfg, task, label_names)(examples)
         result["groups"] = group_metrics(examples, predictions, task, label_names, group_column)
     write_json_atomic(run_dir / "bias.json", result)
-    summary_path = run_dir / "summary.json"
+    summary_path = RunDir(run_dir).summary
     if summary_path.exists():
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         summary["bias"] = result

@@ -1,4 +1,5 @@
-"""``tunesmith cv | bias | drift | compare``: the evidence commands (thin; the work is in this package).
+"""``tunesmith cv | bias | drift | compare``: the evidence commands (thin; the work is in this package and,
+for cv, in tunesmith/pipelines/cv.py). A face like tunesmith/cli.py: it may call the API.
 
 tunesmith cv recipes/x.yaml --folds 5 [--group-column user] [--set train.max_steps=50]
 tunesmith bias runs/x [--data F] [--group-column group] [--lists my_pairs.json]
@@ -16,7 +17,7 @@ DRIFT_EXIT_CODES = {"stable": 0, "drifting": 4, "retrain": 5}
 
 
 def _cv(args: argparse.Namespace) -> int:
-    from tunesmith.evaluate.cv import cross_validate
+    from tunesmith.pipelines.cv import cross_validate  # deferred: `tunesmith --help` loads no command
 
     result = cross_validate(args.config, args.folds, args.set, args.group_column)
     print(f"tunesmith: {args.folds}-fold cross-validation ({result['splitter']}), validation metrics:")
@@ -27,7 +28,7 @@ def _cv(args: argparse.Namespace) -> int:
 
 
 def _bias(args: argparse.Namespace) -> int:
-    from tunesmith.evaluate.bias import bias_audit
+    from tunesmith.evaluate.bias import bias_audit  # deferred: `tunesmith --help` loads no command
 
     result = bias_audit(args.run_dir, args.data, args.group_column, args.lists)
     for category, by_model in result["categories"].items():
@@ -43,9 +44,10 @@ def _bias(args: argparse.Namespace) -> int:
 
 
 def _drift(args: argparse.Namespace) -> int:
-    from tunesmith.evaluate.drift import drift_report
+    from tunesmith.api import evaluate  # deferred: `tunesmith --help` loads no command
+    from tunesmith.evaluate.drift import drift_report  # deferred: `tunesmith --help` loads no command
 
-    result = drift_report(args.run_dir, args.data, args.out)
+    result = drift_report(args.run_dir, args.data, args.out, evaluate=evaluate)
     stats = ", ".join(f"{k}={v}" for k, v in result["stats"].items() if not isinstance(v, str))
     print(f"tunesmith: drift verdict: {result['verdict'].upper()} ({stats})")
     for reason in result["reasons"]:
@@ -54,7 +56,7 @@ def _drift(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from tunesmith.evaluate.compare import compare_runs
+    from tunesmith.evaluate.compare import compare_runs  # deferred: `tunesmith --help` loads no command
 
     result = compare_runs(args.run_dirs, args.out)
     print(result["table"])

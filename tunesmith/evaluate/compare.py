@@ -14,11 +14,13 @@ from typing import Any
 
 from tunesmith.errors import RunError
 from tunesmith.io import write_bytes_atomic, write_json_atomic
+from tunesmith.report.plots import comparison_bar_png
+from tunesmith.runs import RunDir
 
 
 def run_row(run_dir: str | Path) -> dict[str, Any]:
     """One comparison row from ``run_dir/summary.json``."""
-    path = Path(run_dir) / "summary.json"
+    path = RunDir(run_dir).summary
     if not path.exists():
         raise RunError(f"{run_dir} has no summary.json: pass directories of finished runs")
     s = json.loads(path.read_text(encoding="utf-8"))
@@ -58,8 +60,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path = ".") -> dict[str, Any]:
     """Rows for every run; writes compare.json and (when some metric is a rate) compare.png to ``out``."""
-    from tunesmith.report.plots import comparison_bar_png
-
     rows = [run_row(d) for d in run_dirs]
     write_json_atomic(Path(out) / "compare.json", {"runs": rows})
     rates = [

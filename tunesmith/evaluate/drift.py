@@ -21,15 +21,23 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import ks_2samp
 
 from tunesmith.data.formats import Example, read_source
+from tunesmith.evaluate.baselines import PRIMARY_METRIC
 from tunesmith.evaluate.metrics import normalize_answer
+from tunesmith.infer.batching import collate, model_device
 from tunesmith.io import write_bytes_atomic, write_json_atomic
+from tunesmith.methods import load_trained
+from tunesmith.report.plots import figure, png
+from tunesmith.runs import RunDir
 
 THRESHOLDS = {
     "length_ks": (0.2, 0.5),
@@ -42,6 +50,10 @@ THRESHOLDS = {
 """(drifting, retrain) levels per statistic; the verdict is the worst level any statistic reaches."""
 
 
+Evaluate = Callable[..., dict[str, Any]]
+"""``(run_dir, data=file) -> {split: metrics}``: how a run's model scores a file (``api.evaluate``)."""
+
+
 def input_text(ex: Example) -> str:
     """What the model reads: the text, or the non-assistant turns of a chat."""
     if ex.kind in ("classification", "text"):
@@ -51,8 +63,6 @@ def input_text(ex: Example) -> str:
 
 def js_divergence(p: Counter, q: Counter) -> float:
     """Jensen–Shannon divergence (base 2) between two count distributions; 0.0 when both are empty."""
-    from scipy.spatial.distance import jensenshannon
-
     keys = sorted(set(p) | set(q))
     if not keys or not sum(p.values()) or not sum(q.values()):
         return 0.0
@@ -62,8 +72,6 @@ def js_divergence(p: Counter, q: Counter) -> float:
 
 def text_stats(train: list[str], new: list[str], tokenizer: Any) -> dict[str, float]:
     """Length (tokens) and vocabulary (words) statistics of ``new`` against ``train``."""
-    from scipy.stats import ks_2samp
-
     len_train = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in train]
     len_new = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in new]
     words_train = Counter(w for t in train for w in normalize_answer(t).split())
@@ -81,9 +89,6 @@ def text_stats(train: list[str], new: list[str], tokenizer: Any) -> dict[str, fl
 @torch.no_grad()
 def mean_hidden_states(model: Any, tokenizer: Any, texts: list[str], batch_size: int = 16) -> np.ndarray:
     """Mean-pooled last-layer hidden state per text, shape (n, hidden)."""
-    from tunesmith.evaluate.generate import model_device
-    from tunesmith.train.batching import collate
-
     model.eval()
     device, rows = model_device(model), []
     for start in range(0, len(texts), batch_size):
@@ -122,9 +127,7 @@ def verdict(stats: dict[str, float | None]) -> tuple[str, list[str]]:
 
 
 def _length_png(train: list[int], new: list[int]) -> bytes:
-    from tunesmith.report.plots import _figure, _png
-
-    fig = _figure(7, 3.6)
+    fig = figure(7, 3.6)
     ax = fig.add_subplot()
     bins = np.histogram_bin_edges(train + new, bins=20)
     ax.hist(train, bins=bins, alpha=0.6, density=True, label="training inputs")
@@ -132,13 +135,12 @@ def _length_png(train: list[int], new: list[int]) -> bytes:
     ax.set_xlabel("input length (tokens)")
     ax.set_ylabel("density")
     ax.legend(fontsize=9)
-    return _png(fig)
+    return png(fig)
 
 
-def _metric_change(run_dir: Path, new_file: str | Path, summary: dict[str, Any]) -> dict[str, Any]:
-    from tunesmith.api import evaluate
-    from tunesmith.evaluate.baselines import PRIMARY_METRIC
-
+def _metric_change(
+    run_dir: Path, new_file: str | Path, summary: dict[str, Any], evaluate: Evaluate
+) -> dict[str, Any]:
     task = summary.get("task", "generation")
     metric = PRIMARY_METRIC.get(task)
     before = (summary.get("eval", {}).get("validation", {}).get("tuned") or {}).get(metric)
@@ -154,14 +156,20 @@ def _metric_change(run_dir: Path, new_file: str | Path, summary: dict[str, Any])
 
 
 def drift_report(
-    run_dir: str | Path, new_file: str | Path, out: str | Path | None = None, max_examples: int = 512
+    run_dir: str | Path,
+    new_file: str | Path,
+    out: str | Path | None = None,
+    max_examples: int = 512,
+    evaluate: Evaluate | None = None,
 ) -> dict[str, Any]:
-    """Compare ``new_file``'s inputs with the run's training inputs; write drift.json + drift.png."""
-    from tunesmith.runs import load_trained
+    """Compare ``new_file``'s inputs with the run's training inputs; write drift.json + drift.png.
 
+    ``evaluate(run_dir, data=...)`` (``tunesmith.api.evaluate``, passed in by the CLI: the API sits above this
+    package) scores labelled new data with the run's model, for the metric change; without it none is shown.
+    """
     run_dir = Path(run_dir)
     model, tokenizer, cfg = load_trained(run_dir)
-    labels = json.loads((run_dir / "data_report.json").read_text(encoding="utf-8")).get("label_names")
+    labels = RunDir(run_dir).label_names()
     train = read_source(cfg.data.train, cfg.data.format, cfg.data.on_bad_row, labels).examples[:max_examples]
     new = read_source(new_file, cfg.data.format, "skip", labels).examples[:max_examples]
     texts_t, texts_n = [input_text(e) for e in train], [input_text(e) for e in new]
@@ -170,10 +178,11 @@ def drift_report(
     if new and new[0].kind == "classification":
         counts = [Counter(e.label for e in examples) for examples in (train, new)]
         stats["label_js"] = round(js_divergence(*counts), 6)
-    summary_path = run_dir / "summary.json"
-    if new and new[0].kind in ("classification", "chat") and summary_path.exists():  # labelled: score it
+    summary_path = RunDir(run_dir).summary
+    labelled = new and new[0].kind in ("classification", "chat")
+    if labelled and summary_path.exists() and evaluate is not None:  # labelled: score it
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        stats.update(_metric_change(run_dir, new_file, summary))
+        stats.update(_metric_change(run_dir, new_file, summary, evaluate))
     label, reasons = verdict(stats)
     result = {"verdict": label, "reasons": reasons, "stats": stats, "n_train": len(train), "n_new": len(new)}
     out_dir = Path(out) if out else run_dir / "drift"

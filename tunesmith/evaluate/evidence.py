@@ -25,8 +25,9 @@ from tunesmith.evaluate.baselines import baseline_table, cache_key, run_baseline
 from tunesmith.evaluate.gates import check_gates
 from tunesmith.evaluate.overfitting import overfitting_report
 from tunesmith.evaluate.probes import evaluate_probes, retention_table
-from tunesmith.evaluate.runner import _cap
+from tunesmith.evaluate.runner import cap
 from tunesmith.io import write_json_atomic
+from tunesmith.runs import RunDir, read_metrics
 
 DEFAULT_OVERFIT_PATIENCE = 3
 """Evaluations of rising validation loss that raise the overfitting flag when early stopping is off."""
@@ -34,7 +35,7 @@ DEFAULT_OVERFIT_PATIENCE = 3
 
 def _eval_splits(data: PreparedData, cfg: RunConfig) -> dict[str, Split]:
     splits = {"validation": data.validation, "test": data.test}
-    return {name: _cap(s, cfg.eval.max_examples) for name, s in splits.items() if s is not None and len(s)}
+    return {name: cap(s, cfg.eval.max_examples) for name, s in splits.items() if s is not None and len(s)}
 
 
 def _data_hashes(data: PreparedData) -> dict[str, Any]:
@@ -59,13 +60,13 @@ def _probe_key(cfg: RunConfig) -> str:
 
 def _base_as_zero_shot(run_dir: Path, task: str) -> dict[str, dict[str, Any]]:
     """This run's base evaluation (base_eval.json + predictions_base_*.jsonl) in baseline form."""
-    path = run_dir / "base_eval.json"
+    path = RunDir(run_dir).base_eval
     if not path.exists():
         return {}
     out = {}
     stored = json.loads(path.read_text(encoding="utf-8"))  # {"key": ..., "metrics": {split: metrics}}
     for split, metrics in stored.get("metrics", {}).items():
-        preds = run_dir / f"predictions_base_{split}.jsonl"
+        preds = Path(f"{RunDir(run_dir).predictions('base')}_{split}.jsonl")
         if preds.exists():
             key = "label" if task == "classification" else "prediction"
             rows = [json.loads(x) for x in preds.read_text(encoding="utf-8").splitlines() if x.strip()]
@@ -101,7 +102,7 @@ def before_training(
 
 def _tuned_predictions(run_dir: Path, split: str, task: str) -> list[Any]:
     key = "label" if task == "classification" else "prediction"
-    path = run_dir / f"predictions_tuned_{split}.jsonl"
+    path = Path(f"{RunDir(run_dir).predictions('tuned')}_{split}.jsonl")
     return [json.loads(line)[key] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
@@ -128,8 +129,6 @@ def after_training(
         tuned_evals: The tuned model's metrics per split (predictions are read from the run directory).
         result: The training loop's :class:`~tunesmith.train.loop.TrainResult`.
     """
-    from tunesmith.train.loop import read_metrics
-
     sections: dict[str, Any] = {}
     splits = _eval_splits(data, cfg)
     baselines = {}

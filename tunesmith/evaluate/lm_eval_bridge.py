@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.loading import resolve_model_path
+from tunesmith.runs import RunDir, read_run_config
 
 
 def run_lm_eval(
@@ -26,23 +28,20 @@ def run_lm_eval(
         TunesmithError: ``lm_eval`` is not installed (the message says how to install it).
     """
     try:
-        import lm_eval
+        import lm_eval  # deferred: lm_eval is an optional install
     except ImportError:
         raise TunesmithError(
             "the lm-eval bridge needs lm-evaluation-harness: `pip install lm-eval` (and the task data "
             "available locally, e.g. HF_DATASETS_OFFLINE=1 with a populated cache); tunesmith does not "
             "install it for you"
         ) from None
-    from tunesmith.runs import read_run_config
-
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
-    if (run_dir / "model").is_dir():
-        model_args = f"pretrained={run_dir / 'model'}"
+    run = RunDir(run_dir)
+    if run.model.is_dir():
+        model_args = f"pretrained={run.model}"
     else:
-        from tunesmith.models.loading import resolve_model_path
-
-        model_args = f"pretrained={resolve_model_path(cfg.model.name)},peft={run_dir / 'adapter'}"
+        model_args = f"pretrained={resolve_model_path(cfg.model.name)},peft={run.adapter}"
     return lm_eval.simple_evaluate(
         model="hf", model_args=model_args, tasks=tasks, limit=limit, batch_size=batch_size
     )

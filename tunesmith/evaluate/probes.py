@@ -33,9 +33,10 @@ from tunesmith.config import RunConfig
 from tunesmith.data.formats import read_source
 from tunesmith.data.render import ensure_chat_template, reference_text, render_prompt
 from tunesmith.errors import DataError
-from tunesmith.evaluate.generate import generate_texts, label_log_likelihoods, model_device
 from tunesmith.evaluate.metrics import normalize_answer
-from tunesmith.train.loop import TokenData, evaluate_loss
+from tunesmith.infer.batching import TokenData, model_device
+from tunesmith.infer.generate import generate_texts, label_log_likelihoods, label_token_ids
+from tunesmith.infer.loss import evaluate_loss
 
 _LIST_ITEM = re.compile(r"^\s*(\d+[.)]|[-*•])\s+\S")
 
@@ -136,8 +137,6 @@ def _user_probe(model: Any, tokenizer: Any, path: str, cfg: RunConfig) -> dict[s
         return {"score": ppl, "lower_is_better": True, "n": len(examples)}
     prompts = [render_prompt(ex, tokenizer, cfg.data.system_prompt, cfg.data.label_prompt) for ex in examples]
     if kind == "classification":
-        from tunesmith.evaluate.runner import label_token_ids
-
         names = source.label_names or []
         scores = label_log_likelihoods(
             model, prompts, label_token_ids(tokenizer, names), tokenizer.pad_token_id, cfg.eval.batch_size

@@ -8,12 +8,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from tunesmith.config import RunConfig
 from tunesmith.data.prepare import Split
-from tunesmith.data.render import reference_text, render_prompt
-from tunesmith.evaluate.generate import generate_texts, label_log_likelihoods, model_device
+from tunesmith.data.render import head_input_ids, reference_text, render_prompt
 from tunesmith.evaluate.metrics import classification_metrics, generation_metrics
-from tunesmith.train.loop import TokenData, evaluate_loss
+from tunesmith.infer.batching import TokenData, model_device
+from tunesmith.infer.generate import generate_texts, head_logits, label_log_likelihoods, label_token_ids
+from tunesmith.infer.loss import evaluate_loss
 
 
 def resolve_task(cfg: RunConfig, data_kind: str) -> str:
@@ -23,17 +26,10 @@ def resolve_task(cfg: RunConfig, data_kind: str) -> str:
     return {"classification": "classification", "text": "language_modeling"}.get(data_kind, "generation")
 
 
-def _cap(split: Split, limit: int | None) -> Split:
+def cap(split: Split, limit: int | None) -> Split:
     if limit is None or len(split.examples) <= limit:
         return split
     return Split(split.examples[:limit], split.input_ids[:limit], split.labels[:limit])
-
-
-def label_token_ids(tokenizer: Any, label_names: list[str]) -> list[list[int]]:
-    """Each label as the assistant would write it: its tokens followed by the end-of-turn token."""
-    return [
-        [*tokenizer.encode(name, add_special_tokens=False), tokenizer.eos_token_id] for name in label_names
-    ]
 
 
 def classify(
@@ -66,7 +62,7 @@ def evaluate_split(
     cfg: RunConfig,
 ) -> tuple[dict[str, Any], list[Any]]:
     """Metrics for one split plus the raw predictions (texts or label ids), in split order."""
-    split = _cap(split, cfg.eval.max_examples)
+    split = cap(split, cfg.eval.max_examples)
     loss = evaluate_loss(
         model,
         TokenData(split.input_ids, split.labels),
@@ -87,3 +83,11 @@ def evaluate_split(
     predictions = predict_texts(model, tokenizer, split, cfg)
     references = [reference_text(ex, label_names) for ex in split.examples]
     return {**generation_metrics(predictions, references), **common}, predictions
+
+
+def head_probs(model: Any, tokenizer: Any, cfg: RunConfig, texts: list[str]) -> torch.Tensor:
+    """Class probabilities (n, labels) for raw texts, rendered as in training (the run's prefix and
+    suffix, truncated to ``data.max_length`` as training truncates)."""
+    prefix, suffix = cfg.data.prefix or "", cfg.data.suffix or ""  # training added them, so must we
+    ids = [head_input_ids(prefix + text, tokenizer, suffix, cfg.data.max_length) for text in texts]
+    return head_logits(model, ids, tokenizer.pad_token_id, cfg.eval.batch_size).softmax(dim=-1)

@@ -20,7 +20,7 @@ _NEXT_STEP = {
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tunesmith.export import MANIFEST, export
+    from tunesmith.export import MANIFEST, export  # deferred: `tunesmith --help` loads no command
 
     out = export(args.run_dir, args.format, args.out, gguf_type=args.gguf_type, force=args.force)
     manifest = json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))
@@ -33,7 +33,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Register ``export`` on the ``add_subparsers()`` object of the main parser."""
-    from tunesmith.export import FORMATS, GGUF_TYPES
+    from tunesmith.export import FORMATS, GGUF_TYPES  # deferred: `tunesmith --help` loads no command
 
     p = subparsers.add_parser(
         "export", help="export a finished run: merged model, adapter, GGUF (+ Ollama Modelfile) or int8"

@@ -13,10 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import snapshot_download
+
+import tunesmith
 from tunesmith.config import RunConfig
 from tunesmith.errors import ModelError, RunError
 from tunesmith.io import write_json_atomic
-from tunesmith.runs import file_sha256, load_trained, read_run_config
+from tunesmith.methods import load_trained
+from tunesmith.models.loading import resolve_model_path
+from tunesmith.runs import RunDir, file_sha256, read_run_config
 
 MANIFEST = "manifest.json"
 GGUF_TYPES = ("f16", "q8_0", "f32")
@@ -52,9 +57,9 @@ def open_source(run_dir: str | Path) -> Source:
             f"run directory not found: {run_dir}; pass the folder `tunesmith train` wrote (runs/NAME)"
         )
     cfg = read_run_config(run_dir)
-    for kind in ("model", "adapter"):
-        if (run_dir / kind).is_dir():
-            return Source(run_dir=run_dir, cfg=cfg, kind=kind)
+    saved = RunDir(run_dir).saved()  # model/ or adapter/
+    if saved is not None:
+        return Source(run_dir=run_dir, cfg=cfg, kind=saved.name)
     raise RunError(
         f"{run_dir} has no adapter/ or model/: the run did not finish; "
         "continue it with `tunesmith train CONFIG --resume`"
@@ -68,14 +73,10 @@ def load_merged(source: Source) -> tuple[Any, Any]:
 
 
 def _local_base_dir(name: str) -> Path:
-    from tunesmith.models.loading import resolve_model_path
-
     resolved = resolve_model_path(name)
     if isinstance(resolved, Path):
         return resolved.resolve()
     try:  # a hub id: its files live in the Hugging Face cache if the run could load it
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(resolved, local_files_only=True))
     except Exception as err:
         raise ModelError(
@@ -153,9 +154,7 @@ def write_manifest(
     folder: Path, fmt: str, source: Source, options: dict[str, Any], details: dict[str, Any]
 ) -> dict[str, Any]:
     """Write ``manifest.json``: what was exported, from which run, base and data, and each file's hash."""
-    import tunesmith
-
-    summary_path = source.run_dir / "summary.json"
+    summary_path = RunDir(source.run_dir).summary
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else {}
     manifest = {
         "format": fmt,

@@ -15,10 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gguf
 import numpy as np
+import torch
+from gguf import MODEL_ARCH, GGMLQuantizationType, get_tensor_name_map
+from gguf.quants import quantize
 
 from tunesmith.errors import ModelError
 from tunesmith.export.common import GGUF_TYPES, ExportOptions, Source, load_merged
+from tunesmith.export.gguf_vocab import add_vocab
+from tunesmith.export.modelfile import render_modelfile
 from tunesmith.io import write_text_atomic
 
 GGUF_NAME = "model.gguf"
@@ -92,9 +98,6 @@ def encode_tensor(data: np.ndarray, gguf_type: str) -> tuple[np.ndarray, Any]:
     Vectors (norm weights) stay f32. q8_0 needs rows that split into blocks of 32; a tensor whose rows do
     not falls back to f16, as llama.cpp's converter does.
     """
-    from gguf import GGMLQuantizationType
-    from gguf.quants import quantize
-
     if gguf_type == "f32" or data.ndim == 1:
         return data.astype(np.float32), None
     if gguf_type == "q8_0" and data.shape[-1] % _Q8_BLOCK == 0:
@@ -113,9 +116,6 @@ def _is_tied(model: Any) -> bool:
 
 def _add_tensors(writer: Any, model: Any, shape: LlamaShape, gguf_type: str) -> dict[str, int]:
     """Map, permute, encode and queue every weight; returns a count of tensors per GGML type."""
-    import torch
-    from gguf import MODEL_ARCH, get_tensor_name_map
-
     names = get_tensor_name_map(MODEL_ARCH.LLAMA, shape.block_count)
     tied = _is_tied(model)
     counts: Counter[str] = Counter()
@@ -156,10 +156,6 @@ def _add_hparams(writer: Any, shape: LlamaShape) -> None:
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str, name: str) -> dict[str, Any]:
     """Write ``model`` (a merged transformers Llama) and its tokenizer to one GGUF file at ``path``."""
-    import gguf
-
-    from tunesmith.export.gguf_vocab import add_vocab
-
     if gguf_type not in GGUF_TYPES:
         raise ModelError(f"unknown GGUF type {gguf_type!r}; choose one of {', '.join(GGUF_TYPES)}")
     shape = llama_shape(model.config)
@@ -187,8 +183,6 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str, name: str
 
 def export_gguf(source: Source, out: Path, options: ExportOptions) -> dict[str, Any]:
     """``model.gguf`` (the merged model) and an Ollama ``Modelfile`` next to it."""
-    from tunesmith.export.modelfile import render_modelfile
-
     model, tokenizer = load_merged(source)
     details = write_gguf(model, tokenizer, out / GGUF_NAME, options.gguf_type, name=source.cfg.name)
     modelfile, chatml = render_modelfile(tokenizer, source.cfg.data.system_prompt, f"./{GGUF_NAME}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gguf import TokenType
+
 from tunesmith.errors import ModelError
 
 _UNSUPPORTED = (
@@ -52,8 +54,6 @@ def token_table(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
     USER_DEFINED, the rest NORMAL. Embedding rows without a token (a vocabulary padded to a round size) get
     a ``[PAD<id>]`` placeholder marked UNUSED, as llama.cpp's converter writes them.
     """
-    from gguf import TokenType
-
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
     if by_id and max(by_id) >= vocab_size:
         raise ModelError(

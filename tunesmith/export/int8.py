@@ -46,8 +46,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.initialization import no_init_weights
+
 from tunesmith.errors import ModelError
 from tunesmith.export.common import ExportOptions, Source, load_merged
+from tunesmith.export.hf import set_generation_stop
 
 WEIGHTS_NAME = "model.int8.safetensors"
 SPEC_NAME = "int8_config.json"
@@ -80,8 +86,6 @@ _CALIBRATION = [
 
 def quantize_weight(weight: Any) -> tuple[Any, Any]:
     """(int8 weights, fp32 per-row scales); symmetric: zero stays exactly zero and needs no offset."""
-    import torch
-
     w = weight.detach().to(torch.float32)
     scale = w.abs().amax(dim=1).clamp(min=1e-12) / 127.0
     q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
@@ -89,8 +93,6 @@ def quantize_weight(weight: Any) -> tuple[Any, Any]:
 
 
 def _linear_names(model: Any) -> list[str]:
-    import torch
-
     return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
 
 
@@ -121,8 +123,6 @@ def smoothed_head(model: Any, tokenizer: Any, head: str, norm: str) -> dict[str,
 
     ``s_j = max|x_j| ** a / max|W_:j| ** (1 - a)`` over the head's inputs ``x`` on the calibration chats.
     """
-    import torch
-
     head_module = model.get_submodule(head)
     amax = torch.zeros(head_module.in_features)
 
@@ -146,11 +146,6 @@ def smoothed_head(model: Any, tokenizer: Any, head: str, norm: str) -> dict[str,
 
 def save_int8(model: Any, tokenizer: Any, out: Path) -> dict[str, Any]:
     """Quantize every linear layer of ``model`` (left unmodified) and write the int8 folder into ``out``."""
-    import torch
-    from safetensors.torch import save_file
-
-    from tunesmith.export.hf import set_generation_stop
-
     modules = _linear_names(model)
     if not modules:
         raise ModelError(f"{type(model).__name__} has no nn.Linear layers to quantize")
@@ -193,9 +188,7 @@ def _dynamic_linear(q: Any, scale: Any, bias: Any, kind: str) -> Any:
     None when ``torch.ao`` is gone or this CPU's quantized engine lacks the kernel (e.g. fp16 weights on
     qnnpack/ARM): one probe call at load finds out, instead of a crash at the first generate.
     """
-    import torch
-
-    try:
+    try:  # optional: torch.ao is deprecated and may be gone from a future torch
         from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
     except ImportError:
         return None
@@ -222,8 +215,6 @@ def _dynamic_linear(q: Any, scale: Any, bias: Any, kind: str) -> Any:
 
 
 def _fp32_linear(q: Any, scale: Any, bias: Any) -> Any:
-    import torch
-
     layer = torch.nn.Linear(q.shape[1], q.shape[0], bias=bias is not None)
     with torch.no_grad():
         layer.weight.copy_(q.to(torch.float32) * scale[:, None])
@@ -234,11 +225,6 @@ def _fp32_linear(q: Any, scale: Any, bias: Any) -> Any:
 
 def load_int8(path: str | Path) -> tuple[Any, Any]:
     """(model, tokenizer) from an int8 export folder, ready for CPU inference (eval mode)."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.initialization import no_init_weights
-
     path = Path(path)
     spec_path = path / SPEC_NAME
     if not spec_path.exists():
@@ -285,7 +271,5 @@ def load_int8(path: str | Path) -> tuple[Any, Any]:
 
 def export_int8(source: Source, out: Path, options: ExportOptions) -> dict[str, Any]:
     """The merged model with int8 linear layers (see the module docstring); load it with ``load_int8``."""
-    import torch
-
     model, tokenizer = load_merged(source)
     return save_int8(model.to(dtype=torch.float32), tokenizer, out)

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunesmith.errors import RunError
-from tunesmith.methods.freeze import transformer_blocks
+from tunesmith.methods.freeze import output_head, transformer_blocks
+from tunesmith.runs import AdapterFormat
 
 WEIGHTS_NAME = "bottleneck.safetensors"
 CONFIG_NAME = "bottleneck_config.json"
@@ -64,13 +66,18 @@ def attach(model: Any, settings: dict[str, Any]) -> Any:
     return model
 
 
-def prepare(model: Any, method_cfg: Any) -> Any:
+def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
+    """Bottleneck adapters after each MLP; with a classification head, ``score`` trains beside them and is
+    saved and loaded with the adapter tensors."""
     for param in model.parameters():
         param.requires_grad_(False)
     settings = method_cfg.model_dump(exclude={"name"})
     attach(model, settings)
     for name, param in model.named_parameters():
         param.requires_grad_(".bottleneck_adapter." in name)
+    if head != "lm":  # a new head is random: it must train with the adapters
+        output_head(model).requires_grad_(True)
+        model.tunesmith_adapter["head"] = "score"
     return model
 
 
@@ -86,8 +93,6 @@ def _is_saved(name: str, settings: dict[str, Any]) -> bool:
 
 def save(model: Any, target: Path) -> None:
     """Write the adapter tensors and settings into ``target`` (an existing, atomic temp dir)."""
-    from safetensors.torch import save_file
-
     settings = model.tunesmith_adapter
     tensors = {
         n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if _is_saved(n, settings)
@@ -98,8 +103,6 @@ def save(model: Any, target: Path) -> None:
 
 def load(base: Any, source: Path) -> Any:
     """The base with the saved adapters attached and loaded (strict: every adapter tensor must match)."""
-    from safetensors.torch import load_file
-
     settings = json.loads((source / CONFIG_NAME).read_text(encoding="utf-8"))
     attach(base, settings)
     tensors = load_file(str(source / WEIGHTS_NAME))
@@ -114,3 +117,16 @@ def load(base: Any, source: Path) -> Any:
         for name, tensor in tensors.items():
             params[name].copy_(tensor)
     return base
+
+
+def _load_unmerged(base: Any, source: Path, merge: bool) -> Any:
+    if merge:
+        raise RunError(
+            f"{source}: bottleneck adapters are nonlinear and cannot be merged into the base weights; "
+            "export needs a LoRA-family method (lora, dora, qlora) or full/freeze"
+        )
+    return load(base, source)
+
+
+FORMAT = AdapterFormat(marker=CONFIG_NAME, owns=is_adapted, save=save, load=_load_unmerged)
+"""How ``runs.save_trained`` / ``runs.load_trained`` recognise, save and load these adapters."""

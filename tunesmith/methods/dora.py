@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from peft import get_peft_model
+
 from tunesmith.methods.lora import lora_config
 
 
-def prepare(model: Any, method_cfg: Any) -> Any:
-    from peft import get_peft_model
-
+def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
     return get_peft_model(model, lora_config(method_cfg, model, use_dora=True))

@@ -24,19 +24,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.numpy
+import safetensors.torch
 import torch
 from tqdm.auto import tqdm
 
+from tunesmith.infer.batching import collate
 from tunesmith.io import write_bytes_atomic, write_json_atomic
-from tunesmith.train.batching import collate
+from tunesmith.models.loading import resolve_model_path, tunesmith_home
 
 CACHE_VERSION = 1
 
 
 def model_fingerprint(name: str) -> str:
     """Name plus the sizes and mtimes of its weight files: a retrained model at the same path is a miss."""
-    from tunesmith.models.loading import resolve_model_path
-
     source = resolve_model_path(name)
     parts = [str(name)]
     if isinstance(source, Path) and source.is_dir():
@@ -59,8 +60,6 @@ def cache_key(
 
 
 def _cache_path(key: str) -> Path:
-    from tunesmith.models.loading import tunesmith_home
-
     return tunesmith_home() / "cache" / "features" / f"{key}.safetensors"
 
 
@@ -136,11 +135,9 @@ def cached_features(
 
     Returns (features, "hit" | "miss").
     """
-    from safetensors.torch import load_file, save
-
     path = _cache_path(cache_key(texts, model_name, method_cfg.layer, method_cfg.pooling, max_length, suffix))
     if path.exists():
-        return load_file(str(path))["features"], "hit"
+        return safetensors.torch.load_file(str(path))["features"], "hit"
     feats = extract_features(
         model_loader(),
         tokenizer,
@@ -151,7 +148,7 @@ def cached_features(
         max_length,
         suffix,
     )
-    write_bytes_atomic(path, save({"features": feats.contiguous()}))
+    write_bytes_atomic(path, safetensors.torch.save({"features": feats.contiguous()}))
     return feats, "miss"
 
 
@@ -181,22 +178,18 @@ class LinearStack:
         return full
 
     def save(self, folder: Path) -> None:
-        from safetensors.numpy import save
-
         tensors = {"mean": self.mean, "scale": self.scale}
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             tensors[f"layer{i}.weight"], tensors[f"layer{i}.bias"] = weight, bias
         tensors = {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in tensors.items()}
-        write_bytes_atomic(folder / "classifier.safetensors", save(tensors))
+        write_bytes_atomic(folder / "classifier.safetensors", safetensors.numpy.save(tensors))
         meta = {"kind": self.kind, "classes": self.classes, "n_layers": len(self.weights)}
         write_json_atomic(folder / "classifier.json", meta)
 
     @classmethod
     def load(cls, folder: Path) -> LinearStack:
-        from safetensors.numpy import load_file
-
         meta = json.loads((folder / "classifier.json").read_text(encoding="utf-8"))
-        t = load_file(str(folder / "classifier.safetensors"))
+        t = safetensors.numpy.load_file(str(folder / "classifier.safetensors"))
         n = meta["n_layers"]
         return cls(
             weights=[t[f"layer{i}.weight"] for i in range(n)],
@@ -220,6 +213,7 @@ def fit_classifier(
     features: np.ndarray, labels: np.ndarray, method_cfg: Any, seed: int
 ) -> tuple[LinearStack, Any]:
     """Fit the configured scikit-learn classifier; returns (pickle-free stack, the sklearn estimator)."""
+    # deferred: scikit-learn (~1 s to import) loads only when a classifier is fitted
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
 

@@ -32,7 +32,7 @@ def output_head(model: Any) -> Any:
     return head
 
 
-def prepare(model: Any, method_cfg: Any) -> Any:
+def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
     for param in model.parameters():
         param.requires_grad_(False)
     blocks = transformer_blocks(model)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from peft import IA3Config, get_peft_model
 
-def prepare(model: Any, method_cfg: Any) -> Any:
-    from peft import IA3Config, get_peft_model
 
+def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
     config = IA3Config(
         target_modules=method_cfg.target_modules,
         feedforward_modules=method_cfg.feedforward_modules,

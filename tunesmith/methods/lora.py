@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from peft import LoraConfig, get_peft_model
+
 
 def linear_module_names(model: Any) -> list[str]:
     """Distinct names of the linear layers inside the transformer blocks (q_proj, up_proj, ...), sorted."""
-    import torch
-
     head = model.get_output_embeddings()
     return sorted(
         {
@@ -23,10 +24,13 @@ def linear_module_names(model: Any) -> list[str]:
     )
 
 
-def lora_config(method_cfg: Any, model: Any, **extra: Any) -> Any:
-    """The PEFT ``LoraConfig`` for a LoRA-family method section (``extra`` e.g. ``use_dora=True``)."""
-    from peft import LoraConfig
+TASK_TYPES = {"lm": "CAUSAL_LM", "classification": "SEQ_CLS"}
+"""``model.head`` -> PEFT task type. ``SEQ_CLS`` makes PEFT add ``score`` to ``modules_to_save`` (trained in
+full, saved with the adapter) and keep the head out of ``all-linear`` targets."""
 
+
+def lora_config(method_cfg: Any, model: Any, head: str = "lm", **extra: Any) -> Any:
+    """The PEFT ``LoraConfig`` for a LoRA-family method section and head (``extra``: ``use_dora=True``)."""
     targets = method_cfg.target_modules
     if method_cfg.last_layers is not None:
         n_layers = model.config.num_hidden_layers
@@ -39,12 +43,10 @@ def lora_config(method_cfg: Any, model: Any, **extra: Any) -> Any:
         lora_alpha=method_cfg.alpha,
         lora_dropout=method_cfg.dropout,
         target_modules=targets,
-        task_type="CAUSAL_LM",
+        task_type=TASK_TYPES[head],
         **extra,
     )
 
 
-def prepare(model: Any, method_cfg: Any) -> Any:
-    from peft import get_peft_model
-
-    return get_peft_model(model, lora_config(method_cfg, model))
+def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
+    return get_peft_model(model, lora_config(method_cfg, model, head))

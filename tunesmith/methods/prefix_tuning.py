@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from peft import PrefixTuningConfig, get_peft_model
 
-def prepare(model: Any, method_cfg: Any) -> Any:
-    from peft import PrefixTuningConfig, get_peft_model
 
+def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
     config = PrefixTuningConfig(
         num_virtual_tokens=method_cfg.num_virtual_tokens,
         prefix_projection=method_cfg.projection,

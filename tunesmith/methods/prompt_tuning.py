@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from peft import PromptTuningConfig, get_peft_model
 
-def prepare(model: Any, method_cfg: Any) -> Any:
-    from peft import PromptTuningConfig, get_peft_model
 
+def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
     config = PromptTuningConfig(num_virtual_tokens=method_cfg.num_virtual_tokens, task_type="CAUSAL_LM")
     return get_peft_model(model, config)

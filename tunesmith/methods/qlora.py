@@ -11,8 +11,8 @@ AVX512-BF16, the first forward of a ``Linear4bit`` in eval mode without grad (``
 step) repacks its weight, for good, for a fused bf16 kernel (``gemv_4bit``, any batch shape) that has no
 backward: training after that computed in bf16 and passed no gradient through the 4-bit base, so every LoRA
 below a base layer got a wrong gradient (measured on a tiny Llama: relative error 1 to 6 per LoRA gradient;
-torch only warns "gemv_4bit: an autograd kernel was not registered"). ``tests/unit/test_qlora_grads.py``
-checks the gradients against LoRA on the dequantized fp32 base.
+torch only warns "gemv_4bit: an autograd kernel was not registered").
+``tests/unit/methods/test_qlora_grads.py`` checks the gradients against LoRA on the dequantized fp32 base.
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def keep_differentiable_kernels(model: Any) -> int:
     return count
 
 
-def prepare(model: Any, method_cfg: Any) -> Any:
+def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
     from peft import get_peft_model
 
     model = ready_for_kbit_training(model)
-    return get_peft_model(model, lora_config(method_cfg, model))
+    return get_peft_model(model, lora_config(method_cfg, model, head))

@@ -17,20 +17,23 @@ The run directory holds ``model/`` or ``adapter/``, loadable with no tunesmith i
 
 Inputs are the texts alone (:func:`tunesmith.data.render.head_input_ids`), right-padded with the
 tokenizer's pad id, which is also the config's ``pad_token_id`` (the model pools the rightmost non-pad token).
-The training/evaluation flow is in :mod:`tunesmith.methods.seq_cls_run`.
+The training/evaluation flow is the ``head`` run kind: :mod:`tunesmith.pipelines.head`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForSequenceClassification
 
-from tunesmith.errors import ConfigError, RunError
+from tunesmith.errors import ConfigError
+from tunesmith.methods.registry import prepare_model
+from tunesmith.models.loading import hub_error, load_tokenizer, resolve_model_path
+from tunesmith.runs import RunDir, load_options, load_trained
 
 HEAD_METHODS = ("full", "freeze", "lora", "qlora", "adapter")
 """Methods that train a classification head; the others wrap or quantize the LM in ways not wired here."""
@@ -71,10 +74,6 @@ def load_sequence_classifier(
     (Llama configs have none; without it the model cannot find the last real token of padded rows) are set
     on the config, and so saved with ``model/``.
     """
-    from transformers import AutoModelForSequenceClassification
-
-    from tunesmith.models.loading import _hub_error, resolve_model_path
-
     source = resolve_model_path(name)
     try:
         return AutoModelForSequenceClassification.from_pretrained(
@@ -89,7 +88,7 @@ def load_sequence_classifier(
             **options,
         )
     except OSError as err:
-        raise _hub_error(name, err) from None
+        raise hub_error(name, err) from None
 
 
 def _decoder(model: Any) -> Any:
@@ -104,8 +103,6 @@ def start_model(cfg: Any, label_names: list[str], tokenizer: Any) -> Any:
     lends its transformer body and the head starts new. A new head starts random (run seed) or, with
     ``model.head_init: label_words``, from the vocabulary rows of the body it sits on.
     """
-    from tunesmith.methods import load_options
-
     model = load_sequence_classifier(
         cfg.model.name,
         cfg.model.dtype,
@@ -115,8 +112,6 @@ def start_model(cfg: Any, label_names: list[str], tokenizer: Any) -> Any:
         **load_options(cfg.method),  # qlora: the body quantized to 4 bits while loading
     )
     if cfg.init_from is not None:
-        from tunesmith.runs import load_trained
-
         earlier, _, earlier_cfg = load_trained(cfg.init_from, merge=True)
         if earlier_cfg.model.head == "classification":
             earlier_labels = [earlier.config.id2label[i] for i in range(earlier.config.num_labels)]
@@ -156,76 +151,19 @@ def init_head_from_label_words(model: Any, tokenizer: Any, label_names: list[str
 
 
 def prepare_head(model: Any, method_cfg: Any) -> Any:
-    """Apply the method to a sequence classifier: lora/qlora as PEFT ``SEQ_CLS``; adapter with ``score``
-    trained beside the bottlenecks; full/freeze as usual (freeze finds ``score`` through
-    :func:`tunesmith.methods.freeze.output_head`)."""
-    from tunesmith.methods import prepare_model
-
-    if method_cfg.name == "adapter":
-        from tunesmith.methods.freeze import output_head
-
-        model = prepare_model(model, method_cfg)
-        output_head(model).requires_grad_(True)
-        model.tunesmith_adapter["head"] = "score"  # saved and loaded with the adapter tensors
-        return model
-    if method_cfg.name not in ("lora", "qlora"):
-        return prepare_model(model, method_cfg)
-    from peft import get_peft_model
-
-    from tunesmith.methods.lora import lora_config
-    from tunesmith.methods.qlora import ready_for_kbit_training
-
-    if method_cfg.name == "qlora":
-        model = ready_for_kbit_training(model)
-    config = lora_config(method_cfg, model)
-    # SEQ_CLS makes PEFT add "score"/"classifier" to modules_to_save (trained in full, saved with the
-    # adapter) and keep the head out of "all-linear" targets.
-    config.task_type = "SEQ_CLS"
-    return get_peft_model(model, config)
+    """The method applied to a sequence classifier: :func:`~tunesmith.methods.registry.prepare_model` with
+    ``head="classification"`` (lora/qlora: PEFT ``SEQ_CLS``; adapter: ``score`` trains beside the
+    bottlenecks; full/freeze as usual, freeze finding ``score`` through ``output_head``)."""
+    return prepare_model(model, method_cfg, "classification")
 
 
 def label_names_of(run_dir: str | Path) -> list[str]:
     """The run's label names in id order (from its data_report.json)."""
-    report = json.loads((Path(run_dir) / "data_report.json").read_text(encoding="utf-8"))
-    names = report.get("label_names")
-    if not names:
-        raise RunError(f"{run_dir}/data_report.json has no label_names; is this a classification run?")
-    return names
+    return RunDir(run_dir).require_label_names()
 
 
 def head_loader(run_dir: str | Path) -> Callable[..., Any]:
     """A drop-in for ``load_causal_lm`` that loads this head run's model (``runs.load_trained`` uses it)."""
-    from tunesmith.models.loading import load_tokenizer
-
-    run_dir = Path(run_dir)
-    saved = run_dir / "model" if (run_dir / "model").is_dir() else run_dir / "adapter"
-    pad_id = load_tokenizer(str(saved)).pad_token_id
-    return functools.partial(load_sequence_classifier, label_names=label_names_of(run_dir), pad_id=pad_id)
-
-
-@torch.no_grad()
-def head_logits(model: Any, input_ids: list[list[int]], pad_id: int, batch_size: int = 16) -> torch.Tensor:
-    """Class logits (n, labels) in input order, through the model's own forward (stock pooling).
-
-    Rows are sorted by length and right-padded per batch (less padding = less wasted compute on CPU).
-    """
-    from tunesmith.evaluate.generate import model_device
-    from tunesmith.train.batching import collate
-
-    was_training = model.training
-    model.eval()
-    device = model_device(model)
-    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
-    rows: list[torch.Tensor | None] = [None] * len(input_ids)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = collate([input_ids[i] for i in idx], None, pad_id)
-        logits = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-            use_cache=False,
-        ).logits
-        for row, i in enumerate(idx):
-            rows[i] = logits[row].float().cpu()
-    model.train(was_training)
-    return torch.stack(rows) if rows else torch.zeros(0, 0)  # type: ignore[arg-type]
+    run = RunDir(run_dir)
+    pad_id = load_tokenizer(str(run.saved() or run.adapter)).pad_token_id
+    return functools.partial(load_sequence_classifier, label_names=run.require_label_names(), pad_id=pad_id)

@@ -15,6 +15,7 @@ from typing import Any
 from platformdirs import user_cache_dir
 
 from tunesmith.errors import ModelError
+from tunesmith.io import atomic_dir
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -43,10 +44,8 @@ def default_gguf_path() -> Path:
 
 def _convert_default(target: Path) -> None:
     """Dequantize the shipped GGUF into an fp32 safetensors directory (atomic: temp dir + rename)."""
-    import torch
+    import torch  # deferred: the data tools import this module and stay torch-free
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunesmith.io import atomic_dir
 
     gguf = default_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -84,7 +83,7 @@ def resolve_model_path(name: str) -> Path | str:
     return name
 
 
-def _hub_error(name: str, err: Exception) -> ModelError:
+def hub_error(name: str, err: Exception) -> ModelError:
     return ModelError(
         f"could not load {name!r} from the Hugging Face hub ({type(err).__name__}: {err}). "
         "This machine may be offline: download the model elsewhere and set model.name to its local "
@@ -93,13 +92,13 @@ def _hub_error(name: str, err: Exception) -> ModelError:
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: the data tools import this module and stay torch-free
 
     source = resolve_model_path(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise _hub_error(name, err) from None
+        raise hub_error(name, err) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -110,7 +109,7 @@ def load_causal_lm(name: str, dtype: str = "auto", trust_remote_code: bool = Fal
 
     ``options`` go to ``from_pretrained`` unchanged (a method's load options, e.g. qlora's 4-bit config).
     """
-    import torch
+    import torch  # deferred: the data tools import this module and stay torch-free
     from transformers import AutoModelForCausalLM
 
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
@@ -120,5 +119,5 @@ def load_causal_lm(name: str, dtype: str = "auto", trust_remote_code: bool = Fal
             source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **options
         )
     except OSError as err:
-        raise _hub_error(name, err) from None
+        raise hub_error(name, err) from None
     return model

@@ -27,6 +27,7 @@ from tunesmith.errors import RunError
 from tunesmith.io import write_text_atomic
 from tunesmith.report.plots import comparison_bar_png, confusion_matrix_png, loss_curve_png
 from tunesmith.report.tasks import forgetting_matrix_section, tasks_section
+from tunesmith.runs import RunDir
 
 # Titles for summary keys that other parts of tunesmith write; any other key is titled from its name.
 SECTION_TITLES: dict[str, str] = {
@@ -419,13 +420,14 @@ def render_report(run_dir: str | Path) -> str:
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} does not exist; pass runs/<name> of a started run")
     notes: list[str] = []
-    summary = _read_json(run_dir / "summary.json", notes)
+    run = RunDir(run_dir)
+    summary = _read_json(run.summary, notes)
     if summary is not None and not isinstance(summary, dict):
         notes.append("summary.json is not a JSON object; its sections are left out.")
     summary = summary if isinstance(summary, dict) else {}
-    data_report = _read_json(run_dir / "data_report.json", notes)
-    metrics = _read_metrics(run_dir / "metrics.jsonl", notes)
-    config_text, config = _read_config(run_dir / "config.yaml", notes)
+    data_report = _read_json(run.data_report, notes)
+    metrics = _read_metrics(run.metrics, notes)
+    config_text, config = _read_config(run.config, notes)
     name = str(summary.get("name") or config.get("name") or run_dir.resolve().name)
 
     # Sections fill ``notes`` as they go, so the notes box is assembled last but shown first.
@@ -471,6 +473,6 @@ def write_report(run_dir: str | Path) -> Path:
     Raises:
         RunError: ``run_dir`` does not exist.
     """
-    path = Path(run_dir) / "report.html"
+    path = RunDir(run_dir).report
     write_text_atomic(path, render_report(run_dir))
     return path

@@ -23,13 +23,13 @@ _SCORE_COLORS = {"macro_f1": "#2ca02c", "accuracy": "#9467bd"}
 _MAX_TICK_CHARS = 18  # longer class names are shortened on the axes (the HTML tables keep them whole)
 
 
-def _figure(width: float, height: float) -> Figure:
+def figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)  # the Agg renderer, bound to this figure only (see module docstring)
     return fig
 
 
-def _png(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     # No timestamp metadata, so the same data gives the same bytes (reports diff cleanly).
     fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
@@ -107,7 +107,7 @@ def loss_curve_png(metrics: list[dict]) -> bytes | None:
     val_steps, val_loss = _series(metrics, "val_loss")
     if not train_loss and not val_loss:
         return None
-    fig = _figure(8, 4.2)
+    fig = figure(8, 4.2)
     ax = fig.add_subplot()
     if train_loss:
         ax.plot(train_steps, train_loss, color=_TRAIN_COLOR, alpha=0.25, linewidth=1)
@@ -157,7 +157,7 @@ def loss_curve_png(metrics: list[dict]) -> bytes | None:
         more_handles, more_labels = right.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     ax.legend(handles, labels, loc="best", fontsize=9)
-    return _png(fig)
+    return png(fig)
 
 
 def _short(label: str) -> str:
@@ -182,7 +182,7 @@ def confusion_matrix_png(matrix: list[list[int]], labels: list[str], title: str)
     if k == 0 or len(matrix) != k or any(len(row) != k for row in matrix):
         raise ValueError(f"confusion matrix must be {k}x{k} to match labels {labels}")
     side = min(12.0, 2.5 + 0.6 * k)
-    fig = _figure(side, side * 0.85)
+    fig = figure(side, side * 0.85)
     ax = fig.add_subplot()
     image = ax.imshow(matrix, cmap="Blues", vmin=0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -207,7 +207,7 @@ def confusion_matrix_png(matrix: list[list[int]], labels: list[str], title: str)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    return _png(fig)
+    return png(fig)
 
 
 def comparison_bar_png(rows: dict[str, dict[str, float]], metric_names: list[str]) -> bytes:
@@ -228,7 +228,7 @@ def comparison_bar_png(rows: dict[str, dict[str, float]], metric_names: list[str
         raise ValueError("need at least one row and one metric to draw a comparison")
     n_rows = len(rows)
     width = 0.8 / n_rows
-    fig = _figure(max(5.0, 1.4 * len(metric_names) * max(1, n_rows / 2) + 1.5), 3.8)
+    fig = figure(max(5.0, 1.4 * len(metric_names) * max(1, n_rows / 2) + 1.5), 3.8)
     ax = fig.add_subplot()
     top = 0.0
     for r, (row_name, values) in enumerate(rows.items()):
@@ -246,4 +246,4 @@ def comparison_bar_png(rows: dict[str, dict[str, float]], metric_names: list[str
     ax.set_ylim(min(0.0, ax.get_ylim()[0]), top * 1.15 if top > 0 else 1.0)  # headroom for the labels
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=9)
-    return _png(fig)
+    return png(fig)

@@ -1,17 +1,21 @@
 """Report sections for multi-task and sequential runs: the per-task table and the forgetting matrix.
 
 Both read summary.json only (``tasks``, ``stages``, ``forgetting_matrix``, written by
-tunesmith/sequential.py); the heatmap is a PNG drawn headless like every other plot (report/plots.py)::
+tunesmith/pipelines/staged.py); the heatmap is a PNG drawn headless like every other plot (report/plots.py)::
 
     html = tasks_section(summary) + forgetting_matrix_section(summary)
 """
 
 from __future__ import annotations
 
+import base64
+import html
 import math
 from typing import Any
 
-from tunesmith.report.plots import _figure, _png
+import numpy as np
+
+from tunesmith.report.plots import figure, png
 
 _MAX_LABEL_CHARS = 16
 
@@ -23,8 +27,6 @@ def _fmt(value: Any) -> str:
 
 
 def _esc(value: Any) -> str:
-    import html
-
     return html.escape(str(value))
 
 
@@ -35,8 +37,6 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def _img(png: bytes, alt: str) -> str:
-    import base64
-
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
@@ -77,10 +77,8 @@ def tasks_section(summary: dict[str, Any]) -> str:
 
 def heatmap_png(values: list[list[float | None]], rows: list[str], columns: list[str], title: str) -> bytes:
     """Rows x columns heatmap, each cell annotated; empty (None) cells are left blank."""
-    import numpy as np
-
     data = np.array([[np.nan if v is None else float(v) for v in row] for row in values], dtype=float)
-    fig = _figure(1.6 + 1.1 * len(columns), 1.2 + 0.55 * len(rows))
+    fig = figure(1.6 + 1.1 * len(columns), 1.2 + 0.55 * len(rows))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
@@ -96,7 +94,7 @@ def heatmap_png(values: list[list[float | None]], rows: list[str], columns: list
             if np.isfinite(value):
                 color = "black" if value > middle else "white"
                 ax.text(j, i, f"{value:.3f}", ha="center", va="center", color=color, fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def forgetting_matrix_section(summary: dict[str, Any]) -> str:

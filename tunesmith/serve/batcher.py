@@ -33,11 +33,10 @@ from transformers import (
 
 from tunesmith.data.formats import Example
 from tunesmith.data.render import render_prompt
-from tunesmith.evaluate.generate import label_log_likelihoods
-from tunesmith.evaluate.runner import label_token_ids
+from tunesmith.infer.batching import collate
+from tunesmith.infer.generate import label_log_likelihoods, label_token_ids
 from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.models import ServedModel, activate
-from tunesmith.train.batching import collate
 
 
 @dataclass

@@ -51,18 +51,19 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Check the bind policy and limits, load the sources, serve until Ctrl-C."""
+    # deferred: `tunesmith --help` loads no command
     from tunesmith.serve.server import check_bind, read_api_keys
 
     keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
     check_bind(args.host, keys)  # before loading anything: a refused bind should fail in milliseconds
     _check_numbers(args)
     if args.engine == "vllm":
-        from tunesmith.serve.vllm import exec_vllm
+        from tunesmith.serve.vllm import exec_vllm  # deferred: `tunesmith --help` loads no command
 
         exec_vllm(args.sources, args.host, args.port, keys)
     # Progress bars (weight loading, label scoring) would print on every request of a long-running server.
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from tunesmith.serve.app import ServeSettings, create_app
+    from tunesmith.serve.app import ServeSettings, create_app  # deferred: `tunesmith --help` loads no command
     from tunesmith.serve.models import load_registry
     from tunesmith.serve.server import serve_forever
 

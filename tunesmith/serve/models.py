@@ -21,8 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from peft import PeftModel
+
 from tunesmith.errors import ConfigError, RunError
 from tunesmith.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model_path
+from tunesmith.runs import RunDir, read_run_config
 
 
 @dataclass
@@ -129,8 +132,6 @@ def _attach_adapter(base: LoadedBase, adapter_dir: Path, run_id: str) -> str:
     if base.adapters:
         base.model.load_adapter(str(adapter_dir), adapter_name=name)
     else:
-        from peft import PeftModel
-
         base.model = PeftModel.from_pretrained(base.model, str(adapter_dir), adapter_name=name)
     base.adapters.append(name)
     base.model.eval()
@@ -161,8 +162,6 @@ class _Loader:
         self.registry.add(ServedModel(served_id, "base", base, tokenizer, name, context_length=length))
 
     def add_run(self, run_dir: Path) -> None:
-        from tunesmith.runs import read_run_config
-
         cfg = read_run_config(run_dir)
         if cfg.model.head == "classification":
             raise RunError(
@@ -171,21 +170,20 @@ class _Loader:
                 f"`tunesmith predict {run_dir} --data FILE`, or serve a model.head: lm run, whose "
                 "/v1/classify scores the label words"
             )
-        summary = _read_json(run_dir / "summary.json")
-        report = _read_json(run_dir / "data_report.json")
+        run = RunDir(run_dir)
+        summary = _read_json(run.summary)
+        report = _read_json(run.data_report)
         trust = cfg.model.trust_remote_code
-        if (run_dir / "adapter").is_dir():
+        if run.adapter.is_dir():
             base = self.base(cfg.model.name, cfg.model.dtype, trust)
-            adapter_name = _attach_adapter(base, run_dir / "adapter", run_dir.name)
-            has_tokenizer = (run_dir / "adapter" / "tokenizer_config.json").exists()
+            adapter_name = _attach_adapter(base, run.adapter, run_dir.name)
+            has_tokenizer = (run.adapter / "tokenizer_config.json").exists()
             tokenizer = (
-                load_tokenizer(str(run_dir / "adapter"), trust)
-                if has_tokenizer
-                else self.tokenizers[base.key]
+                load_tokenizer(str(run.adapter), trust) if has_tokenizer else self.tokenizers[base.key]
             )
             kind = "adapter"
-        elif (run_dir / "model").is_dir():
-            base = self.base(str(run_dir / "model"), cfg.model.dtype, trust)
+        elif run.model.is_dir():
+            base = self.base(str(run.model), cfg.model.dtype, trust)
             adapter_name, tokenizer, kind = None, self.tokenizers[base.key], "full"
         else:
             raise RunError(f"{run_dir} has no adapter/ or model/: the run did not finish (try --resume)")
@@ -227,7 +225,7 @@ def load_registry(sources: list[str]) -> Registry:
         path = Path(source).expanduser()
         if source == DEFAULT_MODEL:
             loader.add_model_dir(DEFAULT_MODEL, DEFAULT_MODEL)
-        elif (path / "config.yaml").is_file():
+        elif RunDir(path).config.is_file():
             loader.add_run(path)
         elif (path / "config.json").is_file():
             loader.add_model_dir(path.resolve().name, str(path))

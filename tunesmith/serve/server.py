@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import uvicorn
+
 from tunesmith.errors import ConfigError
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
@@ -67,8 +69,6 @@ def read_api_keys(path: str | Path) -> tuple[str, ...]:
 
 def serve_forever(app: Any, host: str, port: int) -> None:
     """Run uvicorn in the foreground until Ctrl-C."""
-    import uvicorn
-
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False)
 
 
@@ -81,8 +81,6 @@ class ServerThread:
     def __init__(
         self, app: Any, host: str = "127.0.0.1", port: int = 0, api_keys: tuple[str, ...] = ()
     ) -> None:
-        import uvicorn
-
         check_bind(host, api_keys)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", server_header=False)
         self.server = uvicorn.Server(config)

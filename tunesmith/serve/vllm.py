@@ -31,6 +31,7 @@ from typing import NoReturn
 
 from tunesmith.errors import ConfigError, RunError
 from tunesmith.models.loading import DEFAULT_MODEL
+from tunesmith.runs import RunDir, read_run_config
 from tunesmith.serve.models import base_key
 
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -56,14 +57,13 @@ def vllm_command(sources: list[str], host: str, port: int) -> list[str]:
         if source == DEFAULT_MODEL or (path / "config.json").is_file():
             key = base_key(source)
             served_name = DEFAULT_MODEL if source == DEFAULT_MODEL else path.resolve().name
-        elif (path / "config.yaml").is_file():
-            from tunesmith.runs import read_run_config
-
-            if (path / "adapter").is_dir():
+        elif RunDir(path).config.is_file():
+            run = RunDir(path)
+            if run.adapter.is_dir():
                 key = base_key(read_run_config(path).model.name)
-                loras.append((path.name, (path / "adapter").resolve()))
-            elif (path / "model").is_dir():
-                key, served_name = str((path / "model").resolve()), path.name
+                loras.append((path.name, run.adapter.resolve()))
+            elif run.model.is_dir():
+                key, served_name = str(run.model.resolve()), path.name
             else:
                 raise RunError(f"{path} has no adapter/ or model/: the run did not finish (try --resume)")
         else:

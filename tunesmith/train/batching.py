@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import torch
 
+from tunesmith.infer.batching import collate
+
 GROUP_CHUNK_BATCHES = 32
 """With length grouping, examples are sorted by length within windows of this many batches: enough to
 gather similar lengths, small enough that every batch still mixes examples from across the data."""
@@ -38,26 +40,6 @@ def length_grouped_batches(
         batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch + 7_919)
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-def collate(
-    input_ids: list[list[int]], labels: list[list[int]] | None, pad_id: int, pad_left: bool = False
-) -> dict[str, torch.Tensor]:
-    """Pad to the longest row. Left padding is for generation prompts; training pads right."""
-    width = max(len(ids) for ids in input_ids)
-    ids_t = torch.full((len(input_ids), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(input_ids), width), dtype=torch.long)
-    lab_t = torch.full((len(input_ids), width), -100, dtype=torch.long)
-    for row, ids in enumerate(input_ids):
-        cols = slice(width - len(ids), width) if pad_left else slice(0, len(ids))
-        ids_t[row, cols] = torch.tensor(ids, dtype=torch.long)
-        attn[row, cols] = 1
-        if labels is not None:
-            lab_t[row, cols] = torch.tensor(labels[row], dtype=torch.long)
-    batch = {"input_ids": ids_t, "attention_mask": attn}
-    if labels is not None:
-        batch["labels"] = lab_t
-    return batch
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -135,13 +117,3 @@ def iter_batches(
 
 def batches_per_epoch(n_examples: int, batch_size: int) -> int:
     return (n_examples + batch_size - 1) // batch_size
-
-
-def iter_eval_batches(
-    input_ids: list[list[int]], labels: list[list[int]], batch_size: int, pad_id: int
-) -> Iterator[dict[str, torch.Tensor]]:
-    """Evaluation batches in a fixed order, sorted by length so padding is small."""
-    order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        yield collate([input_ids[i] for i in idx], [labels[i] for i in idx], pad_id)

@@ -14,7 +14,6 @@ runs on CPU and CUDA.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -31,24 +30,18 @@ from transformers import get_scheduler
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import RunError
+from tunesmith.infer.batching import TokenData
+from tunesmith.infer.loss import LossFn, causal_lm_loss, evaluate_loss
 from tunesmith.models.memory import fit_micro_batch, plan_memory
+from tunesmith.runs import RunDir
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.batching import batches_per_epoch, iter_batches, iter_eval_batches
+from tunesmith.train.batching import batches_per_epoch, iter_batches
 from tunesmith.train.ema import WeightAverage
-from tunesmith.train.losses import LossFn, causal_lm_loss
 from tunesmith.train.monitor import MetricsLog, peak_rss_mb
 from tunesmith.train.precision import pick_mixed_precision
 
 ValMetrics = Callable[[Any, int], dict[str, float]]
 """(model, batch_size) -> {"val_loss": ..., "val_<score>": ...}: one validation pass, loss and scores."""
-
-
-@dataclass
-class TokenData:
-    """Tokenized rows for the loop (the loop needs nothing else from the data pipeline)."""
-
-    input_ids: list[list[int]]
-    labels: list[list[int]]
 
 
 @dataclass
@@ -73,23 +66,6 @@ def total_optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
         return cfg.max_steps
     per_epoch = batches_per_epoch(n_examples, cfg.batch_size)
     return max(1, math.ceil(per_epoch * cfg.epochs / cfg.grad_accum))
-
-
-@torch.no_grad()
-def evaluate_loss(
-    model: Any, data: TokenData, batch_size: int, pad_id: int, device: Any, loss_fn: LossFn = causal_lm_loss
-) -> float:
-    """Mean of ``loss_fn`` (next-token loss by default) over the labelled positions of ``data``."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for batch in iter_eval_batches(data.input_ids, data.labels, batch_size, pad_id):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        loss_sum, n = loss_fn(model, batch)
-        total += float(loss_sum)
-        count += int(n)
-    model.train(was_training)
-    return total / max(count, 1)
 
 
 def _micro_batches(data: TokenData, cfg: TrainConfig, seed: int, pad_id: int, state: ckpt.TrainState):
@@ -156,7 +132,8 @@ def train_loop(
         num_warmup_steps=cfg.warmup_steps,
         num_training_steps=total_steps,
     )
-    ckpt_root, best_dir = run_dir / "checkpoints", run_dir / "checkpoints" / "best"
+    ckpt_root = RunDir(run_dir).checkpoints
+    best_dir = ckpt_root / "best"
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     averaged = ema.shadow if ema is not None else None  # what checkpoints save and restore of it
     state = ckpt.TrainState()
@@ -167,7 +144,7 @@ def train_loop(
             if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
                 state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
             print(f"tunesmith: resuming from {found[-1]} (step {state.step}/{total_steps})")
-    log = MetricsLog(run_dir / "metrics.jsonl", truncate_after=state.step if resume else 0)
+    log = MetricsLog(RunDir(run_dir).metrics, truncate_after=state.step if resume else 0)
     result = TrainResult(steps=state.step, total_steps=total_steps)
     stream = _micro_batches(train_data, cfg, seed, pad_id, state)
     splits = 1  # each micro-batch runs in this many row chunks; doubled on CUDA out-of-memory
@@ -437,10 +414,3 @@ def _evaluate_and_track(
         print(f"\ntunesmith: early stopping at step {state.step}: no improvement for {patience} evaluations")
         return True
     return False
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

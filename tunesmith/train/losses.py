@@ -7,80 +7,12 @@ accumulated batch, so gradient accumulation gives the same update as one big bat
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-LossFn = Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
-
-CHUNK_POSITIONS = 2048
-"""Target positions projected to the vocabulary at once: bounds the logits tensor to 2048 x vocab floats
-(~400 MB for a 49k vocab) however large the batch."""
-
-
-def _causal_lm_parts(model: Any) -> tuple[Any, Any] | None:
-    """(decoder, output head) of a causal LM, seen through a PEFT wrapper; None if the model hides them.
-
-    None too for PEFT prompt learning (prompt/prefix tuning): its virtual tokens enter in PEFT's own forward,
-    which calling the decoder directly would bypass (the loss would then never reach them).
-    """
-    peft_cfg = getattr(model, "active_peft_config", None)
-    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
-        return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    get_decoder = getattr(base, "get_decoder", None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    decoder = get_decoder() if callable(get_decoder) else None
-    if decoder is None or head is None or getattr(base.config, "final_logit_softcapping", None):
-        return None
-    return decoder, head
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What the model's forward gets: packed rows (``position_ids`` present) go without an attention mask, so
-    transformers builds the block-diagonal mask from the restarting positions; padded rows get the mask.
-
-    ``use_cache=False`` always: a loss never needs the KV cache, and with one (the config default),
-    transformers 5.23 skips packed-sequence detection and lets packed examples attend to each other.
-    """
-    if "position_ids" in batch:
-        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
-
-
-def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next-token cross-entropy on positions whose label is not -100 (computed in fp32).
-
-    The output head runs only on target positions, in chunks: answers are often a third of the tokens, and
-    the head (vocab x hidden) is ~20% of a small model's FLOPs, so this saves that share on every prompt
-    token and never materialises batch x length x vocab logits.
-    """
-    targets = batch["labels"][:, 1:]
-    mask = targets != -100
-    parts = _causal_lm_parts(model)
-    if parts is None:  # unusual architectures: plain full-logits path
-        return full_logits_loss(model, batch)
-    decoder, head = parts
-    hidden = decoder(**model_inputs(batch)).last_hidden_state
-    picked, wanted = hidden[:, :-1][mask], targets[mask]
-    loss_sum = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, picked.shape[0], CHUNK_POSITIONS):
-        logits = head(picked[start : start + CHUNK_POSITIONS]).float()
-        loss_sum = loss_sum + F.cross_entropy(
-            logits, wanted[start : start + CHUNK_POSITIONS], reduction="sum"
-        )
-    return loss_sum, mask.sum()
-
-
-def full_logits_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference implementation through the model's own forward (all logits); used to test the fast path."""
-    out = model(**model_inputs(batch))
-    targets = batch["labels"][:, 1:]
-    mask = targets != -100
-    logits = out.logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning prepends virtual-token logits
-    return F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="sum"), mask.sum()
+from tunesmith.infer.loss import LossFn, causal_lm_loss, full_logits_loss, model_inputs
 
 
 def sequence_classification_loss(

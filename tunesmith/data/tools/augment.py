@@ -163,7 +163,7 @@ def _replace(row: dict[str, Any], where: str, text: str) -> dict[str, Any]:
 
 
 class Paraphraser:
-    """Greedy paraphrases from a causal LM through :func:`tunesmith.evaluate.generate.generate_texts`.
+    """Greedy paraphrases from a causal LM through :func:`tunesmith.infer.generate.generate_texts`.
 
     The model is loaded on first use, so building one is free when no row needs it. Pass ``model`` and
     ``tokenizer`` to use ones already loaded; ``model_name`` (default: ``default``, the base model) names
@@ -190,6 +190,7 @@ class Paraphraser:
         self.batch_size = batch_size
 
     def _load(self) -> None:
+        # deferred: torch loads only to paraphrase (the data tools stay torch-free)
         from tunesmith.models.loading import load_causal_lm, load_tokenizer
 
         if self.tokenizer is None:
@@ -209,7 +210,8 @@ class Paraphraser:
         """Paraphrase each ``(text, noun, k)``; returns the cleaned replies in order."""
         if not requests:
             return []
-        from tunesmith.evaluate.generate import generate_texts
+        # deferred: torch loads only to paraphrase (the data tools stay torch-free)
+        from tunesmith.infer.generate import generate_texts
 
         if self.model is None or self.tokenizer is None:
             self._load()

@@ -55,6 +55,7 @@ def _report_path(args: argparse.Namespace, beside: Path) -> Path:
 
 def _record(args: argparse.Namespace, report: dict[str, Any], beside: Path) -> Path:
     path = _report_path(args, beside)
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.stream import add_report_entry
 
     add_report_entry(path, report)
@@ -85,6 +86,7 @@ def _print_transform(report: dict[str, Any], report_path: Path) -> None:
 
 
 def _tokenizer(args: argparse.Namespace) -> Any:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.render import ensure_chat_template
     from tunesmith.models.loading import load_tokenizer
 
@@ -107,6 +109,7 @@ def _color(choice: str) -> bool:
 
 @_guarded
 def _inspect(args: argparse.Namespace) -> int:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.inspect import format_inspect, inspect_file, inspect_html
 
     report = inspect_file(
@@ -129,6 +132,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 @_guarded
 def _lint(args: argparse.Namespace) -> int:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.lint import format_lint, lint_file
 
     report = lint_file(
@@ -146,6 +150,7 @@ def _lint(args: argparse.Namespace) -> int:
 
 @_guarded
 def _clean(args: argparse.Namespace) -> int:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.clean import CleanOptions, clean_file
 
     options = CleanOptions(
@@ -164,6 +169,7 @@ def _clean(args: argparse.Namespace) -> int:
 
 @_guarded
 def _dedup(args: argparse.Namespace) -> int:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.dedup import dedup_file, dedup_files, near_settings
 
     config, index = near_settings(args.threshold, args.num_perm, args.index, args.tmp_dir)
@@ -191,6 +197,7 @@ def _dedup(args: argparse.Namespace) -> int:
 
 @_guarded
 def _leakage(args: argparse.Namespace) -> int:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.dedup import find_leakage, near_settings
 
     config, index = near_settings(args.threshold, args.num_perm, args.index, args.tmp_dir)
@@ -207,6 +214,7 @@ def _leakage(args: argparse.Namespace) -> int:
 
 @_guarded
 def _contamination(args: argparse.Namespace) -> int:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.dedup import contamination
 
     report = contamination(args.file, args.train, n=args.n)
@@ -228,6 +236,7 @@ def _contamination(args: argparse.Namespace) -> int:
 
 @_guarded
 def _pii(args: argparse.Namespace) -> int:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.pii import redact_file
 
     report = redact_file(args.file, args.out, names=args.names, on_bad_row=args.on_bad_row)
@@ -247,6 +256,7 @@ def _ratios(text: str) -> tuple[float, ...]:
 
 @_guarded
 def _split(args: argparse.Namespace) -> int:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.augment import split_keeping_augmented
 
     report = split_keeping_augmented(
@@ -273,6 +283,7 @@ def _split(args: argparse.Namespace) -> int:
 
 @_guarded
 def _augment(args: argparse.Namespace) -> int:
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.augment import Paraphraser, augment_file
 
     ops = [op.strip() for op in args.ops.split(",")]
@@ -303,6 +314,7 @@ def _augment(args: argparse.Namespace) -> int:
 
 def _data_default(name: str) -> Any:
     """A ``data.*`` default from the config schema (light to import: building the parser stays fast)."""
+    # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.config import DataConfig
 
     return DataConfig.model_fields[name].default

@@ -43,7 +43,6 @@ import unicodedata
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +50,7 @@ import numpy as np
 from datasketch import MinHash
 
 from tunesmith.data.formats import iter_rows
-from tunesmith.data.tools.lsh_index import DiskNearIndex, IndexConfig, NearIndex, open_index
+from tunesmith.data.tools.lsh_index import DiskNearIndex, IndexConfig, NearDupConfig, NearIndex, open_index
 from tunesmith.data.tools.stream import (
     MAX_BAD_ROWS_LISTED,
     BadRows,
@@ -67,26 +66,6 @@ MAX_PAIRS = 1000
 
 _SPACE_RE = re.compile(r"\s+")
 _WORD_RE = re.compile(r"\w+")
-
-
-@dataclass(frozen=True)
-class NearDupConfig:
-    """How near-duplicates are found."""
-
-    threshold: float = 0.8
-    """Estimated Jaccard similarity of the shingle sets at or above which two rows are near-duplicates."""
-    num_perm: int = 128
-    """MinHash permutations: more is a sharper similarity estimate, more memory (4 bytes each per row)."""
-    shingle: Literal["char", "word"] = "char"
-    """Character n-grams survive one changed word even in a tweet; word n-grams are cheaper for long texts."""
-    ngram: int = 5
-    seed: int = 1
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise DataError(f"near-duplicate threshold must be in (0, 1], got {self.threshold}")
-        if self.num_perm < 16 or self.ngram < 1:
-            raise DataError("num_perm must be >= 16 and ngram >= 1")
 
 
 def normalize_for_match(text: str) -> str:

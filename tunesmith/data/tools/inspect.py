@@ -450,6 +450,7 @@ def format_inspect(report: dict[str, Any], color: bool = False) -> str:
 
 def length_histogram_png(tokens: dict[str, Any]) -> bytes:
     """The token-length histogram with a line at ``max_length``, as PNG bytes (Agg, no pyplot)."""
+    # deferred: matplotlib loads only for the HTML page's histogram
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -23,20 +23,38 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from datasketch import MinHashLSH
 
 from tunesmith.errors import DataError
 
-if TYPE_CHECKING:
-    from tunesmith.data.tools.dedup import NearDupConfig
-
 _LSH_SLACK = 0.1
 _SIG_BLOCK = 8192  # signatures per block: 4 MB at 128 permutations
 _BATCH = 5000  # rows per SQLite transaction: one commit per batch instead of one per statement
 _CACHE_KIB = 65536  # SQLite page cache (64 MiB): the disk index's RAM ceiling, beyond Python's own
+
+
+@dataclass(frozen=True)
+class NearDupConfig:
+    """How near-duplicates are found."""
+
+    threshold: float = 0.8
+    """Estimated Jaccard similarity of the shingle sets at or above which two rows are near-duplicates."""
+    num_perm: int = 128
+    """MinHash permutations: more is a sharper similarity estimate, more memory (4 bytes each per row)."""
+    shingle: Literal["char", "word"] = "char"
+    """Character n-grams survive one changed word even in a tweet; word n-grams are cheaper for long texts."""
+    ngram: int = 5
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise DataError(f"near-duplicate threshold must be in (0, 1], got {self.threshold}")
+        if self.num_perm < 16 or self.ngram < 1:
+            raise DataError("num_perm must be >= 16 and ngram >= 1")
+
 
 _SCHEMA = """
 PRAGMA journal_mode=OFF;

@@ -1,0 +1,202 @@
+"""The ``lm`` run kind: the training loop on the LLM's own vocabulary head (SFT, continued pre-training, and
+classification by label word), with the base evaluated first so the summary reports base vs tuned.
+
+    tunesmith train recipes/lora.yaml
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import RunConfig
+from tunesmith.data.prepare import PreparedData, Split, prepare_data
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.evaluate.evidence import after_training, before_training
+from tunesmith.evaluate.runner import evaluate_split, resolve_task
+from tunesmith.infer.batching import TokenData
+from tunesmith.io import write_json_atomic, write_jsonl_atomic
+from tunesmith.methods import load_options, load_trained, optimizer_for, prepare_model
+from tunesmith.models.loading import load_causal_lm
+from tunesmith.pipelines.base import (
+    Fit,
+    Pipeline,
+    Run,
+    apply_prepare_steps,
+    loop_summary,
+    print_data_report,
+    seed_everything,
+)
+from tunesmith.runs import RunDir, Summary, save_trained
+from tunesmith.train.loop import train_loop
+
+
+def eval_splits(data: PreparedData) -> dict[str, Split]:
+    return {name: s for name, s in (("validation", data.validation), ("test", data.test)) if s is not None}
+
+
+def evaluate_all(
+    model: Any, tokenizer: Any, data: PreparedData, task: str, cfg: RunConfig, save_as: Path | None = None
+) -> dict[str, Any]:
+    """Metrics per evaluation split; with ``save_as``, predictions go to ``<save_as>_<split>.jsonl``."""
+    results = {}
+    for name, split in eval_splits(data).items():
+        metrics, predictions = evaluate_split(model, tokenizer, split, task, data.label_names, cfg)
+        results[name] = metrics
+        if save_as is not None and predictions:
+            key = "label" if task == "classification" else "prediction"
+            write_jsonl_atomic(f"{save_as}_{name}.jsonl", [{key: p} for p in predictions])
+    return results
+
+
+def base_eval(
+    run_dir: RunDir | Path, model: Any, tokenizer: Any, data: PreparedData, task: str, cfg: RunConfig
+):
+    """Base-model metrics, cached in the run dir so --resume (or a re-run) does not recompute them.
+
+    The cache is keyed by what the numbers depend on (model, data settings and hashes, eval settings, task),
+    so a re-run with other data or settings in the same run directory evaluates afresh.
+    """
+    run_dir = RunDir(run_dir)  # also a plain path
+    path = run_dir.base_eval
+    key = hashlib.sha256(
+        json.dumps(
+            [cfg.model.model_dump(), cfg.data.model_dump(), cfg.eval.model_dump(), task, data.report],
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()
+    if path.exists():
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return cached["metrics"]
+    print("tunesmith: evaluating the base model")
+    result = evaluate_all(model, tokenizer, data, task, cfg, save_as=run_dir.predictions("base"))
+    write_json_atomic(path, {"key": key, "metrics": result})
+    return result
+
+
+def load_start_model(cfg: RunConfig) -> Any:
+    """The weights training starts from: ``model.name`` (with the method's load options, e.g. qlora's 4-bit
+    quantization), or with ``init_from`` an earlier run's result with its adapter merged in."""
+    options = load_options(cfg.method)
+    if cfg.init_from is None:
+        return load_causal_lm(cfg.model.name, cfg.model.dtype, cfg.model.trust_remote_code, **options)
+    if options:
+        raise ConfigError(
+            f"init_from: {cfg.init_from} cannot be combined with method {cfg.method.name} (it re-loads the "
+            "base quantized); start from the run with method lora, or export it and set model.name"
+        )
+    model, _, _ = load_trained(cfg.init_from, merge=True)
+    return model
+
+
+def prepare_file(cfg: RunConfig, tokenizer: Any, path: str | Path) -> PreparedData:
+    """Prepare an arbitrary file with a run's data settings, as its validation split."""
+    data_cfg = cfg.data.model_copy(
+        update={"train": str(path), "validation": None, "test": None, "validation_fraction": 0.0}
+    )
+    prepared = prepare_data(data_cfg, tokenizer, cfg.seed)
+    return PreparedData(
+        train=prepared.train,
+        validation=prepared.train,
+        test=None,
+        kind=prepared.kind,
+        label_names=prepared.label_names,
+        report=prepared.report,
+    )
+
+
+class LMPipeline(Pipeline):
+    """SFT / CPT / label-word classification through the one loop."""
+
+    name = "lm"
+
+    def prepare(self, run: Run) -> PreparedData:
+        cfg = run.cfg
+        data_cfg, prepare_reports = apply_prepare_steps(cfg, run.dir)
+        data = prepare_data(data_cfg, run.tokenizer, cfg.seed)
+        if prepare_reports:
+            data.report["prepare"] = prepare_reports
+        run.dir.write_data_report(data.report)
+        print_data_report(data.report)
+        if not data.train.input_ids:
+            raise DataError(
+                f"{cfg.data.train}: no training examples left after validation (see data_report.json)"
+            )
+        run.task = resolve_task(cfg, data.kind)
+        return data
+
+    def start_model(self, run: Run, data: PreparedData) -> Any:
+        return load_start_model(run.cfg)
+
+    def baselines(self, run: Run, model: Any, data: PreparedData) -> dict[str, Any]:
+        cfg = run.cfg
+        base = base_eval(run.dir, model, run.tokenizer, data, run.task, cfg) if cfg.eval.compare_base else {}
+        before = before_training(run.dir.path, model, run.tokenizer, data, run.task, cfg)  # ICL + probes
+        return {"base": base, "evidence": before}
+
+    def fit(self, run: Run, model: Any, data: PreparedData) -> Fit:
+        cfg = run.cfg
+        seed_everything(cfg.seed)  # training randomness must not depend on whether the base was evaluated
+        model = prepare_model(model, cfg.method)
+        val = data.validation
+        result = train_loop(
+            model,
+            TokenData(data.train.input_ids, data.train.labels),
+            TokenData(val.input_ids, val.labels) if val is not None else None,
+            cfg.train,
+            seed=cfg.seed,
+            run_dir=run.dir.path,
+            pad_id=run.tokenizer.pad_token_id,
+            resume=run.resume,
+            make_optimizer=optimizer_for(cfg.method),
+        )
+        run.timings["train_s"] = result.train_seconds
+        return Fit(model, result, result.interrupted)
+
+    def save(self, run: Run, fit: Fit) -> None:
+        save_trained(fit.model, run.tokenizer, run.dir.path)
+
+    def evaluate(self, run: Run, fit: Fit, data: PreparedData, before: dict[str, Any]) -> dict[str, Any]:
+        t_eval = time.perf_counter()
+        save_as = run.dir.predictions("tuned")
+        tuned = evaluate_all(fit.model, run.tokenizer, data, run.task, run.cfg, save_as=save_as)
+        run.timings["tuned_eval_s"] = time.perf_counter() - t_eval
+        base = before["base"]
+        return {s: {"base": base.get(s), "tuned": m} if base else {"tuned": m} for s, m in tuned.items()}
+
+    def summarise(self, run: Run, fit: Fit, data: PreparedData, evals: dict[str, Any]) -> Summary:
+        assert fit.result is not None
+        return loop_summary(run, fit.model, run.task, fit.result, evals, data)
+
+    def evidence(self, run: Run, fit: Fit, data: PreparedData, before: Any, evals: dict[str, Any]) -> Any:
+        """Baselines, forgetting, overfitting and gates."""
+        tuned_evals = {split: v["tuned"] for split, v in evals.items()}
+        return after_training(
+            run.dir.path,
+            fit.model,
+            run.tokenizer,
+            data,
+            run.task,
+            run.cfg,
+            before["evidence"],
+            tuned_evals,
+            fit.result,
+        )
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a finished lm run on ``data`` (default: the run's own validation/test splits)."""
+    model, tokenizer, cfg = load_trained(run_dir)
+    if data is not None:
+        prepared = prepare_file(cfg, tokenizer, data)
+        if prepared.label_names is None:
+            prepared.label_names = RunDir(run_dir).label_names()
+    else:
+        prepared = prepare_data(cfg.data, tokenizer, cfg.seed)
+    task = resolve_task(cfg, prepared.kind)
+    return evaluate_all(model, tokenizer, prepared, task, cfg)

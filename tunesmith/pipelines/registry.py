@@ -1,0 +1,56 @@
+"""Run kinds by name, and which one a config runs as.
+
+    KINDS["lm"].train(cfg)        # what api.train does after kind_of(cfg)
+
+A config runs as ``staged`` when it has ``stages`` or ``data.tasks``; else by its head (``model.head:
+classification`` -> ``head``); else by its method (``feature_extraction`` -> ``features``); else ``lm``.
+A new kind (reward model, DPO, GRPO, ...) is a :class:`~tunesmith.pipelines.base.Pipeline` subclass added to
+:data:`KINDS` and to the table that selects it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import RunConfig
+from tunesmith.pipelines import features, head, lm, staged
+from tunesmith.pipelines.base import Pipeline
+from tunesmith.runs import Summary, read_run_config
+
+KINDS: dict[str, Pipeline] = {
+    "lm": lm.LMPipeline(),
+    "head": head.HeadPipeline(),
+    "features": features.FeaturesPipeline(),
+    "staged": staged.StagedPipeline(),
+}
+KIND_BY_HEAD = {"classification": "head"}
+"""``model.head`` values with their own kind (``lm`` heads run by method)."""
+KIND_BY_METHOD = {"feature_extraction": "features"}
+"""Methods that train outside the loop."""
+
+EVALUATE = {
+    "lm": lm.evaluate,
+    "head": head.evaluate,
+    "features": features.evaluate,
+    "staged": staged.evaluate,
+}
+PREDICT = {"head": head.predict, "features": features.predict}
+"""Kinds with their own predict; the others predict through the LM (``api.predict``)."""
+
+
+def kind_of(cfg: RunConfig) -> str:
+    """The run kind a config trains as (see the module docstring)."""
+    if cfg.stages or cfg.data.tasks:
+        return "staged"
+    return KIND_BY_HEAD.get(cfg.model.head) or KIND_BY_METHOD.get(cfg.method.name) or "lm"
+
+
+def train(cfg: RunConfig, resume: bool = False) -> Summary:
+    """Train ``cfg`` as its kind; returns the summary (also written to ``summary.json``)."""
+    return KINDS[kind_of(cfg)].train(cfg, resume)
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
+    """Metrics of a finished run, by the kind it trained as."""
+    return EVALUATE[kind_of(read_run_config(run_dir))](run_dir, data)

@@ -1,0 +1,31 @@
+"""Interactive chat with a run's model in the terminal (``tunesmith chat RUN_DIR``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.infer.generate import generate_texts
+from tunesmith.methods import load_trained
+
+
+def chat_loop(run_dir: str | Path, max_new_tokens: int = 128) -> None:
+    """Read a line, answer with the tuned model, keep the conversation; empty line or Ctrl-D ends."""
+    model, tokenizer, cfg = load_trained(run_dir)
+    messages: list[dict[str, str]] = []
+    if cfg.data.system_prompt is not None:  # "" is a real (empty) system turn, as in training
+        messages.append({"role": "system", "content": cfg.data.system_prompt})
+    print(f"tunesmith chat with {run_dir} — empty line or Ctrl-D to quit")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not line:
+            return
+        messages.append({"role": "user", "content": line})
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        reply = generate_texts(model, tokenizer, [ids], max_new_tokens=max_new_tokens, desc="thinking")[0]
+        print(f"model> {reply}")
+        messages.append({"role": "assistant", "content": reply})
