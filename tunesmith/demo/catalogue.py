@@ -19,6 +19,7 @@ Run it by hand::
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -172,24 +173,20 @@ OVERVIEW_ANSWER = (
     "Sizes: {sizes}. Care: {care}. Warranty: {warranty}."
 )
 
-# Short, unambiguous answers; every one was answered correctly by the base SmolLM2-135M-Instruct (greedy,
-# no system prompt), so a tuned model that misses one has forgotten something.
-GENERAL_QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("What is the capital of France?", ("Paris",)),
-    ("How many days are there in a week?", ("7", "seven")),
-    ("What colour is the sky on a clear day?", ("blue",)),
-    ("What is the opposite of hot?", ("cold",)),
-    ("What is 2 + 2?", ("4", "four")),
-    ("How many hours are there in a day?", ("24", "twenty-four", "twenty four")),
-    ("Who wrote Romeo and Juliet?", ("Shakespeare",)),
-    ("What is the capital of Japan?", ("Tokyo",)),
-    ("What is the capital of Germany?", ("Berlin",)),
-    ("What is the opposite of day?", ("night",)),
-    ("How many months are there in a year?", ("12", "twelve")),
-    ("Which ocean is the largest?", ("Pacific",)),
-    ("What language is spoken in Spain?", ("Spanish",)),
-    ("What is the opposite of big?", ("small", "little")),
-)
+GENERAL_QUESTIONS_FILE = Path(__file__).with_name("general_questions.jsonl")
+
+
+def _load_general_questions(path: Path = GENERAL_QUESTIONS_FILE) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return tuple((row["question"], tuple(row["answers"])) for row in rows)
+
+
+# The general check (package data, ``general_questions.jsonl``): short factual questions, accepted answers,
+# written for tunesmith (not taken from a dataset). 296 were written; these are the ones the base
+# SmolLM2-135M-Instruct answers right (greedy, fp32, empty system turn) within the first 16 generated tokens,
+# read by hand to drop lucky matches (e.g. "ecology, a branch of biology"). The others cannot show forgetting:
+# retention is measured on what the base knows. None repeats a replay question (``replay.REPLAY_CHATS``).
+GENERAL_QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = _load_general_questions()
 
 # Plain encyclopedic prose written for tunesmith (not copied from anywhere); perplexity on it before and
 # after tuning shows whether the model kept its general language ability.

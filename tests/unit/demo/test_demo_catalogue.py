@@ -249,3 +249,15 @@ def test_per_attribute_phrasings_set_row_counts_and_say_what_is_wrong(tmp_path):
 def test_replay_rows_never_ask_the_general_check_questions():
     check = {q.lower() for q, _ in GENERAL_QUESTIONS}
     assert len(REPLAY_CHATS) >= 60 and not {q.lower() for q, _ in REPLAY_CHATS} & check
+
+
+def test_general_check_is_large_distinct_and_held_out(default_data):
+    questions = [q for q, _ in GENERAL_QUESTIONS]
+    # >= 100 questions: one flipped answer moves the retained share by about a point, not 7.7 (13 questions).
+    assert len(questions) >= 100 and len({q.lower() for q in questions}) == len(questions)
+    trained = {r["messages"][0]["content"].lower() for r in _rows(default_data.train)}
+    assert not trained & {q.lower() for q in questions}
+    for question, answers in GENERAL_QUESTIONS:
+        # Every accepted answer is scored like the store values; it must not be found in its own question
+        # (an answer that repeats the question would count as right).
+        assert answers and not any(answer_contains(question, a) for a in answers), question
