@@ -60,7 +60,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from tunesmith.api import predict
+    from tunesmith.api import predict  # deferred: `tunesmith --help` loads no model stack
 
     # auto: a .txt output is one label id per line (classification) or one answer per line; else JSONL
     path = predict(args.run_dir, data=args.data, out=args.out, fmt=args.format)
@@ -76,7 +76,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from tunesmith.demo.run import run_demo
+    from tunesmith.demo.run import run_demo  # deferred: `tunesmith --help` loads no model stack
     from tunesmith.errors import RunError
 
     result = run_demo(out_dir=args.out, quick=args.quick, seed=args.seed, precision=args.precision)
@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     # deferred: `tunesmith --help` loads no command
     from tunesmith.data.tools.cli import add_parser as add_data_parser
+
+    # deferred: each sub-CLI loads only when the parser is built
     from tunesmith.evaluate.cli import add_parser as add_evidence_parser
     from tunesmith.export.cli import add_parser as add_export_parser
     from tunesmith.serve.cli import add_parser as add_serve_parser

@@ -168,7 +168,7 @@ def _iter_csv(path: Path) -> Iterator[tuple[int, dict | DataError]]:
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
-    import pyarrow as pa
+    import pyarrow as pa  # deferred: pyarrow loads only for Parquet files
     import pyarrow.parquet as pq
 
     try:

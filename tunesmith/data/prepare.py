@@ -195,7 +195,7 @@ def _tokenize(
 
 def _save(directory: Path, splits: dict[str, Split | None], report: dict[str, Any]) -> None:
     import pyarrow as pa  # deferred: pyarrow loads only for the tokenized cache
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # deferred: pyarrow loads only for the token cache
 
     token_lists = pa.list_(pa.int32())
     with atomic_dir(directory) as tmp:

@@ -21,12 +21,18 @@ import json
 import math
 import time
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
+
+import torch
 
 from tunesmith.api import train
 from tunesmith.config import RunConfig, config_from_dict
 from tunesmith.demo.catalogue import answer_contains, generate_demo_data
+from tunesmith.infer.generate import generate_texts, model_device
 from tunesmith.io import write_json_atomic
+from tunesmith.methods import load_trained
+from tunesmith.train.precision import pick_mixed_precision
 
 # An empty system turn: SmolLM2's template otherwise inserts its own 20-token system prompt, and every
 # training token costs CPU time (a 6-token "You are a shop assistant." measured 17 % slower per epoch).
@@ -105,9 +111,6 @@ def general_check(
     model: Any, tokenizer: Any, questions: list[dict[str, Any]], text: str, batch_size: int = 48
 ) -> dict[str, Any]:
     """Share of general questions answered right (greedy, batched), and perplexity on general prose."""
-    import torch
-
-    from tunesmith.infer.generate import generate_texts, model_device
 
     prompts = [
         tokenizer.apply_chat_template(
@@ -142,8 +145,6 @@ def retained_share(base_correct: list[bool], tuned_correct: list[bool]) -> float
 
 
 def _z(confidence: float) -> float:
-    from statistics import NormalDist
-
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
@@ -210,8 +211,6 @@ def _store_accuracy(run_dir: Path, rows: list[dict[str, Any]], which: str) -> fl
 
 def _resolved_precision(precision: str) -> str:
     """What ``train.precision`` ran as on this machine: ``bf16`` or ``fp32``."""
-    from tunesmith.train.precision import pick_mixed_precision
-
     return "bf16" if pick_mixed_precision(precision) == "bf16" else "fp32"
 
 
@@ -224,8 +223,6 @@ def run_demo(
     initialisation, batches): a demo that passes for several seeds passes for several stores, not for one
     lucky catalogue. ``precision`` is ``train.precision`` (``auto``, ``fp32``, ``bf16``).
     """
-    from tunesmith.methods import load_trained
-
     t0 = time.perf_counter()
     out = Path(out_dir)
     data_dir = out / "data"

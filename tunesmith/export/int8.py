@@ -189,7 +189,7 @@ def _dynamic_linear(q: Any, scale: Any, bias: Any, kind: str) -> Any:
     qnnpack/ARM): one probe call at load finds out, instead of a crash at the first generate.
     """
     try:  # optional: torch.ao is deprecated and may be gone from a future torch
-        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+        from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear  # deferred: torch.ao only for int8
     except ImportError:
         return None
     out_f, in_f = q.shape

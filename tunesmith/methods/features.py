@@ -215,7 +215,7 @@ def fit_classifier(
     """Fit the configured scikit-learn classifier; returns (pickle-free stack, the sklearn estimator)."""
     # deferred: scikit-learn (~1 s to import) loads only when a classifier is fitted
     from sklearn.linear_model import LogisticRegression
-    from sklearn.neural_network import MLPClassifier
+    from sklearn.neural_network import MLPClassifier  # deferred: sklearn's MLP only when asked for
 
     features = features.astype(np.float64)
     mean, scale = np.zeros(features.shape[1]), np.ones(features.shape[1])

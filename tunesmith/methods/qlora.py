@@ -19,6 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+from peft import get_peft_model, prepare_model_for_kbit_training
+from transformers import BitsAndBytesConfig
+
 from tunesmith.errors import ModelError
 from tunesmith.methods.lora import lora_config
 
@@ -27,7 +31,7 @@ INSTALL_HINT = "pip install 'tunesmith[qlora]' (bitsandbytes==0.50.2)"
 
 def _require_bitsandbytes() -> Any:
     try:
-        import bitsandbytes
+        import bitsandbytes  # deferred: bitsandbytes is the optional `qlora` extra
     except ImportError as err:
         raise ModelError(
             f"method qlora loads the base in 4-bit and needs bitsandbytes, which cannot be imported here "
@@ -38,9 +42,6 @@ def _require_bitsandbytes() -> Any:
 
 def load_options(method_cfg: Any) -> dict[str, Any]:
     """``from_pretrained`` arguments that load the base quantized to 4 bits."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
     _require_bitsandbytes()
     compute = torch.bfloat16 if method_cfg.compute_dtype == "bfloat16" else torch.float32
     quant = BitsAndBytesConfig(
@@ -57,8 +58,6 @@ def load_options(method_cfg: Any) -> dict[str, Any]:
 
 def ready_for_kbit_training(model: Any) -> Any:
     """Check the base is 4-bit and let PEFT ready it for training an adapter on top."""
-    from peft import prepare_model_for_kbit_training
-
     if not getattr(model, "is_loaded_in_4bit", False):
         raise ModelError(
             "method qlora got a base that is not 4-bit; load it with tunesmith.methods.load_options(cfg) "
@@ -88,7 +87,7 @@ def keep_differentiable_kernels(model: Any) -> int:
     too, so a reloaded run predicts exactly what it evaluated to at the end of training, on every CPU (the
     packed kernel's bf16 moved logits by ~1e-3).
     """
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # deferred: bitsandbytes is the optional `qlora` extra
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
     count = 0
@@ -106,7 +105,6 @@ def keep_differentiable_kernels(model: Any) -> int:
 
 
 def prepare(model: Any, method_cfg: Any, head: str = "lm") -> Any:
-    from peft import get_peft_model
 
     model = ready_for_kbit_training(model)
     return get_peft_model(model, lora_config(method_cfg, model, head))

@@ -45,7 +45,7 @@ def default_gguf_path() -> Path:
 def _convert_default(target: Path) -> None:
     """Dequantize the shipped GGUF into an fp32 safetensors directory (atomic: temp dir + rename)."""
     import torch  # deferred: the data tools import this module and stay torch-free
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred: torch-free callers (data tools)
 
     gguf = default_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -110,7 +110,7 @@ def load_causal_lm(name: str, dtype: str = "auto", trust_remote_code: bool = Fal
     ``options`` go to ``from_pretrained`` unchanged (a method's load options, e.g. qlora's 4-bit config).
     """
     import torch  # deferred: the data tools import this module and stay torch-free
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # deferred: torch-free callers (data tools)
 
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     source = resolve_model_path(name)

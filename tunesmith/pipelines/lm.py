@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.data.formats import Example
+from tunesmith.data.mixing import with_prefix
 from tunesmith.data.prepare import PreparedData, Split, prepare_data
+from tunesmith.data.prompts import read_prompts
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluate.evidence import after_training, before_training
-from tunesmith.evaluate.runner import evaluate_split, resolve_task
+from tunesmith.evaluate.runner import classify, evaluate_split, predict_texts, resolve_task
 from tunesmith.infer.batching import TokenData
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
 from tunesmith.methods import load_options, load_trained, optimizer_for, prepare_model
 from tunesmith.models.loading import load_causal_lm
 from tunesmith.pipelines.base import (
+    LABELS_NEED_CLASSIFICATION,
     Fit,
     Pipeline,
     Run,
@@ -29,6 +33,7 @@ from tunesmith.pipelines.base import (
     loop_summary,
     print_data_report,
     seed_everything,
+    write_predictions,
 )
 from tunesmith.runs import RunDir, Summary, save_trained
 from tunesmith.train.loop import train_loop
@@ -200,3 +205,58 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
         prepared = prepare_data(cfg.data, tokenizer, cfg.seed)
     task = resolve_task(cfg, prepared.kind)
     return evaluate_all(model, tokenizer, prepared, task, cfg)
+
+
+def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "auto") -> Path:
+    """One prediction per input row, in input order: generated text, or the label for classification.
+
+    A generation run answers questions: chat rows ending with the user's turn, ``prompt`` rows,
+    ``instruction`` (+``input``) rows without ``output``, a ``.txt`` with one question per line (a blank line
+    gets an empty answer), and training rows (their answer is not read). Each prompt is rendered as training
+    rendered it (chat template, ``data.system_prompt``, ``data.prefix``) plus the generation prompt.
+
+    ``fmt``: ``jsonl`` (``{"prediction": ...}`` or label rows with probabilities), ``text`` (one answer per
+    line, see :func:`write_predictions`), ``labels`` (classification runs: one label id per line, the format
+    benchmarks read), or ``auto``: ``.txt`` outputs get ``labels`` (classification) or ``text``
+    (generation), anything else JSONL.
+    """
+    label_names = RunDir(run_dir).read_data_report().get("label_names")
+    if not label_names:  # a generation run: the inputs are prompts
+        return _predict_answers(run_dir, data, out, fmt)
+    model, tokenizer, cfg = load_trained(run_dir)
+    if Path(data).suffix == ".txt":  # a classification run reads plain text: one input a line
+        split, task = _plain_text_split(data), "classification"
+    else:
+        prepared = prepare_file(cfg, tokenizer, data)
+        split, task = prepared.train, resolve_task(cfg, prepared.kind)
+    if task == "classification":
+        predicted, probs = classify(model, tokenizer, split, label_names, cfg)
+        rows = [
+            {"label": int(p), "label_name": label_names[p], "probs": [round(x, 6) for x in pr]}
+            for p, pr in zip(predicted, probs, strict=True)
+        ]
+    else:
+        rows = [{"prediction": text} for text in predict_texts(model, tokenizer, split, cfg)]
+    return write_predictions(out, rows, fmt)
+
+
+def _predict_answers(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str) -> Path:
+    """A generation run's answers to the prompts in ``data`` (see :func:`predict`), in input order."""
+    if fmt == "labels":  # before loading and generating anything
+        raise ConfigError(LABELS_NEED_CLASSIFICATION)
+    inputs = read_prompts(data)  # bad rows stop here, before the model loads
+    model, tokenizer, cfg = load_trained(run_dir)
+    if cfg.data.prefix:  # training put it before every input; so must prediction
+        inputs = [ex if ex is None else with_prefix(ex, cfg.data.prefix) for ex in inputs]
+    asked = [ex for ex in inputs if ex is not None]
+    answers = iter(predict_texts(model, tokenizer, Split(asked, [], []), cfg) if asked else [])
+    rows = [{"prediction": "" if ex is None else next(answers)} for ex in inputs]
+    return write_predictions(out, rows, fmt)
+
+
+def _plain_text_split(path: str | Path) -> Split:
+    """Every line of ``path`` (blank ones too, so output line i answers input line i) as an unlabeled
+    classification example; the label 0 is a placeholder that prompts never include."""
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    examples = [Example(str(path), i, "classification", text=t, label=0) for i, t in enumerate(lines, 1)]
+    return Split(examples, [], [])

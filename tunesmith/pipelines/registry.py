@@ -36,7 +36,7 @@ EVALUATE = {
     "staged": staged.evaluate,
 }
 PREDICT = {"head": head.predict, "features": features.predict}
-"""Kinds with their own predict; the others predict through the LM (``api.predict``)."""
+"""Kinds with their own predict; the others (lm, staged) predict through the LM (``lm.predict``)."""
 
 
 def kind_of(cfg: RunConfig) -> str:
@@ -54,3 +54,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Summary:
 def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     """Metrics of a finished run, by the kind it trained as."""
     return EVALUATE[kind_of(read_run_config(run_dir))](run_dir, data)
+
+
+def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "auto") -> Path:
+    """One prediction per input row of ``data`` into ``out``, by the kind the run trained as."""
+    return PREDICT.get(kind_of(read_run_config(run_dir)), lm.predict)(run_dir, data, out, fmt)

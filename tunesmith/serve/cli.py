@@ -64,7 +64,7 @@ def run_serve(args: argparse.Namespace) -> int:
     # Progress bars (weight loading, label scoring) would print on every request of a long-running server.
     os.environ.setdefault("TQDM_DISABLE", "1")
     from tunesmith.serve.app import ServeSettings, create_app  # deferred: `tunesmith --help` loads no command
-    from tunesmith.serve.models import load_registry
+    from tunesmith.serve.models import load_registry  # deferred: `--help` starts no server stack
     from tunesmith.serve.server import serve_forever
 
     registry = load_registry(args.sources)

@@ -88,6 +88,8 @@ def _print_transform(report: dict[str, Any], report_path: Path) -> None:
 def _tokenizer(args: argparse.Namespace) -> Any:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.render import ensure_chat_template
+
+    # deferred: torch-free data tools until a tokenizer is needed
     from tunesmith.models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)

@@ -452,7 +452,7 @@ def length_histogram_png(tokens: dict[str, Any]) -> bytes:
     """The token-length histogram with a line at ``max_length``, as PNG bytes (Agg, no pyplot)."""
     # deferred: matplotlib loads only for the HTML page's histogram
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # deferred: matplotlib only for the plot
 
     hist = tokens["histogram"]
     fig = Figure(figsize=(8, 3.6))
