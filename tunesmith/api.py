@@ -46,15 +46,9 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
 def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "auto") -> Path:
     """One prediction per input row, in input order: generated text, or the label for classification.
 
-    A generation run answers questions: chat rows ending with the user's turn, ``prompt`` rows,
-    ``instruction`` (+``input``) rows without ``output``, a ``.txt`` with one question per line (a blank line
-    gets an empty answer), and training rows (their answer is not read). Each prompt is rendered as training
-    rendered it (chat template, ``data.system_prompt``, ``data.prefix``) plus the generation prompt.
-
-    ``fmt``: ``jsonl`` (``{"prediction": ...}`` or label rows with probabilities), ``text`` (one answer per
-    line, see :func:`write_predictions`), ``labels`` (classification runs: one label id per line, the format
-    benchmarks read), or ``auto``: ``.txt`` outputs get ``labels`` (classification) or ``text``
-    (generation), anything else JSONL.
+    Inputs, formats (``auto``, ``jsonl``, ``text``, ``labels``) and rules: see
+    :func:`tunesmith.pipelines.lm.predict` (generation and label-word runs); heads and feature extraction
+    have their own, with the same formats.
     """
     return registry.predict(run_dir, data, out, fmt)
 
