@@ -177,6 +177,17 @@ def one_line(text: str) -> str:
     return "".join(out)
 
 
+def label_rows(probs: Any, label_names: list[str]) -> list[dict[str, Any]]:
+    """Prediction rows of a classifier: the most probable label id, its name and every label's probability."""
+    rows = []
+    for p in probs:
+        best = int(p.argmax())
+        rows.append(
+            {"label": best, "label_name": label_names[best], "probs": [round(float(x), 6) for x in p]}
+        )
+    return rows
+
+
 def write_predictions(out: str | Path, rows: list[dict[str, Any]], fmt: str) -> Path:
     """Write prediction rows to ``out``.
 

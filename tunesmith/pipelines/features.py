@@ -27,7 +27,16 @@ from tunesmith.evaluate.metrics import classification_metrics
 from tunesmith.io import write_jsonl_atomic
 from tunesmith.methods.features import LinearStack, cached_features, fit_classifier
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
-from tunesmith.pipelines.base import Fit, Pipeline, Run, data_hashes, read_texts, summarise, write_predictions
+from tunesmith.pipelines.base import (
+    Fit,
+    Pipeline,
+    Run,
+    data_hashes,
+    label_rows,
+    read_texts,
+    summarise,
+    write_predictions,
+)
 from tunesmith.runs import RunDir, Summary, read_run_config
 from tunesmith.train.monitor import peak_rss_mb
 
@@ -173,12 +182,4 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "
     tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
     feats, _ = _features(cfg, tokenizer, read_texts(data, cfg, label_names), _LazyModel(cfg))
     probs = LinearStack.load(RunDir(run_dir).classifier).predict_proba(feats, len(label_names))
-    rows = [
-        {
-            "label": int(p.argmax()),
-            "label_name": label_names[int(p.argmax())],
-            "probs": [round(float(x), 6) for x in p],
-        }
-        for p in probs
-    ]
-    return write_predictions(out, rows, fmt)
+    return write_predictions(out, label_rows(probs, label_names), fmt)

@@ -41,6 +41,7 @@ from tunesmith.pipelines.base import (
     Pipeline,
     Run,
     apply_prepare_steps,
+    label_rows,
     loop_summary,
     print_data_report,
     read_texts,
@@ -226,12 +227,4 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "
     model, tokenizer, cfg = load_trained(run_dir)
     label_names = RunDir(run_dir).require_label_names()
     probs = head_probs(model, tokenizer, cfg, read_texts(data, cfg, label_names))
-    rows = [
-        {
-            "label": int(p.argmax()),
-            "label_name": label_names[int(p.argmax())],
-            "probs": [round(float(x), 6) for x in p],
-        }
-        for p in probs
-    ]
-    return write_predictions(out, rows, fmt)
+    return write_predictions(out, label_rows(probs, label_names), fmt)
