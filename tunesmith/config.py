@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_serializer,
@@ -22,12 +21,8 @@ from pydantic import (
 )
 
 from tunesmith.errors import ConfigError
-
-
-class Strict(BaseModel):
-    """Base for every section: unknown keys are rejected instead of silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+from tunesmith.objective import OBJECTIVE_VARIANTS, ObjectiveConfig, SFTObjective
+from tunesmith.schema import Strict
 
 
 class ModelConfig(Strict):
@@ -424,6 +419,8 @@ class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     method: MethodConfig = LoraMethod()
+    objective: ObjectiveConfig = SFTObjective()
+    """What training optimises: sft, reward, dpo (+ variants) or grpo (tunesmith/objective.py)."""
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     gates: GatesConfig = GatesConfig()
@@ -583,9 +580,10 @@ def reference_markdown() -> str:
             if item is not None:  # data.tasks, stages: one row per key of a list item
                 walk(item, f"{key}[].")
                 continue
-            if name == "method" and prefix == "":
-                for variant in METHOD_VARIANTS:
-                    walk(variant, f"method ({variant().name}).")
+            variants = {"method": METHOD_VARIANTS, "objective": OBJECTIVE_VARIANTS}.get(name)
+            if variants and prefix == "":
+                for variant in variants:
+                    walk(variant, f"{name} ({variant.model_fields['name'].default}).")
                 continue
             default = "required"
             if not field.is_required():

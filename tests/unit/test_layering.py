@@ -14,6 +14,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("tunesmith",),  # the package root: __version__ only
     ("errors",),
     ("io",),
+    ("schema",),  # the Strict base of every config section
+    ("objective",),  # objective and grader schemas
     ("config",),
     ("models",),  # loading, memory planning
     ("infer",),  # batching, token losses, generation, label scoring: below train, evaluate and serve
