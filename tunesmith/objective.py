@@ -101,7 +101,7 @@ class RewardObjective(Strict):
     name: Literal["reward"] = "reward"
     """A scalar reward model trained on preference pairs with the Bradley-Terry loss."""
     center_rewards: float | None = Field(None, ge=0)
-    """Coefficient of the penalty (r_chosen + r_rejected)^2 that keeps rewards centred on 0 (0.01 is usual)."""
+    """Coefficient of the penalty (r_chosen + r_rejected)^2 keeping rewards centred on 0 (0.01 is usual)."""
 
 
 class DPOObjective(Strict):
@@ -124,7 +124,7 @@ class DPOObjective(Strict):
 
 class GRPOObjective(Strict):
     name: Literal["grpo"] = "grpo"
-    """Reinforcement learning from a grader: sample completions per prompt, score them, push the better ones."""
+    """Reinforcement learning from a grader: sample completions per prompt, score, push the better."""
     grader: Grader
     """Scores each completion (string_check, text_similarity, python, score_model, multi; see the module)."""
     advantage: Literal["grpo", "rloo"] = "grpo"
