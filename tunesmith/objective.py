@@ -115,7 +115,7 @@ class DPOObjective(Strict):
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     """sigmoid only: the assumed share of flipped labels (conservative DPO)."""
     simpo_gamma: float = 0.5
-    """simpo only: the target reward margin, in units of beta."""
+    """simpo only: the target margin gamma, subtracted from beta x the per-token log-prob difference."""
     desirable_weight: float = Field(1.0, gt=0)
     """kto only: weight of the desirable examples' term."""
     undesirable_weight: float = Field(1.0, gt=0)

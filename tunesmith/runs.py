@@ -38,6 +38,7 @@ CLASSIFIER = "classifier"
 BASE_EVAL = "base_eval.json"
 BASE_EVAL_TASKS = "base_eval_tasks.json"
 PREPARED = "prepared"
+REFERENCE_LOGPS = "reference_logps.safetensors"
 STAGES = "stages"
 STAGE_RECORD = "stage.json"
 STAGE_END = "end"
@@ -96,6 +97,7 @@ class RunDir:
     base_eval = property(lambda self: self.path / BASE_EVAL)
     base_eval_tasks = property(lambda self: self.path / BASE_EVAL_TASKS)
     prepared = property(lambda self: self.path / PREPARED)
+    reference_logps = property(lambda self: self.path / REFERENCE_LOGPS)
     stage_record = property(lambda self: self.path / STAGE_RECORD)
     stage_end = property(lambda self: self.path / STAGE_END)
 

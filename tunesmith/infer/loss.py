@@ -22,7 +22,7 @@ CHUNK_POSITIONS = 2048
 (~400 MB for a 49k vocab) however large the batch."""
 
 
-def _causal_lm_parts(model: Any) -> tuple[Any, Any] | None:
+def causal_lm_parts(model: Any) -> tuple[Any, Any] | None:
     """(decoder, output head) of a causal LM, seen through a PEFT wrapper; None if the model hides them.
 
     None too for PEFT prompt learning (prompt/prefix tuning): its virtual tokens enter in PEFT's own forward,
@@ -61,7 +61,7 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     """
     targets = batch["labels"][:, 1:]
     mask = targets != -100
-    parts = _causal_lm_parts(model)
+    parts = causal_lm_parts(model)
     if parts is None:  # unusual architectures: plain full-logits path
         return full_logits_loss(model, batch)
     decoder, head = parts

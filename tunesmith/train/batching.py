@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from tunesmith.infer.batching import collate
+from tunesmith.infer.batching import TokenData
 
 GROUP_CHUNK_BATCHES = 32
 """With length grouping, examples are sorted by length within windows of this many batches: enough to
@@ -93,8 +93,7 @@ def collate_packed(
 
 
 def iter_batches(
-    input_ids: list[list[int]],
-    labels: list[list[int]],
+    data: TokenData,
     batch_size: int,
     pad_id: int,
     seed: int,
@@ -106,13 +105,15 @@ def iter_batches(
     """Yield the micro-batches of one epoch, skipping the first ``start_batch`` (resume).
 
     Packing changes only how a micro-batch's examples are laid out in rows, never which examples it holds,
-    so steps, gradient accumulation and the resume position are the same with and without it.
+    so steps, gradient accumulation and the resume position are the same with and without it. Only plain
+    rows pack (a pair's two rows or a prompt are laid out by their own ``collate``).
     """
-    lengths = [len(ids) for ids in input_ids]
-    batches = length_grouped_batches(lengths, batch_size, seed, epoch, group_by_length)
-    make = collate_packed if packing else collate
+    batches = length_grouped_batches(data.lengths(), batch_size, seed, epoch, group_by_length)
     for idx in batches[start_batch:]:
-        yield make([input_ids[i] for i in idx], [labels[i] for i in idx], pad_id)
+        if packing and type(data) is TokenData:
+            yield collate_packed([data.input_ids[i] for i in idx], [data.labels[i] for i in idx], pad_id)
+        else:
+            yield data.collate(idx, pad_id)
 
 
 def batches_per_epoch(n_examples: int, batch_size: int) -> int:

@@ -30,7 +30,7 @@ from transformers import get_scheduler
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import RunError
-from tunesmith.infer.batching import TokenData
+from tunesmith.infer.batching import TokenData, count_targets, count_tokens
 from tunesmith.infer.loss import LossFn, causal_lm_loss, evaluate_loss
 from tunesmith.models.memory import fit_micro_batch, plan_memory
 from tunesmith.runs import RunDir
@@ -74,8 +74,7 @@ def _micro_batches(data: TokenData, cfg: TrainConfig, seed: int, pad_id: int, st
     while True:
         for offset, batch in enumerate(
             iter_batches(
-                data.input_ids,
-                data.labels,
+                data,
                 cfg.batch_size,
                 pad_id,
                 seed,
@@ -104,6 +103,10 @@ def train_loop(
     make_optimizer: Callable[[Any, TrainConfig], torch.optim.Optimizer] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; see the module docstring. ``on_step(step, loss)`` runs after each step.
+
+    ``loss_fn(model, batch) -> (loss_sum, units)`` is any objective over ``train_data``'s batches; the loop
+    divides by the step's units (:func:`~tunesmith.infer.batching.count_targets`). With a ``pop_stats()``
+    method its per-step measurements go into metrics.jsonl beside the loss.
 
     ``val_metrics(model, batch_size)`` replaces the validation-loss pass when given: it returns
     ``{"val_loss": ..., "val_<score>": ...}`` from one pass (classification heads: macro-F1, accuracy), so
@@ -171,8 +174,12 @@ def train_loop(
             if ema is not None:
                 ema.update(state.step)
             result.train_tokens += n_tokens
-            tok_s = n_tokens / (time.perf_counter() - step_start)
+            step_s = time.perf_counter() - step_start
+            tok_s = n_tokens / step_s
             lr = scheduler.get_last_lr()[0]
+            # A loss that measures more than its value (a preference loss's reward accuracy, GRPO's rewards
+            # and generation time) hands it over once per step: popped every step, logged with the step.
+            extra = loss_fn.pop_stats() if hasattr(loss_fn, "pop_stats") else {}
             if state.step % cfg.log_every == 0 or state.step == total_steps:
                 epoch_pos = round(epoch + batch_idx / max(1, _n_batches(train_data, cfg)), 4)
                 log.write(
@@ -182,6 +189,8 @@ def train_loop(
                         "train_loss": step_loss,
                         "lr": lr,
                         "tokens_per_s": round(tok_s, 1),
+                        "step_s": round(step_s, 3),
+                        **extra,
                     }
                 )
             bar.update(1)
@@ -260,7 +269,7 @@ def _optimizer_step(
     ``splits`` > 1 runs each micro-batch in that many row chunks: the loss is a token sum over the step's
     target count, so the gradient is the same, at the cost of smaller matmuls.
     """
-    n_target = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    n_target = sum(count_targets(b) for b in batches)
     step_loss = 0.0
     chunks = [
         {k: v[rows] for k, v in b.items()}
@@ -280,7 +289,7 @@ def _optimizer_step(
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return step_loss, sum(int(b["attention_mask"].sum()) for b in batches)
+    return step_loss, sum(count_tokens(b) for b in batches)
 
 
 def _step_with_oom_retry(
@@ -330,12 +339,13 @@ def enable_gradient_checkpointing(model: Any) -> None:
 def plan_and_fit(model: Any, data: TokenData, cfg: TrainConfig, precision: str) -> TrainConfig:
     """Print the memory plan for the worst-case micro-batch; with a budget, shrink the micro-batch to fit.
 
-    Worst case = every row as long as the longest example, every label a target (an upper bound).
+    Worst case = every row as long as the longest example, every label a target (an upper bound); an example
+    of several rows (a preference pair, a prompt's sampled completions) counts all of them.
     """
-    longest = max((len(ids) for ids in data.input_ids), default=1)
+    rows_per_example, longest = data.plan_shape()
 
     def estimate(micro: int) -> float:
-        tokens = micro * longest
+        tokens = micro * rows_per_example * longest
         return plan_memory(model, tokens, tokens, precision, cfg.gradient_checkpointing).total_mb
 
     if cfg.memory_budget_mb is not None:
@@ -343,9 +353,8 @@ def plan_and_fit(model: Any, data: TokenData, cfg: TrainConfig, precision: str) 
         if (micro, accum) != (cfg.batch_size, cfg.grad_accum):
             print(f"tunesmith: micro-batch {micro} x grad_accum {accum} fits {cfg.memory_budget_mb:.0f} MB")
             cfg = cfg.model_copy(update={"batch_size": micro, "grad_accum": accum})
-    plan = plan_memory(
-        model, cfg.batch_size * longest, cfg.batch_size * longest, precision, cfg.gradient_checkpointing
-    )
+    tokens = cfg.batch_size * rows_per_example * longest
+    plan = plan_memory(model, tokens, tokens, precision, cfg.gradient_checkpointing)
     print(f"tunesmith: {plan.line()}")
     return cfg
 

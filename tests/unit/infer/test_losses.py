@@ -7,8 +7,8 @@ import pytest
 from tests.conftest import make_tiny_llama
 from tunesmith.config import LoraMethod
 from tunesmith.infer import loss as losses
+from tunesmith.infer.batching import collate
 from tunesmith.methods import prepare_model
-from tunesmith.train.batching import collate
 
 
 def _batch():

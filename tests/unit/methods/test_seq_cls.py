@@ -25,11 +25,12 @@ from tunesmith.config import (
 )
 from tunesmith.data.render import class_target_labels
 from tunesmith.errors import ConfigError
+from tunesmith.infer.batching import collate
 from tunesmith.infer.generate import head_logits
 from tunesmith.methods import count_parameters, load_options
 from tunesmith.methods.seq_cls import load_sequence_classifier, prepare_head
 from tunesmith.runs import load_trained, save_trained
-from tunesmith.train.batching import collate, collate_packed
+from tunesmith.train.batching import collate_packed
 from tunesmith.train.loop import TokenData, evaluate_loss, train_loop
 from tunesmith.train.losses import sequence_classification_loss
 

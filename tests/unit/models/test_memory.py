@@ -8,6 +8,7 @@ import torch
 from tests.conftest import make_tiny_llama
 from tests.unit.train.test_train_loop import PAD, VOCAB, _cfg, _losses, _run
 from tunesmith.config import FullMethod, LoraMethod
+from tunesmith.infer.batching import collate
 from tunesmith.methods import prepare_model
 from tunesmith.models.memory import (
     MB,
@@ -16,7 +17,6 @@ from tunesmith.models.memory import (
     plan_memory,
     saved_activation_bytes,
 )
-from tunesmith.train.batching import collate
 from tunesmith.train.loop import enable_gradient_checkpointing
 from tunesmith.train.losses import causal_lm_loss
 

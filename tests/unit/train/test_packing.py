@@ -7,7 +7,8 @@ import torch
 
 from tests.conftest import make_tiny_llama
 from tests.unit.train.test_train_loop import PAD, VOCAB, _cfg, _data, _losses, _run
-from tunesmith.train.batching import collate, collate_packed, iter_batches, pack_rows
+from tunesmith.infer.batching import collate
+from tunesmith.train.batching import collate_packed, iter_batches, pack_rows
 from tunesmith.train.losses import causal_lm_loss, full_logits_loss
 
 
@@ -88,8 +89,8 @@ def test_packed_gradients_equal_unpacked():
 
 def test_packed_epoch_is_pure_function_of_seed_and_epoch():
     data = _data(24)
-    a = [b["input_ids"] for b in iter_batches(data.input_ids, data.labels, 4, PAD, 0, 1, packing=True)]
-    b = [b["input_ids"] for b in iter_batches(data.input_ids, data.labels, 4, PAD, 0, 1, 2, packing=True)]
+    a = [b["input_ids"] for b in iter_batches(data, 4, PAD, 0, 1, packing=True)]
+    b = [b["input_ids"] for b in iter_batches(data, 4, PAD, 0, 1, 2, packing=True)]
     assert all(torch.equal(x, y) for x, y in zip(a[2:], b, strict=True))
 
 
