@@ -64,6 +64,7 @@ class PythonGrader(Strict):
     """Python source defining ``def grade(sample: dict, item: dict) -> float``; run in a separate process
     with no network, killed after ``timeout_s``; an exception or timeout scores 0 with the reason logged."""
     timeout_s: float = Field(5.0, gt=0)
+    """Deadline per sample, in seconds: a sample past it scores 0; the rest of the batch is still graded."""
 
 
 class ScoreModelGrader(Strict):
