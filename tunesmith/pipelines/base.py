@@ -254,9 +254,14 @@ class Pipeline:
     def check(self, cfg: RunConfig) -> None:
         """Fail before any work on a setting this kind cannot honour."""
 
+    def resolve(self, cfg: RunConfig) -> RunConfig:
+        """The config as this kind runs it (written to ``config.yaml``); e.g. a reward model's scalar head."""
+        return cfg
+
     def train(self, cfg: RunConfig, resume: bool = False) -> Summary:
         """Run the kind end to end; returns the summary (also written to ``summary.json``)."""
         self.check(cfg)
+        cfg = self.resolve(cfg)
         t_start = time.perf_counter()
         if self.seed_first:
             seed_everything(cfg.seed)

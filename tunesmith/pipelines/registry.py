@@ -2,7 +2,8 @@
 
     KINDS["lm"].train(cfg)        # what api.train does after kind_of(cfg)
 
-A config runs as ``staged`` when it has ``stages`` or ``data.tasks``; else by its head (``model.head:
+A config with an ``objective`` other than sft runs as that objective's kind (``dpo``, ...). Else it runs as
+``staged`` when it has ``stages`` or ``data.tasks``; else by its head (``model.head:
 classification`` -> ``head``); else by its method (``feature_extraction`` -> ``features``); else ``lm``.
 A new kind (reward model, DPO, GRPO, ...) is a :class:`~tunesmith.pipelines.base.Pipeline` subclass added to
 :data:`KINDS` and to the table that selects it.
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
-from tunesmith.pipelines import features, head, lm, staged
+from tunesmith.pipelines import features, head, lm, preference, reward, rl, staged
 from tunesmith.pipelines.base import Pipeline
 from tunesmith.runs import Summary, read_run_config
 
@@ -23,17 +24,25 @@ KINDS: dict[str, Pipeline] = {
     "head": head.HeadPipeline(),
     "features": features.FeaturesPipeline(),
     "staged": staged.StagedPipeline(),
+    "dpo": preference.PreferencePipeline(),
+    "reward": reward.RewardPipeline(),
+    "grpo": rl.GRPOPipeline(),
 }
 KIND_BY_HEAD = {"classification": "head"}
 """``model.head`` values with their own kind (``lm`` heads run by method)."""
 KIND_BY_METHOD = {"feature_extraction": "features"}
 """Methods that train outside the loop."""
+KIND_BY_OBJECTIVE = {"dpo": "dpo", "reward": "reward", "grpo": "grpo"}
+"""Objectives other than sft: each its own kind, whatever the head or method."""
 
 EVALUATE = {
     "lm": lm.evaluate,
     "head": head.evaluate,
     "features": features.evaluate,
     "staged": staged.evaluate,
+    "dpo": preference.evaluate,
+    "reward": reward.evaluate,
+    "grpo": rl.evaluate,
 }
 PREDICT = {"head": head.predict, "features": features.predict}
 """Kinds with their own predict; the others (lm, staged) predict through the LM (``lm.predict``)."""
@@ -41,6 +50,8 @@ PREDICT = {"head": head.predict, "features": features.predict}
 
 def kind_of(cfg: RunConfig) -> str:
     """The run kind a config trains as (see the module docstring)."""
+    if cfg.objective.name in KIND_BY_OBJECTIVE:
+        return KIND_BY_OBJECTIVE[cfg.objective.name]
     if cfg.stages or cfg.data.tasks:
         return "staged"
     return KIND_BY_HEAD.get(cfg.model.head) or KIND_BY_METHOD.get(cfg.method.name) or "lm"

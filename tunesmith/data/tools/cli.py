@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunesmith.data.tools.synth import TASKS, write_task
 from tunesmith.errors import DataError, TunesmithError
 from tunesmith.io import write_json_atomic, write_text_atomic
 
@@ -445,6 +446,21 @@ def _add_writing(sub: Any) -> None:
     p.set_defaults(func=_augment)
 
 
+def _add_synth(sub: Any) -> None:
+    p = sub.add_parser("synth", help="write a synthetic task file (arithmetic word problems for RL)")
+    p.add_argument("task", choices=sorted(TASKS))
+    p.add_argument("--n", type=int, default=400, help="rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output JSONL file")
+    p.set_defaults(func=_synth)
+
+
+def _synth(args: argparse.Namespace) -> int:
+    path = write_task(args.task, args.n, args.seed, args.out)
+    print(f"wrote {args.n} {args.task} rows to {path}")
+    return 0
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``data`` and its subcommands on the ``tunesmith`` parser's subparsers.
 
@@ -454,6 +470,7 @@ def add_parser(subparsers: Any) -> None:
     sub = data.add_subparsers(dest="data_command", required=True, metavar="STEP")
     _add_looking(sub)
     _add_writing(sub)
+    _add_synth(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,235 @@
+"""The ``dpo`` run kind: direct preference optimisation (sigmoid, ipo, hinge, simpo, orpo) on preference pairs
+and kto on unpaired good/bad completions, through the one loop with a preference loss.
+
+    tunesmith train recipes/dpo.yaml                              # DPO with LoRA on orca-dpo-pairs
+    tunesmith train recipes/dpo.yaml --set objective.loss=simpo   # a variant
+
+The reference log-probs are computed once, by the start model before the method wraps it, and cached in the
+run directory (``reference_logps.safetensors``, keyed by model and token ids): while the policy trains no
+reference model is in memory, and ``--resume`` or a re-run reads the cache instead of recomputing. With LoRA
+the start model *is* the reference (a new adapter changes nothing until it trains), so there is no copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+
+from tunesmith.config import RunConfig
+from tunesmith.data.preference import PairSplit, PreferenceData, UnpairedSplit, prepare_preferences
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.infer.batching import PairData, TokenData, UnpairedData, model_device
+from tunesmith.infer.logprobs import logps_of_rows
+from tunesmith.io import write_bytes_atomic
+from tunesmith.methods import load_trained, optimizer_for, prepare_model
+from tunesmith.objective import DPOObjective
+from tunesmith.pipelines.base import Fit, Pipeline, Run, loop_summary, print_data_report, seed_everything
+from tunesmith.pipelines.lm import load_start_model
+from tunesmith.runs import Summary, save_trained
+from tunesmith.train.loop import train_loop
+from tunesmith.train.preference import PreferenceLoss
+
+REFERENCE_FREE = ("simpo", "orpo")
+PAD = 0
+"""Padding id of preference batches: any id works, the attention mask and -100 labels hide it."""
+EVAL_SPLITS = ("validation", "test")
+
+
+def token_data(split: PairSplit | UnpairedSplit) -> PairData | UnpairedData:
+    """A prepared split as the loop's rows (pairs, or unpaired rows with their desirability)."""
+    if isinstance(split, PairSplit):
+        return PairData(split.chosen_ids, split.chosen_labels, split.rejected_ids, split.rejected_labels)
+    return UnpairedData(split.input_ids, split.labels, split.desirable)
+
+
+def _rows(data: TokenData) -> tuple[list[list[int]], list[list[int]]]:
+    """Every row whose reference log-prob is needed: chosen then rejected for pairs."""
+    if isinstance(data, PairData):
+        return data.input_ids + data.rejected_ids, data.labels + data.rejected_labels
+    return data.input_ids, data.labels
+
+
+def _reference_key(cfg: RunConfig, splits: dict[str, TokenData]) -> str:
+    """What the reference log-probs depend on: the start model and every token of every row."""
+    digest = hashlib.sha256(
+        json.dumps([cfg.model.model_dump(), cfg.init_from, cfg.method.name], sort_keys=True).encode()
+    )
+    for name in sorted(splits):
+        digest.update(name.encode())
+        digest.update(json.dumps(_rows(splits[name])).encode())
+    return digest.hexdigest()
+
+
+def _set_reference(data: TokenData, logps: list[float]) -> None:
+    if isinstance(data, PairData):
+        half = len(data.input_ids)
+        data.ref_chosen, data.ref_rejected = logps[:half], logps[half:]
+    elif isinstance(data, UnpairedData):
+        data.ref = logps
+
+
+def attach_reference(
+    path: Path | None, cfg: RunConfig, splits: dict[str, TokenData], reference: Callable[[], Any]
+) -> bool:
+    """Give every split its reference log-probs, from the cache at ``path`` or computed by ``reference()``
+    (the start model) and cached there (``path`` None: not cached). Returns True when they were computed."""
+    key = _reference_key(cfg, splits)
+    if path is not None and path.exists():
+        with safetensors.safe_open(str(path), "pt") as cached:
+            if (cached.metadata() or {}).get("key") == key:
+                for name, data in splits.items():
+                    _set_reference(data, cached.get_tensor(name).tolist())
+                return False
+    model = reference()
+    print("tunesmith: computing the reference log-probs once (cached in the run directory)")
+    tensors = {}
+    for name, data in splits.items():
+        ids, labels = _rows(data)
+        logps, _ = logps_of_rows(model, ids, labels, PAD, cfg.eval.batch_size)
+        _set_reference(data, logps)
+        tensors[name] = torch.tensor(logps, dtype=torch.float64)
+    if path is not None:
+        write_bytes_atomic(path, safetensors.torch.save(tensors, metadata={"key": key}))
+    return True
+
+
+@torch.no_grad()
+def preference_metrics(
+    model: Any, data: TokenData, objective: DPOObjective, batch_size: int
+) -> dict[str, float]:
+    """Mean loss and the loss's measurements over ``data`` (pairs: reward accuracy, margin, chosen/rejected
+    rewards and log-probs, and ``prefers_chosen``, the share of pairs whose chosen answer has the higher
+    per-token log-prob: the base model's zero-shot preference, comparable before and after training)."""
+    was_training = model.training
+    model.eval()
+    loss_fn, device, total = PreferenceLoss(objective), model_device(model), 0.0
+    for start in range(0, len(data), batch_size):
+        batch = data.collate(list(range(start, min(start + batch_size, len(data)))), PAD)
+        loss_sum, _ = loss_fn(model, {k: v.to(device) for k, v in batch.items()})
+        total += float(loss_sum)
+    model.train(was_training)
+    return {"loss": round(total / max(len(data), 1), 6), **loss_fn.pop_stats()}
+
+
+def _val_metrics(data: TokenData, objective: DPOObjective) -> Callable[[Any, int], dict[str, float]]:
+    def scores(model: Any, batch_size: int) -> dict[str, float]:
+        metrics = preference_metrics(model, data, objective, batch_size)
+        return {"val_loss": metrics.pop("loss"), **{f"val_{k}": v for k, v in metrics.items()}}
+
+    return scores
+
+
+def _objective(cfg: RunConfig) -> DPOObjective:
+    assert isinstance(cfg.objective, DPOObjective)
+    return cfg.objective
+
+
+class PreferencePipeline(Pipeline):
+    """Preference pairs (or kto rows) -> reference log-probs once -> the loop with a preference loss."""
+
+    name = "dpo"
+
+    def check(self, cfg: RunConfig) -> None:
+        if cfg.model.head != "lm" or cfg.method.name == "feature_extraction":
+            raise ConfigError("objective dpo trains the LM itself: use model.head: lm and a training method")
+        if cfg.train.packing:
+            raise ConfigError(
+                "objective dpo compares whole answers; train.packing does not apply (set false)"
+            )
+
+    def prepare(self, run: Run) -> PreferenceData:
+        shape = "unpaired" if _objective(run.cfg).loss == "kto" else "preference"
+        data = prepare_preferences(run.cfg.data, run.tokenizer, run.cfg.seed, shape)
+        run.dir.write_data_report(data.report)
+        print_data_report(data.report)
+        if not len(data.train):
+            raise DataError(f"{run.cfg.data.train}: no training examples left (see data_report.json)")
+        run.task = "preference"
+        return data
+
+    def start_model(self, run: Run, data: PreferenceData) -> Any:
+        return load_start_model(run.cfg)
+
+    def baselines(self, run: Run, model: Any, data: PreferenceData) -> dict[str, Any]:
+        """Reference log-probs of every split (the start model is the reference), then the start model's
+        numbers on the evaluation splits."""
+        splits = {
+            name: token_data(split)
+            for name in ("train", *EVAL_SPLITS)
+            if (split := getattr(data, name)) is not None and len(split)
+        }
+        objective = _objective(run.cfg)
+        if objective.loss not in REFERENCE_FREE:
+            attach_reference(run.dir.reference_logps, run.cfg, splits, lambda: model)
+        base = {
+            name: preference_metrics(model, splits[name], objective, run.cfg.eval.batch_size)
+            for name in EVAL_SPLITS
+            if name in splits
+        }
+        return {"splits": splits, "base": base}
+
+    def fit(self, run: Run, model: Any, data: PreferenceData) -> Fit:
+        cfg, splits = run.cfg, run.before["splits"]
+        seed_everything(cfg.seed)
+        model = prepare_model(model, cfg.method)
+        val = splits.get("validation")
+        result = train_loop(
+            model,
+            splits["train"],
+            val,
+            cfg.train,
+            seed=cfg.seed,
+            run_dir=run.dir.path,
+            pad_id=PAD,
+            resume=run.resume,
+            loss_fn=PreferenceLoss(_objective(cfg)),
+            val_metrics=_val_metrics(val, _objective(cfg)) if val is not None else None,
+            make_optimizer=optimizer_for(cfg.method),
+        )
+        run.timings["train_s"] = result.train_seconds
+        return Fit(model, result, result.interrupted)
+
+    def save(self, run: Run, fit: Fit) -> None:
+        save_trained(fit.model, run.tokenizer, run.dir.path)
+
+    def evaluate(self, run: Run, fit: Fit, data: PreferenceData, before: dict[str, Any]) -> dict[str, Any]:
+        t_eval = time.perf_counter()
+        evals = {
+            name: {
+                "base": metrics,
+                "tuned": preference_metrics(
+                    fit.model, before["splits"][name], _objective(run.cfg), run.cfg.eval.batch_size
+                ),
+            }
+            for name, metrics in before["base"].items()
+        }
+        run.timings["tuned_eval_s"] = time.perf_counter() - t_eval
+        return evals
+
+    def summarise(self, run: Run, fit: Fit, data: PreferenceData, evals: dict[str, Any]) -> Summary:
+        assert fit.result is not None
+        return loop_summary(run, fit.model, run.task, fit.result, evals, data)  # type: ignore[arg-type]
+
+
+def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
+    """Preference metrics of a finished dpo run on its own evaluation splits or on ``data`` (any preference
+    file), with the reference log-probs from the run's cache (or computed with the start model)."""
+    model, tokenizer, cfg = load_trained(run_dir)
+    data_cfg = cfg.data
+    if data is not None:
+        data_cfg = data_cfg.model_copy(update={"validation": str(data), "test": None})
+    objective = _objective(cfg)
+    prepared = prepare_preferences(
+        data_cfg, tokenizer, cfg.seed, "unpaired" if objective.loss == "kto" else "preference"
+    )
+    splits = {n: token_data(s) for n in EVAL_SPLITS if (s := getattr(prepared, n)) is not None and len(s)}
+    if objective.loss not in REFERENCE_FREE:
+        attach_reference(None, cfg, splits, lambda: load_start_model(cfg))  # other data: not the run's cache
+    return {name: preference_metrics(model, d, objective, cfg.eval.batch_size) for name, d in splits.items()}
