@@ -260,7 +260,8 @@ def _sources(data_cfg: DataConfig, seed: int, shape: str) -> dict[str, tuple[lis
         kept, held = hold_out(train.examples, data_cfg.validation_fraction, seed)
         if held:
             out["train"] = (kept, {**out["train"][1], "held_out_for_validation": len(held)})
-            out["validation"] = (held, {"rows_read": len(held), "held_out_from": "train"})
+            counts = {"rows_read": len(held), "malformed_skipped": 0, "identical_pairs_dropped": 0}
+            out["validation"] = (held, {**counts, "held_out_from": "train"})
     return out
 
 

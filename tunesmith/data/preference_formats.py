@@ -184,8 +184,8 @@ def _chosen_rejected(row: dict) -> Example:
             raise _RowError(f"{key} has no reply after the {shared} messages it shares with the other")
     if chosen[shared - 1]["role"] not in _PROMPT_END:
         raise _RowError(
-            f"chosen[{shared - 1}].role: the {shared} messages chosen and rejected share end with a "
-            f"{chosen[shared - 1]['role']!r} turn; the shared prompt must end with a user or tool turn"
+            f"chosen[{shared - 1}].role: chosen and rejected share their first {shared} messages, the last "
+            f"one {chosen[shared - 1]['role']!r}; the shared prompt must end with a user or tool turn"
         )
     prompt = _check_prompt(chosen[:shared], "chosen")
     return Example(
