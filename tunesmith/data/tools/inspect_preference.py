@@ -158,7 +158,7 @@ def _stream(
                 tally.note("identical_pairs", line)
                 continue
             tally.counts[f"{ex.kind}:{ex.desirable}"] += 1
-            tally.extra_fields.update(ex.extra)
+            tally.extra_fields.update(list(ex.extra))  # the names; update(dict) would add values
             try:
                 _render(tally, ex, tokenizer, system_prompt)
             except DataError as err:
