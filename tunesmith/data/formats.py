@@ -57,6 +57,11 @@ class Example:
     text: str | None = None
     label: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Preference / unpaired rows (data/preference_formats.py): messages is the prompt, chosen the preferred
+    # (or unpaired) reply; desirable is the KTO label.
+    chosen: list[dict[str, Any]] | None = None
+    rejected: list[dict[str, Any]] | None = None
+    desirable: bool | None = None
 
 
 @dataclass
@@ -290,17 +295,28 @@ def detect_format(row: dict) -> str:
     if {"instruction", "output"} <= keys:
         return "instruction"
     if {"prompt", "completion"} <= keys:
+        if isinstance(row.get("label"), bool):  # else SFT would train on the undesirable completions too
+            raise DataError(
+                "a true/false label makes these KTO rows: use `objective: {name: dpo, loss: kto}`"
+            )
         return "prompt_completion"
     if {"text", "label"} <= keys:
         return "classification"
     if "text" in keys:
         return "text"
-    hint = ""
-    if "preferred_output" in keys:
-        hint = "; preference pairs (DPO) are not supported for supervised fine-tuning"
+    hint = _not_sft_hint(keys)
     raise DataError(
         f"cannot tell the data format from the keys {sorted(keys)}; expected {_EXPECTED_KEYS}{hint}"
     )
+
+
+def _not_sft_hint(keys: set[str]) -> str:
+    """Why rows of the preference / RL shapes are refused by supervised training, and what to use instead."""
+    if "preferred_output" in keys or {"chosen", "rejected"} & keys:
+        return "; these are preference pairs: train them with `objective: {name: dpo}` (or reward)"
+    if "prompt" in keys:
+        return "; prompts without completions are RL prompts (`objective: {name: grpo}`) or prediction inputs"
+    return ""
 
 
 def _string(row: dict, key: str, where: str = "") -> str:
@@ -338,8 +354,8 @@ def _check_tool_calls(tool_calls: Any, where: str) -> None:
             raise _RowError(f"{where}tool_calls[{j}].function.arguments must be a JSON string or an object")
 
 
-def _message(raw: Any, index: int) -> dict[str, Any]:
-    where = f"messages[{index}]: "
+def _message(raw: Any, index: int, key: str = "messages") -> dict[str, Any]:
+    where = f"{key}[{index}]: "
     if not isinstance(raw, dict):
         raise _RowError(f"{where}must be an object with 'role' and 'content', got {_json_type(raw)}")
     # Parquet fills keys a row lacks with null; treat them as absent.
@@ -366,7 +382,9 @@ def _chat(row: dict, label_names: list[str] | None) -> Example | None:
     clean = _chat_messages(row)
     if clean[-1]["role"] != "assistant":
         raise _RowError(
-            f"last turn is {clean[-1]['role']!r}, not 'assistant': the example must end with the reply"
+            f"last turn is {clean[-1]['role']!r}, not 'assistant': the example must end with the reply "
+            "(rows without a reply are RL prompts, `objective: {name: grpo}`, or prediction inputs, "
+            "`tunesmith predict`)"
         )
     final = clean[-1]
     if not final.get("tool_calls") and not final.get("content", "").strip():
@@ -384,12 +402,21 @@ def _chat_messages(row: dict) -> list[dict[str, Any]]:
             raise _RowError(f"key 'messages' is a string but not valid JSON: {err.msg}") from None
     if messages is None:
         _string(row, "messages")  # raises the uniform "missing key" message
-    if not isinstance(messages, list) or not messages:
-        raise _RowError(f"key 'messages' must be a non-empty array of messages, got {_json_type(messages)}")
-    clean = [_message(raw, i) for i, raw in enumerate(messages)]
+    clean = message_list(messages, "messages")
     if clean[0]["role"] == "assistant":
         raise _RowError("the conversation starts with an assistant turn; put a user turn before it")
     return clean
+
+
+def message_list(value: Any, key: str) -> list[dict[str, Any]]:
+    """Validate a non-empty list of messages found under ``key`` (named in errors as ``key[i]: ...``).
+
+    Raises:
+        _RowError: Not a non-empty list, or a message that is not valid (see :func:`_message`).
+    """
+    if not isinstance(value, list) or not value:
+        raise _RowError(f"key {key!r} must be a non-empty array of messages, got {_json_type(value)}")
+    return [_message(raw, i, key) for i, raw in enumerate(value)]
 
 
 def _two_turn(user: str, assistant: str, row: dict, used: set[str]) -> Example | None:
@@ -527,14 +554,19 @@ def infer_label_names(values: Iterable[Any]) -> list[str]:
 # ------------------------------------------------------------------------------------------- whole files
 
 
-def _first_format(path: str | Path, rows: list[tuple[int, dict | DataError]], on_bad_row: str) -> str:
+def _first_format(
+    path: str | Path,
+    rows: list[tuple[int, dict | DataError]],
+    on_bad_row: str,
+    detect: Callable[[dict], str] = detect_format,
+) -> str:
     for line, row in rows:
         if isinstance(row, DataError):
             if on_bad_row == "stop":
                 raise row
             continue
         try:
-            return detect_format(row)
+            return detect(row)
         except DataError as err:
             raise DataError(f"{path}:{line}: {err}") from None
     raise DataError(f"{path}: none of its {len(rows)} rows could be read; first problem: {rows[0][1]}")

@@ -85,7 +85,12 @@ def fingerprint_tokenizer(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """The sha256 of a data file's bytes, as ``data_report.json`` records it.
+
+    Raises:
+        DataError: The file is missing or not a file.
+    """
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{path}: file not found" if not file.exists() else f"{path}: not a file")
@@ -131,7 +136,7 @@ def _read_split(path: str, data_cfg: DataConfig, train: SourceData | None) -> So
     return source
 
 
-def _hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def hold_out(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Seeded random ``fraction`` of ``examples`` (at least one, never all); both parts keep file order."""
     if fraction <= 0 or len(examples) < 2:
         return examples, []
@@ -261,7 +266,7 @@ def _build(
         )
     train_examples, held_out = train.examples, []
     if data_cfg.validation is None:
-        train_examples, held_out = _hold_out(train.examples, data_cfg.validation_fraction, seed)
+        train_examples, held_out = hold_out(train.examples, data_cfg.validation_fraction, seed)
     to_render: dict[str, tuple[list[Example], dict[str, int]]] = {
         "train": (train_examples, dict(train.counts))
     }
@@ -327,7 +332,7 @@ def prepare_data(data_cfg: DataConfig, tokenizer: Any, seed: int, head: str = "l
         )
     ensure_chat_template(tokenizer)
     files = {
-        name: {"path": str(path), "sha256": _file_sha256(path)}
+        name: {"path": str(path), "sha256": file_sha256(path)}
         for name in SPLITS
         if (path := getattr(data_cfg, name)) is not None
     }

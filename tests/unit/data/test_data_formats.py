@@ -72,7 +72,8 @@ def test_tool_calling_rows_keep_tools_and_null_content_tool_calls() -> None:
 
 
 def test_preference_pairs_are_refused_with_a_hint() -> None:
-    with pytest.raises(DataError, match=r"pairs\.jsonl:1: .*preference pairs \(DPO\) are not supported"):
+    hint = r"pairs\.jsonl:1: .*these are preference pairs: train them with `objective: \{name: dpo\}`"
+    with pytest.raises(DataError, match=hint):
         read_examples(OPENAI / "orca-dpo-pairs" / "pairs.jsonl")
 
 
@@ -115,7 +116,8 @@ def test_chat_errors_say_exactly_what_is_wrong() -> None:
     assert _error(no_content, "chat") == "f.jsonl:7: messages[1]: missing key 'content' (keys seen: role)"
     last_user = {"messages": [{"role": "user", "content": "hi"}]}
     assert _error(last_user, "chat") == (
-        "f.jsonl:7: last turn is 'user', not 'assistant': the example must end with the reply"
+        "f.jsonl:7: last turn is 'user', not 'assistant': the example must end with the reply (rows without "
+        "a reply are RL prompts, `objective: {name: grpo}`, or prediction inputs, `tunesmith predict`)"
     )
     wrong_type = {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "x"}]}
     assert _error(wrong_type, "chat") == "f.jsonl:7: messages[0]: key 'content' must be a string, got integer"

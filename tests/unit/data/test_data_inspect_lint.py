@@ -12,14 +12,9 @@ import pytest
 
 from tunesmith.data.formats import Example
 from tunesmith.data.render import CHATML_TEMPLATE, render_example
-from tunesmith.data.tools.inspect import (
-    format_inspect,
-    inspect_file,
-    inspect_html,
-    length_histogram,
-    marked_example,
-)
+from tunesmith.data.tools.inspect import format_inspect, inspect_file, inspect_html
 from tunesmith.data.tools.lint import default_system_prompt, end_of_turn_token, format_lint, lint_file
+from tunesmith.data.tools.token_stats import length_histogram, marked_example
 
 GSM8K = (
     Path(__file__).resolve().parents[4]

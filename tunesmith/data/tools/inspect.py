@@ -40,17 +40,22 @@ from tunesmith.data.formats import (
 )
 from tunesmith.data.render import IGNORE_INDEX, render_example
 from tunesmith.data.tools.dedup import normalize_for_match, row_digest
+from tunesmith.data.tools.inspect_preference import (
+    format_preference_inspect,
+    inspect_preference_file,
+    preference_format,
+    preference_summary,
+)
 from tunesmith.data.tools.stream import check_input
 from tunesmith.data.tools.textfields import text_fields
+from tunesmith.data.tools.token_stats import length_stats, marked_example, mask_segments, shown_lines
 from tunesmith.errors import DataError
 
 MAX_LISTED = 20
 """Malformed rows, duplicate pairs and over-long lines listed in a report; the counts are always complete."""
 DEFAULT_LABEL_PROMPT: str = DataConfig.model_fields["label_prompt"].default
 DEFAULT_MAX_LENGTH: int = DataConfig.model_fields["max_length"].default
-_HIST_BINS = 16
 _BAR_WIDTH = 40
-_GREEN, _RESET = "\x1b[1;32m", "\x1b[0m"
 
 
 # --------------------------------------------------------------------------------------------- the stream
@@ -155,74 +160,6 @@ class ExampleStream:
 # -------------------------------------------------------------------------------------------- statistics
 
 
-def _nice_width(x: float) -> int:
-    """The smallest of 1, 2, 5, 10, 20, 50... that is at least ``x``."""
-    if x <= 1:
-        return 1
-    exp = 10 ** math.floor(math.log10(x))
-    return next(m * exp for m in (1, 2, 5, 10) if m * exp >= x)
-
-
-def length_histogram(lengths: Counter[int], max_length: int, bins: int = _HIST_BINS) -> dict[str, Any]:
-    """Fixed-width bins ``[edges[i], edges[i+1])`` over token lengths, wide enough to show ``max_length``.
-
-    Args:
-        lengths: Number of examples per token length.
-        max_length: The token budget; the bins always reach past it.
-        bins: About how many bins (the width is rounded to 1, 2 or 5 times a power of ten).
-
-    Returns:
-        ``{"bin_width", "edges", "counts"}``.
-    """
-    top = max([max_length, *lengths])
-    width = _nice_width(top / bins)
-    counts = [0] * (top // width + 1)
-    for length, count in lengths.items():
-        counts[length // width] += count
-    return {"bin_width": width, "edges": [i * width for i in range(len(counts) + 1)], "counts": counts}
-
-
-def _percentile(lengths: Counter[int], q: float) -> int:
-    """Nearest-rank percentile: the smallest length with at least ``q`` of the examples at or below it."""
-    rank = max(1, math.ceil(q * lengths.total()))
-    seen = 0
-    for length in sorted(lengths):
-        seen += lengths[length]
-        if seen >= rank:
-            return length
-    raise ValueError("empty length counter")
-
-
-def _length_stats(lengths: Counter[int], max_length: int) -> dict[str, Any]:
-    if not lengths:
-        return {"max_length": max_length, "examples": 0}
-    total = sum(length * count for length, count in lengths.items())
-    return {
-        "max_length": max_length,
-        "examples": lengths.total(),
-        "total": total,
-        "min": min(lengths),
-        "mean": round(total / lengths.total(), 2),
-        "p50": _percentile(lengths, 0.5),
-        "p90": _percentile(lengths, 0.9),
-        "p99": _percentile(lengths, 0.99),
-        "max": max(lengths),
-        "histogram": length_histogram(lengths, max_length),
-    }
-
-
-def mask_segments(tokenizer: Any, ids: list[int], labels: list[int]) -> list[tuple[bool, str]]:
-    """Decode ``ids`` as ``(trained, text)`` runs: consecutive tokens that are all in the loss or all out."""
-    segments: list[tuple[bool, str]] = []
-    start = 0
-    for k in range(1, len(ids) + 1):
-        if k == len(ids) or (labels[k] != IGNORE_INDEX) != (labels[start] != IGNORE_INDEX):
-            text = tokenizer.decode(ids[start:k], skip_special_tokens=False)
-            segments.append((labels[start] != IGNORE_INDEX, text))
-            start = k
-    return segments
-
-
 def _row_digest(row: dict[str, Any]) -> bytes:
     return row_digest([normalize_for_match(t) for _, t in text_fields(row)])
 
@@ -298,7 +235,9 @@ def inspect_file(
         path: Data file in any format :func:`tunesmith.data.formats.iter_rows` reads.
         tokenizer: The model's tokenizer; examples are rendered with :func:`render_example` as in training.
         max_length: Token budget (``data.max_length``); longer examples are counted as truncated.
-        fmt: ``auto`` or a format name (as ``data.format``).
+        fmt: ``auto`` or a format name (as ``data.format``). Preference pairs, unpaired (KTO) rows and RL
+            prompts (found by ``auto``, or named by shape or format) are reported by
+            :func:`~tunesmith.data.tools.inspect_preference.inspect_preference_file` instead.
         system_prompt: ``data.system_prompt``: added to rows without a system turn.
         label_prompt: ``data.label_prompt`` for classification rows.
         label_names: Classification label names in id order; inferred from the file when None.
@@ -315,6 +254,16 @@ def inspect_file(
     Raises:
         DataError: the file is missing or of an unsupported type.
     """
+    check_input(path)
+    if (preference := preference_format(path, fmt)) is not None:
+        return inspect_preference_file(
+            path,
+            tokenizer,
+            max_length=max_length,
+            fmt=preference,
+            system_prompt=system_prompt,
+            max_listed=max_listed,
+        )
     start = time.perf_counter()
     stream = ExampleStream(path, fmt, label_names, max_listed)
     tally = _Tally(max_length, max_listed)
@@ -331,7 +280,7 @@ def inspect_file(
             tally.render_failed(line, err)
             continue
         tally.rendered(line, ids, labels, tokenizer)
-    tokens = _length_stats(tally.lengths, max_length)
+    tokens = length_stats(tally.lengths, max_length)
     tokens |= {"over_max_length": tally.over, "over_max_length_lines": tally.over_lines}
     tokens |= {"no_target_after_cut": tally.no_target, "trained": tally.trained_tokens}
     return {
@@ -350,22 +299,6 @@ def inspect_file(
 
 
 # -------------------------------------------------------------------------------------------------- text
-
-
-def _lines(values: list[int], total: int, show: int = 10) -> str:
-    shown = ", ".join(map(str, values[:show]))
-    return shown + (f", ... ({total - len(values[:show])} more)" if total > show else "")
-
-
-def marked_example(example: dict[str, Any], color: bool = False) -> str:
-    """The example's text with trained spans wrapped in ``[[...]]`` (or green when ``color``)."""
-    parts = []
-    for seg in example["segments"]:
-        if not seg["trained"]:
-            parts.append(seg["text"])
-        else:
-            parts.append(f"{_GREEN}{seg['text']}{_RESET}" if color else f"[[{seg['text']}]]")
-    return "".join(parts)
 
 
 def _histogram_text(tokens: dict[str, Any]) -> list[str]:
@@ -396,7 +329,7 @@ def _problem_lines(report: dict[str, Any]) -> list[str]:
             out.append(f"    ... {report['malformed'] - len(report['malformed_rows'])} more")
     if report["empty"]:
         out.append(
-            f"  empty rows (dropped by training): lines {_lines(report['empty_lines'], report['empty'])}"
+            f"  empty rows (dropped by training): lines {shown_lines(report['empty_lines'], report['empty'])}"
         )
     if report["render_errors"]:
         out.append(f"  rows the chat template cannot render ({report['render_errors']}):")
@@ -414,6 +347,8 @@ def format_inspect(report: dict[str, Any], color: bool = False) -> str:
         report: What :func:`inspect_file` returned.
         color: Show trained text in green (ANSI) instead of ``[[...]]``; only for a terminal.
     """
+    if "shape" in report:
+        return format_preference_inspect(report, color)
     out = [f"{report['input']}: {report['format'] or 'unknown'} format"]
     out += _problem_lines(report)
     tokens = report["tokens"]
@@ -426,7 +361,7 @@ def format_inspect(report: dict[str, Any], color: bool = False) -> str:
         over = tokens["over_max_length"]
         line = f"  over max_length {tokens['max_length']}: {over} would be truncated"
         if over:
-            line += f" (lines {_lines(tokens['over_max_length_lines'], over)})"
+            line += f" (lines {shown_lines(tokens['over_max_length_lines'], over)})"
         if tokens["no_target_after_cut"]:
             line += f"; {tokens['no_target_after_cut']} would lose their whole answer and be dropped"
         out += [line, "  token lengths:", *_histogram_text(tokens)]
@@ -495,6 +430,8 @@ def inspect_html(report: dict[str, Any]) -> str:
     esc = html.escape
     tokens = report["tokens"]
     parts = [f"<h1>Data inspection: {esc(report['input'])}</h1>"]
+    if "shape" in report:
+        return _page(report, [*parts, _table(preference_summary(report)), *_preference_html(report)])
     summary = [(k, report[k]) for k in ("format", "rows", "valid", "empty", "malformed", "duplicates")]
     if tokens["examples"]:
         summary += [(k, tokens[k]) for k in ("max_length", "min", "mean", "p50", "p90", "p99", "max")]
@@ -514,13 +451,40 @@ def inspect_html(report: dict[str, Any]) -> str:
         parts.append("<h2>Labels</h2>" + _table(list(report["labels"].items())))
     example = report["example"]
     if example is not None:
-        text = "".join(
-            f"<mark>{esc(s['text'])}</mark>" if s["trained"] else esc(s["text"]) for s in example["segments"]
-        )
-        parts.append(
-            f"<h2>Example (line {example['line']})</h2><p>Highlighted text is in the loss "
-            f"({example['trained_tokens']} of {example['tokens']} tokens).</p><pre>{text}</pre>"
-        )
+        parts.append(_example_html(f"Example (line {example['line']})", example))
+    return _page(report, parts)
+
+
+def _example_html(title: str, example: dict[str, Any]) -> str:
+    esc = html.escape
+    text = "".join(
+        f"<mark>{esc(s['text'])}</mark>" if s["trained"] else esc(s["text"]) for s in example["segments"]
+    )
+    return (
+        f"<h2>{esc(title)}</h2><p>Highlighted text is in the loss "
+        f"({example['trained_tokens']} of {example['tokens']} tokens).</p><pre>{text}</pre>"
+    )
+
+
+def _preference_html(report: dict[str, Any]) -> list[str]:
+    """Malformed rows and the example's sequences (chosen and rejected, or completion, or prompt)."""
+    parts = (
+        [f"<h2>Malformed rows</h2><ul>{_items(report['malformed_rows'])}</ul>"] if report["malformed"] else []
+    )
+    if (example := report["example"]) is not None:
+        parts += [
+            _example_html(f"{name} (line {example['line']})", seq)
+            for name, seq in example["sequences"].items()
+        ]
+    return parts
+
+
+def _items(rows: list[dict[str, Any]]) -> str:
+    return "".join(f"<li>{html.escape(r['error'])}</li>" for r in rows)
+
+
+def _page(report: dict[str, Any], parts: list[str]) -> str:
+    esc = html.escape
     title = f"tunesmith data inspect: {esc(Path(report['input']).name)}"
     return (
         f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>'
