@@ -177,8 +177,16 @@ class PreferenceLoss(StepStats):
             batch.get("ref_chosen_logps"),
             batch.get("ref_rejected_logps"),
         )
+        # prefers_chosen: the per-token log-prob prefers the chosen answer, a measure that needs no reference
+        # (so the base model has it too: its zero-shot preference).
+        prefers = (chosen / n_c.clamp(min=1) > rejected / n_r.clamp(min=1)).float()
         self.add(
-            {**pair_stats(r_c, r_r), "logps_chosen": chosen.detach(), "logps_rejected": rejected.detach()}
+            {
+                **pair_stats(r_c, r_r),
+                "prefers_chosen": prefers,
+                "logps_chosen": chosen.detach(),
+                "logps_rejected": rejected.detach(),
+            }
         )
         return losses.sum(), batch["targets"].sum()
 

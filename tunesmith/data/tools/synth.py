@@ -35,8 +35,8 @@ def arithmetic_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     rows = []
     for _ in range(n):
         setup, question, op = rng.choice(STORIES)
-        a = rng.randint(2, 12 if op == "*" else 40)
-        b = rng.randint(2, 9 if op == "*" else (a - 1 if op == "-" else 30))
+        a = rng.randint(2, 12) if op == "*" else rng.randint(5, 40)
+        b = rng.randint(2, {"*": 9, "-": a - 1, "+": 30}[op])
         answer = {"+": a + b, "-": a - b, "*": a * b}[op]
         name = rng.choice(NAMES)
         text = f"{setup} {question} {INSTRUCTION}".format(name=name, a=a, b=b)
