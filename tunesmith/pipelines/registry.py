@@ -44,7 +44,7 @@ EVALUATE = {
     "reward": reward.evaluate,
     "grpo": rl.evaluate,
 }
-PREDICT = {"head": head.predict, "features": features.predict}
+PREDICT = {"head": head.predict, "features": features.predict, "reward": reward.predict}
 """Kinds with their own predict; the others (lm, staged) predict through the LM (``lm.predict``)."""
 
 

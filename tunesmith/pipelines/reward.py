@@ -172,6 +172,15 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
     return {n: reward_metrics(model, d, cfg.eval.batch_size) for n, d in splits.items()}  # type: ignore[arg-type]
 
 
+def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "auto") -> Path:
+    """Refused: a reward run scores answers to prompts, which a prediction file does not pair up."""
+    raise ConfigError(
+        f"{run_dir} is a reward model: `tunesmith evaluate {run_dir} --data PAIRS.jsonl` reports its pair "
+        "accuracy and margin; to score completions use it as a grader (objective.grader: {type: score_model, "
+        f"model: {run_dir}}})"
+    )
+
+
 ScoreFn = Callable[[list[str], list[dict[str, Any]]], list[float]]
 
 

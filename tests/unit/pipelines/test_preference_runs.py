@@ -12,7 +12,7 @@ import tunesmith.pipelines.preference as preference
 from tunesmith.api import train
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError
-from tunesmith.pipelines.registry import evaluate
+from tunesmith.pipelines.registry import evaluate, predict
 from tunesmith.pipelines.reward import reward_scorer
 
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
@@ -118,6 +118,8 @@ def test_reward_model_run_and_its_scorer(tmp_path, tiny_model_dir):
     scores = score(["red", "dog cat"], items)
     assert len(scores) == 2 and scores[0] != scores[1]
     assert evaluate(tmp_path / "rm")["validation"]["pair_accuracy"] == val["tuned"]["pair_accuracy"]
+    with pytest.raises(ConfigError, match=r"is a reward model: .*evaluate"):
+        predict(tmp_path / "rm", data, tmp_path / "out.jsonl")
 
 
 def test_grpo_run_grades_base_and_tuned(tmp_path, tiny_model_dir):
