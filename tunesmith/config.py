@@ -373,6 +373,9 @@ class EvalConfig(Strict):
     """Extra probe sets (any supported data format) evaluated on base and tuned like the built-in ones."""
     probe_max_new_tokens: int = Field(32, ge=1)
     """Generation budget per probe answer."""
+    judge: str | None = None
+    """dpo runs: a reward-model run (``objective: reward``) that scores the base and tuned greedy answers to
+    the validation prompts: a model-judged win rate in summary.json (``eval.validation.judged``)."""
 
 
 class GatesConfig(Strict):

@@ -21,7 +21,6 @@ import json
 import math
 import time
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import torch
@@ -29,6 +28,7 @@ import torch
 from tunesmith.api import train
 from tunesmith.config import RunConfig, config_from_dict
 from tunesmith.demo.catalogue import answer_contains, generate_demo_data
+from tunesmith.evaluate.bootstrap import wilson_interval
 from tunesmith.infer.generate import generate_texts, model_device
 from tunesmith.io import write_json_atomic
 from tunesmith.methods import load_trained
@@ -142,26 +142,6 @@ def retained_share(base_correct: list[bool], tuned_correct: list[bool]) -> float
     """Share of the questions the base answered right that the tuned model still answers right."""
     kept = [t for b, t in zip(base_correct, tuned_correct, strict=True) if b]
     return sum(kept) / len(kept) if kept else 1.0
-
-
-def _z(confidence: float) -> float:
-    return NormalDist().inv_cdf(0.5 + confidence / 2)
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Two-sided Wilson score interval for a binomial share ``successes / n`` (``(0, 1)`` when ``n`` is 0).
-
-    Wilson rather than the normal approximation: it stays inside [0, 1] and keeps close to its nominal
-    coverage for shares near 1, where retention lives (the normal interval collapses to a point at 100 %).
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    z = _z(confidence)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def general_verdict(

@@ -1,4 +1,5 @@
-"""Paired bootstrap confidence intervals for the difference of a metric between two systems.
+"""Confidence intervals: the paired bootstrap for the difference of a metric between two systems, and the
+Wilson interval of a binomial share (a retained share, a win rate).
 
 Both systems are scored on the *same* examples, so resampling example indices (with replacement) and
 recomputing both metrics on each resample keeps the pairing; the spread of the difference is the
@@ -12,7 +13,9 @@ Cost: ``n_resamples`` calls of ``statistic``; with sklearn's F1 that is ~1 s per
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -68,3 +71,23 @@ def mean_difference_ci(
     if a.shape != b.shape:
         raise ValueError(f"{len(a)} scores for system a but {len(b)} for system b; pair them 1:1")
     return paired_bootstrap(lambda idx: float(b[idx].mean() - a[idx].mean()), len(a), n_resamples, seed)
+
+
+def _z(confidence: float) -> float:
+    return NormalDist().inv_cdf(0.5 + confidence / 2)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided Wilson score interval for a binomial share ``successes / n`` (``(0, 1)`` when ``n`` is 0).
+
+    Wilson rather than the normal approximation: it stays inside [0, 1] and keeps close to its nominal
+    coverage for shares near 1, where retention lives (the normal interval collapses to a point at 100 %).
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    z = _z(confidence)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -23,15 +23,23 @@ import safetensors.torch
 import torch
 
 from tunesmith.config import RunConfig
-from tunesmith.data.preference import PairSplit, PreferenceData, UnpairedSplit, prepare_preferences
+from tunesmith.data.preference import (
+    PairSplit,
+    PreferenceData,
+    UnpairedSplit,
+    prepare_preferences,
+    render_preference_prompt,
+)
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.infer.batching import PairData, TokenData, UnpairedData, model_device
+from tunesmith.infer.generate import generate_texts
 from tunesmith.infer.logprobs import logps_of_rows
-from tunesmith.io import write_bytes_atomic
+from tunesmith.io import write_bytes_atomic, write_jsonl_atomic
 from tunesmith.methods import load_trained, optimizer_for, prepare_model
 from tunesmith.objective import DPOObjective
 from tunesmith.pipelines.base import Fit, Pipeline, Run, loop_summary, print_data_report, seed_everything
 from tunesmith.pipelines.lm import load_start_model
+from tunesmith.pipelines.scoring import judged_win_rate
 from tunesmith.runs import Summary, save_trained
 from tunesmith.train.loop import train_loop
 from tunesmith.train.preference import PreferenceLoss
@@ -126,6 +134,22 @@ def _val_metrics(data: TokenData, objective: DPOObjective) -> Callable[[Any, int
     return scores
 
 
+def judge_prompts(run: Run, examples: list[Any]) -> dict[str, Any]:
+    """The validation prompts the judge compares answers to (``eval.max_examples`` of them at most)."""
+    examples = examples[: run.cfg.eval.max_examples or len(examples)]
+    prompts = [render_preference_prompt(ex, run.tokenizer, run.cfg.data.system_prompt) for ex in examples]
+    return {"prompts": prompts, "items": [{"messages": ex.messages} for ex in examples]}
+
+
+def answer(run: Run, model: Any, prompts: list[list[int]], which: str) -> list[str]:
+    """Greedy answers to ``prompts``, also written to ``predictions_<which>_judged.jsonl``."""
+    texts = generate_texts(
+        model, run.tokenizer, prompts, run.cfg.eval.max_new_tokens, run.cfg.eval.batch_size
+    )
+    write_jsonl_atomic(f"{run.dir.predictions(which)}_judged.jsonl", [{"prediction": t} for t in texts])
+    return texts
+
+
 def _objective(cfg: RunConfig) -> DPOObjective:
     assert isinstance(cfg.objective, DPOObjective)
     return cfg.objective
@@ -173,7 +197,11 @@ class PreferencePipeline(Pipeline):
             for name in EVAL_SPLITS
             if name in splits
         }
-        return {"splits": splits, "base": base}
+        judged = None
+        if run.cfg.eval.judge and data.validation is not None and len(data.validation):
+            judged = judge_prompts(run, data.validation.examples)
+            judged["base"] = answer(run, model, judged["prompts"], "base")
+        return {"splits": splits, "base": base, "judged": judged}
 
     def fit(self, run: Run, model: Any, data: PreferenceData) -> Fit:
         cfg, splits = run.cfg, run.before["splits"]
@@ -210,6 +238,12 @@ class PreferencePipeline(Pipeline):
             }
             for name, metrics in before["base"].items()
         }
+        judged = before["judged"]
+        if judged is not None:
+            tuned = answer(run, fit.model, judged["prompts"], "tuned")
+            evals["validation"]["judged"] = judged_win_rate(
+                run.cfg.eval.judge, judged["items"], judged["base"], tuned
+            )
         run.timings["tuned_eval_s"] = time.perf_counter() - t_eval
         return evals
 

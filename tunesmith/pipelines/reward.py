@@ -13,7 +13,6 @@ rejected one's), since the new head itself starts random.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from tunesmith.config import RunConfig
 from tunesmith.data.preference import PreferenceData, prepare_preferences
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.infer.batching import PairData, collate, model_device
+from tunesmith.infer.batching import PairData, model_device
 from tunesmith.methods import load_trained, optimizer_for
 from tunesmith.methods.seq_cls import check_supported, prepare_head, start_model
 from tunesmith.objective import DPOObjective, RewardObjective
@@ -31,7 +30,7 @@ from tunesmith.pipelines.lm import load_start_model
 from tunesmith.pipelines.preference import EVAL_SPLITS, PAD, preference_metrics, token_data
 from tunesmith.runs import Summary, save_trained
 from tunesmith.train.loop import train_loop
-from tunesmith.train.preference import RewardLoss, last_token_scores
+from tunesmith.train.preference import RewardLoss
 
 LABELS = ["reward"]
 """The head's one output, named so the run loads as a (one-label) sequence classifier."""
@@ -179,34 +178,3 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "
         "accuracy and margin; to score completions use it as a grader (objective.grader: {type: score_model, "
         f"model: {run_dir}}})"
     )
-
-
-ScoreFn = Callable[[list[str], list[dict[str, Any]]], list[float]]
-
-
-def reward_scorer(run_dir: str | Path, batch_size: int = 8) -> ScoreFn:
-    """Rewards of completions from a reward run (the ``score_model`` grader's model).
-
-    Each completion is scored as the answer to its row's prompt (``item["messages"]``, rendered with the
-    chat template the reward model was trained with); a row without messages scores the completion alone.
-    """
-    model, tokenizer, cfg = load_trained(run_dir)
-    if not isinstance(cfg.objective, RewardObjective):
-        raise ConfigError(f"{run_dir} is not a reward model run (objective: {cfg.objective.name})")
-    device = model_device(model)
-
-    def score(texts: list[str], items: list[dict[str, Any]]) -> list[float]:
-        rows = []
-        for text, item in zip(texts, items, strict=True):
-            chat = [*item.get("messages", []), {"role": "assistant", "content": text}]
-            rows.append(list(tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)))
-        out: list[float] = []
-        with torch.no_grad():
-            for start in range(0, len(rows), batch_size):
-                batch = collate(rows[start : start + batch_size], None, tokenizer.pad_token_id)
-                out += last_token_scores(
-                    model, batch["input_ids"].to(device), batch["attention_mask"].to(device)
-                ).tolist()
-        return out
-
-    return score

@@ -26,7 +26,7 @@ from tunesmith.methods import load_trained, optimizer_for, prepare_model
 from tunesmith.objective import GRPOObjective
 from tunesmith.pipelines.base import Fit, Pipeline, Run, loop_summary, print_data_report, seed_everything
 from tunesmith.pipelines.lm import load_start_model
-from tunesmith.pipelines.reward import reward_scorer
+from tunesmith.pipelines.scoring import reward_scorer
 from tunesmith.runs import Summary, save_trained
 from tunesmith.train.grpo import Grade, GRPOLoss
 from tunesmith.train.loop import train_loop

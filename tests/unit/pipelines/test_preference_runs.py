@@ -13,7 +13,7 @@ from tunesmith.api import train
 from tunesmith.config import load_config
 from tunesmith.errors import ConfigError
 from tunesmith.pipelines.registry import evaluate, predict
-from tunesmith.pipelines.reward import reward_scorer
+from tunesmith.pipelines.scoring import reward_scorer
 
 WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
 
@@ -120,6 +120,20 @@ def test_reward_model_run_and_its_scorer(tmp_path, tiny_model_dir):
     assert evaluate(tmp_path / "rm")["validation"]["pair_accuracy"] == val["tuned"]["pair_accuracy"]
     with pytest.raises(ConfigError, match=r"is a reward model: .*evaluate"):
         predict(tmp_path / "rm", data, tmp_path / "out.jsonl")
+    # The reward model judges a DPO run's answers against the base's on the validation prompts.
+    dpo = train(
+        _cfg(
+            tmp_path,
+            tiny_model_dir,
+            data,
+            "name=judged",
+            "objective.name=dpo",
+            f"eval.judge={tmp_path / 'rm'}",
+        )
+    )
+    judged = dpo["eval"]["validation"]["judged"]
+    assert judged["model_judged"] and judged["n"] == 4 == judged["wins"] + judged["losses"] + judged["ties"]
+    assert 0 <= judged["win_rate"] <= 1 and (tmp_path / "judged" / "predictions_tuned_judged.jsonl").exists()
 
 
 def test_grpo_run_grades_base_and_tuned(tmp_path, tiny_model_dir):
