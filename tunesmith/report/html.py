@@ -25,6 +25,7 @@ import yaml
 
 from tunesmith.errors import RunError
 from tunesmith.io import write_text_atomic
+from tunesmith.report.objective import objective_section
 from tunesmith.report.plots import comparison_bar_png, confusion_matrix_png, loss_curve_png
 from tunesmith.report.tasks import forgetting_matrix_section, tasks_section
 from tunesmith.runs import RunDir
@@ -438,6 +439,7 @@ def render_report(run_dir: str | Path) -> str:
             _eval_section(summary),
             _baseline_plots(summary),
             _curves_section(metrics),
+            objective_section(metrics, run_dir),
             _confusion_section(summary, notes),
             _section("Data", _generic(data_report)) if data_report not in (None, {}, []) else "",
             _details_section(summary),

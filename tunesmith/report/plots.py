@@ -44,7 +44,7 @@ def _number(value: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _series(metrics: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
+def series(metrics: Sequence[dict], key: str) -> tuple[list[float], list[float]]:
     """(steps, values) for rows that have both a numeric ``step`` and a numeric ``key``."""
     steps: list[float] = []
     values: list[float] = []
@@ -88,7 +88,7 @@ def _auto_beta(n: int) -> float:
 def validation_scores(metrics: Sequence[dict]) -> dict[str, tuple[list[float], list[float]]]:
     """``{"macro_f1": (steps, values), ...}`` for the validation scores a head run logs during training
     (``val_macro_f1``, ``val_accuracy``); absent scores are left out."""
-    found = {name: _series(metrics, f"val_{name}") for name in _SCORE_COLORS}
+    found = {name: series(metrics, f"val_{name}") for name in _SCORE_COLORS}
     return {name: series for name, series in found.items() if series[1]}
 
 
@@ -103,8 +103,8 @@ def loss_curve_png(metrics: list[dict]) -> bytes | None:
         PNG bytes, or None when no row has ``train_loss`` or ``val_loss``. The lowest validation loss,
         if any, is marked and labelled with its step.
     """
-    train_steps, train_loss = _series(metrics, "train_loss")
-    val_steps, val_loss = _series(metrics, "val_loss")
+    train_steps, train_loss = series(metrics, "train_loss")
+    val_steps, val_loss = series(metrics, "val_loss")
     if not train_loss and not val_loss:
         return None
     fig = figure(8, 4.2)

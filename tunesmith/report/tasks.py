@@ -26,18 +26,18 @@ def _fmt(value: Any) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
-def _esc(value: Any) -> str:
+def esc(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(cells) + "</tr>" for cells in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+def img(png: bytes, alt: str) -> str:
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
 
 
 def _num(value: Any) -> str:
@@ -51,9 +51,9 @@ def tasks_section(summary: dict[str, Any]) -> str:
         return ""
     rows = [
         [
-            f"<th>{_esc(r.get('task'))}</th>",
-            f"<td>{_esc(r.get('split'))}</td>",
-            f"<td>{_esc(r.get('metric'))}</td>",
+            f"<th>{esc(r.get('task'))}</th>",
+            f"<td>{esc(r.get('split'))}</td>",
+            f"<td>{esc(r.get('metric'))}</td>",
             _num(r.get("base")),
             _num(r.get("tuned")),
             _num(r.get("delta")),
@@ -63,15 +63,15 @@ def tasks_section(summary: dict[str, Any]) -> str:
         if isinstance(r, dict)
     ]
     headers = ["task", "split", "metric", "base", "tuned", "Δ tuned − base", "n"]
-    body = _table(headers, rows)
+    body = table(headers, rows)
     mixing = summary.get("mixing")
     if isinstance(mixing, dict) and mixing:
         mix_rows = [
-            [f"<th>{_esc(name)}</th>", _num(m.get("rows")), _num(m.get("share")), _num(m.get("drawn"))]
+            [f"<th>{esc(name)}</th>", _num(m.get("rows")), _num(m.get("share")), _num(m.get("drawn"))]
             for name, m in mixing.items()
             if isinstance(m, dict)
         ]
-        body += "<h3>Training mix</h3>" + _table(["task", "rows", "share", "drawn"], mix_rows)
+        body += "<h3>Training mix</h3>" + table(["task", "rows", "share", "drawn"], mix_rows)
     return f"<section><h2>Per-task evaluation</h2>{body}</section>"
 
 
@@ -106,22 +106,22 @@ def forgetting_matrix_section(summary: dict[str, Any]) -> str:
     metrics = matrix.get("metric", {})
     headers = ["after stage", *(f"{c} ({metrics.get(c, '')})" for c in columns)]
     rows = [
-        [f"<th>{_esc(r)}</th>", *(_num(v) for v in vals)]
+        [f"<th>{esc(r)}</th>", *(_num(v) for v in vals)]
         for r, vals in zip(matrix["rows"], values, strict=False)
     ]
     if matrix.get("base"):
         rows.insert(0, ["<th>base</th>", *(_num(v) for v in matrix["base"])])
     forgetting = matrix.get("forgetting") or {}
     rows.append(["<th>forgetting (best − final)</th>", *(_num(forgetting.get(c)) for c in columns)])
-    body = _table(headers, rows)
-    body += _img(heatmap_png(values, list(matrix["rows"]), columns, "main metric"), "forgetting matrix")
+    body = table(headers, rows)
+    body += img(heatmap_png(values, list(matrix["rows"]), columns, "main metric"), "forgetting matrix")
     stages = summary.get("stages")
     if isinstance(stages, list) and stages:
         keys = ["name", "steps", "train_rows", "replay_rows", "train_seconds", "final_val_loss"]
         stage_rows = [
-            [f"<th>{_esc(s.get('name'))}</th>", *(_num(s.get(k)) for k in keys[1:])]
+            [f"<th>{esc(s.get('name'))}</th>", *(_num(s.get(k)) for k in keys[1:])]
             for s in stages
             if isinstance(s, dict)
         ]
-        body += "<h3>Stages</h3>" + _table(["stage", *keys[1:]], stage_rows)
+        body += "<h3>Stages</h3>" + table(["stage", *keys[1:]], stage_rows)
     return f"<section><h2>Sequential training: forgetting matrix</h2>{body}</section>"
