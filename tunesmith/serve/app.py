@@ -4,8 +4,10 @@ app = create_app(load_registry(["runs/support-bot"]), ServeSettings(api_keys=("s
 uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions`` (both with
-``stream``), ``POST /v1/classify`` (classification runs), ``GET /health``, ``GET /metrics`` (Prometheus).
-Handlers only validate, tokenize and wait: every forward runs on the batching worker's thread. A fixed
+``stream``), ``POST /v1/classify`` (classification runs), ``POST /v1/score`` (reward-model runs: the
+score of each answer to a conversation), ``GET /health``, ``GET /metrics`` (Prometheus).
+Handlers only validate, tokenize and wait: every generating forward runs on the batching worker's thread
+(a reward model's scores on a worker thread of their own, outside the slots). A fixed
 number of slots bounds the work in progress; a request finding none free gets 429 at once instead of
 queueing without limit, and a streaming client that disconnects gives its slot back and stops its row.
 """
@@ -41,7 +43,15 @@ from tunesmith.serve.http import EventStream, Guard, Slots
 from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.models import Registry, ServedModel
 
-ROUTES = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/classify", "/health", "/metrics")
+ROUTES = (
+    "/v1/models",
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/classify",
+    "/v1/score",
+    "/health",
+    "/metrics",
+)
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -344,6 +354,21 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
             for i, row in enumerate(probabilities)
         ]
         return {"object": "list", "model": served.id, "data": data}
+
+    @app.post("/v1/score")
+    async def score(req: p.ScoreRequest) -> dict[str, Any]:
+        scorer = registry.scorers.get(req.model)
+        if scorer is None:
+            known = ", ".join(sorted(registry.scorers)) or "none (serve a run trained with objective: reward)"
+            raise p.APIError(
+                404, f"`{req.model}` is not a served reward model; served: {known}", param="model"
+            )
+        answers = _inputs(req.input, "input", settings.max_inputs)
+        item = {"messages": p.message_dicts(req.messages, None) if req.messages else []}
+        # A reward model's forward is one short pass per answer: run off the event loop, not batched.
+        scores = await asyncio.to_thread(scorer, answers, [item] * len(answers))
+        data = [{"index": i, "score": s} for i, s in enumerate(scores)]
+        return {"object": "list", "model": req.model, "data": data}
 
 
 def create_app(registry: Registry, settings: ServeSettings | None = None) -> FastAPI:

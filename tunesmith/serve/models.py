@@ -25,6 +25,8 @@ from peft import PeftModel
 
 from tunesmith.errors import ConfigError, RunError
 from tunesmith.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer, resolve_model_path
+from tunesmith.objective import RewardObjective
+from tunesmith.pipelines.scoring import ScoreFn, reward_scorer
 from tunesmith.runs import RunDir, read_run_config
 
 
@@ -64,6 +66,8 @@ class Registry:
 
     models: dict[str, ServedModel] = field(default_factory=dict)
     bases: dict[str, LoadedBase] = field(default_factory=dict)
+    scorers: dict[str, ScoreFn] = field(default_factory=dict)
+    """Reward-model runs by id (``/v1/score``): their own model each, not on a shared base."""
 
     def add(self, served: ServedModel) -> None:
         if served.id in self.models:
@@ -163,6 +167,11 @@ class _Loader:
 
     def add_run(self, run_dir: Path) -> None:
         cfg = read_run_config(run_dir)
+        if isinstance(cfg.objective, RewardObjective):
+            if run_dir.name in self.registry.models or run_dir.name in self.registry.scorers:
+                raise ConfigError(f"two sources are both named {run_dir.name!r}; rename one of them")
+            self.registry.scorers[run_dir.name] = reward_scorer(run_dir)
+            return
         if cfg.model.head == "classification":
             raise RunError(
                 f"{run_dir} is a classification-head run, which the server does not serve yet (served "

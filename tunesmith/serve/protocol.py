@@ -81,6 +81,14 @@ class ClassifyRequest(_Lenient):
     input: str | list[str]
 
 
+class ScoreRequest(_Lenient):
+    """``/v1/score``: a reward model's score of each answer in ``input`` to the conversation ``messages``."""
+
+    model: str
+    input: str | list[str]
+    messages: list[ChatMessage] = []
+
+
 def message_dicts(messages: list[ChatMessage], system_prompt: str | None) -> list[dict[str, str]]:
     """Messages as the chat template takes them; the run's system prompt goes first when none is given."""
     out = []

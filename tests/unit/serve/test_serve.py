@@ -23,11 +23,13 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_llama
-from tunesmith.config import RunConfig, dump_config
+from tunesmith.api import train
+from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.errors import ConfigError
 from tunesmith.export import export
 from tunesmith.infer.generate import generate_texts, label_log_likelihoods, label_token_ids
 from tunesmith.models.loading import load_causal_lm
+from tunesmith.pipelines.scoring import reward_scorer
 from tunesmith.runs import load_trained
 from tunesmith.serve.app import ROUTES, ServeSettings, create_app
 from tunesmith.serve.batcher import Batcher, Finished, Job, SamplingParams, classification_prompt
@@ -63,6 +65,16 @@ def _write_run(root, name, base_dir, tokenizer, seed, task, system_prompt=None):
     return run_dir
 
 
+def _train_reward_run(root, base_dir):
+    pairs = root / "pairs.jsonl"
+    rows = [{"prompt": f"Colour {i}?", "chosen": "red", "rejected": "a dog"} for i in range(8)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = [f"output_dir={root}", "name=judge", f"model.name={base_dir}", f"data.train={pairs}"]
+    overrides += ["objective.name=reward", "train.max_steps=2", "train.precision=fp32", "eval.batch_size=4"]
+    train(load_config(None, overrides))
+    return root / "judge"
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, default_tokenizer):
     root = tmp_path_factory.mktemp("serve")
@@ -71,7 +83,8 @@ def env(tmp_path_factory, default_tokenizer):
     default_tokenizer.save_pretrained(base_dir)
     chat_run = _write_run(root, "chat-run", base_dir, default_tokenizer, 1, "generation", SYSTEM)
     triage = _write_run(root, "triage", base_dir, default_tokenizer, 2, "classification")
-    registry = load_registry([str(chat_run), str(triage), str(base_dir)])
+    reward = _train_reward_run(root, base_dir)
+    registry = load_registry([str(chat_run), str(triage), str(base_dir), str(reward)])
     settings = ServeSettings(
         api_keys=(KEY,), max_body_bytes=BODY_LIMIT, max_tokens_cap=CAP, max_concurrent=4, batch_wait_ms=2
     )
@@ -251,9 +264,20 @@ AUTH_REQUESTS = {
     ),
     "/v1/completions": ("post", {"model": "base", "prompt": "Hi", "max_tokens": 1}),
     "/v1/classify": ("post", {"model": "triage", "input": "x"}),
+    "/v1/score": ("post", {"model": "judge", "input": "red"}),
     "/metrics": ("get", None),
 }
 NO_KEY = {"headers": {"Authorization": openai.Omit()}}
+
+
+def test_score_route_matches_the_reward_runs_scorer(env):
+    messages = [{"role": "user", "content": "Colour 1?"}]
+    body = {"model": "judge", "input": ["red", "a dog"], "messages": messages}
+    status, got = _http(env.server, "POST", "/v1/score", body)
+    expected = reward_scorer(env.runs / "judge")(["red", "a dog"], [{"messages": messages}] * 2)
+    assert status == 200 and [row["score"] for row in got["data"]] == pytest.approx(expected, abs=1e-5)
+    status, missing = _http(env.server, "POST", "/v1/score", {"model": "chat-run", "input": "x"})
+    assert status == 404 and "not a served reward model; served: judge" in missing["error"]["message"]
 
 
 def _request(env, route, key):
