@@ -446,6 +446,7 @@ def generate_demo_data(
     heldout_per_fact: int = 1,
     include_overview: bool = False,
     replay: bool = True,
+    replay_answers: Mapping[str, str] | None = None,
 ) -> DemoPaths:
     """Write the demo's data files into ``out_dir`` (each atomically); same seed -> byte-identical files.
 
@@ -470,6 +471,8 @@ def generate_demo_data(
 
         replay: Mix in :data:`tunesmith.demo.replay.REPLAY_CHATS` (ordinary questions, ordinary answers)
             so the model keeps answering general questions normally.
+        replay_answers: Answers to the replay questions that replace the written ones (the base model's
+            own: self-distillation, which anchors the tuned model to what it answered before).
 
     Returns:
         The paths written.
@@ -508,7 +511,8 @@ def generate_demo_data(
         if include_overview:
             train.append(_overview(catalogue, product))
     if replay:
-        train.extend(_chat(q, a) for q, a in REPLAY_CHATS)
+        answers = replay_answers or {}
+        train.extend(_chat(q, answers.get(q, a)) for q, a in REPLAY_CHATS)
     rng.shuffle(train)
 
     out = Path(out_dir)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,12 @@ import torch
 from tunesmith.api import train
 from tunesmith.config import RunConfig, config_from_dict
 from tunesmith.demo.catalogue import answer_contains, generate_demo_data
+from tunesmith.demo.replay import REPLAY_CHATS
 from tunesmith.evaluate.bootstrap import wilson_interval
 from tunesmith.infer.generate import generate_texts, model_device
 from tunesmith.io import write_json_atomic
 from tunesmith.methods import load_trained
+from tunesmith.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 from tunesmith.train.precision import pick_mixed_precision
 
 # An empty system turn: SmolLM2's template otherwise inserts its own 20-token system prompt, and every
@@ -194,6 +197,32 @@ def _resolved_precision(precision: str) -> str:
     return "bf16" if pick_mixed_precision(precision) == "bf16" else "fp32"
 
 
+SELF_DISTILL = os.environ.get("TUNESMITH_DEMO_REPLAY", "written") == "self"
+REPLAY_MAX_NEW_TOKENS = 48
+
+
+def base_replay_answers() -> dict[str, str]:
+    """The base model's own greedy answers to the replay questions, rendered as training renders them (an
+    empty system turn). Replaying these rather than written answers asks the tuned model to keep answering
+    general questions the way it did: a distillation target, not a new style to learn."""
+    tokenizer = load_tokenizer(DEFAULT_MODEL)
+    model = load_causal_lm(DEFAULT_MODEL, "float32")
+    questions = [q for q, _ in REPLAY_CHATS]
+    prompts = [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "system", "content": ""}, {"role": "user", "content": q}],
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+        )
+        for q in questions
+    ]
+    answers = generate_texts(model, tokenizer, prompts, REPLAY_MAX_NEW_TOKENS, batch_size=32, desc="replay")
+    return {q: a for q, a in zip(questions, answers, strict=True) if a}
+
+
 def run_demo(
     out_dir: str | Path = "runs/demo", quick: bool = False, seed: int = 0, precision: str = "auto"
 ) -> dict[str, Any]:
@@ -206,7 +235,10 @@ def run_demo(
     t0 = time.perf_counter()
     out = Path(out_dir)
     data_dir = out / "data"
-    paths = generate_demo_data(data_dir, seed=seed, n_products=4 if quick else 40)
+    replay_answers = base_replay_answers() if SELF_DISTILL else None
+    paths = generate_demo_data(
+        data_dir, seed=seed, n_products=4 if quick else 40, replay_answers=replay_answers
+    )
     cfg = demo_config(out, data_dir, quick, seed=seed, precision=precision)
     summary = train(cfg)
     run_dir = cfg.run_dir

@@ -27,27 +27,29 @@ from tunesmith.data.preference import (
     PairSplit,
     PreferenceData,
     UnpairedSplit,
-    prepare_preferences,
     render_preference_prompt,
 )
-from tunesmith.errors import ConfigError, DataError
 from tunesmith.infer.batching import PairData, TokenData, UnpairedData, model_device
 from tunesmith.infer.generate import generate_texts
 from tunesmith.infer.logprobs import logps_of_rows
 from tunesmith.io import write_bytes_atomic, write_jsonl_atomic
-from tunesmith.methods import load_trained, optimizer_for, prepare_model
+from tunesmith.methods import prepare_model
 from tunesmith.objective import DPOObjective
-from tunesmith.pipelines.base import Fit, Pipeline, Run, loop_summary, print_data_report, seed_everything
+from tunesmith.pipelines.base import Fit, Run, seed_everything
 from tunesmith.pipelines.lm import load_start_model
+from tunesmith.pipelines.objective_kind import (
+    ObjectivePipeline,
+    check_trains_the_lm,
+    eval_splits,
+    prepared_for_evaluation,
+)
 from tunesmith.pipelines.scoring import judged_win_rate
-from tunesmith.runs import Summary, save_trained
-from tunesmith.train.loop import train_loop
+from tunesmith.runs import read_run_config
 from tunesmith.train.preference import PreferenceLoss
 
 REFERENCE_FREE = ("simpo", "orpo")
 PAD = 0
 """Padding id of preference batches: any id works, the attention mask and -100 labels hide it."""
-EVAL_SPLITS = ("validation", "test")
 
 
 def token_data(split: PairSplit | UnpairedSplit) -> PairData | UnpairedData:
@@ -55,6 +57,11 @@ def token_data(split: PairSplit | UnpairedSplit) -> PairData | UnpairedData:
     if isinstance(split, PairSplit):
         return PairData(split.chosen_ids, split.chosen_labels, split.rejected_ids, split.rejected_labels)
     return UnpairedData(split.input_ids, split.labels, split.desirable)
+
+
+def loop_splits(data: PreferenceData) -> dict[str, PairData | UnpairedData]:
+    """``train`` and the non-empty evaluation splits as the loop's rows."""
+    return {"train": token_data(data.train), **{n: token_data(s) for n, s in eval_splits(data).items()}}
 
 
 def _rows(data: TokenData) -> tuple[list[list[int]], list[list[int]]]:
@@ -109,21 +116,27 @@ def attach_reference(
 
 
 @torch.no_grad()
-def preference_metrics(
-    model: Any, data: TokenData, objective: DPOObjective, batch_size: int
-) -> dict[str, float]:
-    """Mean loss and the loss's measurements over ``data`` (pairs: reward accuracy, margin, chosen/rejected
-    rewards and log-probs, and ``prefers_chosen``, the share of pairs whose chosen answer has the higher
-    per-token log-prob: the base model's zero-shot preference, comparable before and after training)."""
+def loss_pass(model: Any, data: TokenData, loss_fn: Any, batch_size: int) -> dict[str, float]:
+    """One pass of a preference loss over ``data`` without gradients: its mean per example (``loss``) and
+    the measurements it keeps (``loss_fn.pop_stats()``)."""
     was_training = model.training
     model.eval()
-    loss_fn, device, total = PreferenceLoss(objective), model_device(model), 0.0
+    device, total = model_device(model), 0.0
     for start in range(0, len(data), batch_size):
         batch = data.collate(list(range(start, min(start + batch_size, len(data)))), PAD)
         loss_sum, _ = loss_fn(model, {k: v.to(device) for k, v in batch.items()})
         total += float(loss_sum)
     model.train(was_training)
     return {"loss": round(total / max(len(data), 1), 6), **loss_fn.pop_stats()}
+
+
+def preference_metrics(
+    model: Any, data: TokenData, objective: DPOObjective, batch_size: int
+) -> dict[str, float]:
+    """Mean loss and the loss's measurements over ``data`` (pairs: reward accuracy, margin, chosen/rejected
+    rewards and log-probs, and ``prefers_chosen``, the share of pairs whose chosen answer has the higher
+    per-token log-prob: the base model's zero-shot preference, comparable before and after training)."""
+    return loss_pass(model, data, PreferenceLoss(objective), batch_size)
 
 
 def _val_metrics(data: TokenData, objective: DPOObjective) -> Callable[[Any, int], dict[str, float]]:
@@ -155,28 +168,21 @@ def _objective(cfg: RunConfig) -> DPOObjective:
     return cfg.objective
 
 
-class PreferencePipeline(Pipeline):
+def shape_of(cfg: RunConfig) -> str:
+    return "unpaired" if _objective(cfg).loss == "kto" else "preference"
+
+
+class PreferencePipeline(ObjectivePipeline):
     """Preference pairs (or kto rows) -> reference log-probs once -> the loop with a preference loss."""
 
     name = "dpo"
 
     def check(self, cfg: RunConfig) -> None:
-        if cfg.model.head != "lm" or cfg.method.name == "feature_extraction":
-            raise ConfigError("objective dpo trains the LM itself: use model.head: lm and a training method")
-        if cfg.train.packing:
-            raise ConfigError(
-                "objective dpo compares whole answers; train.packing does not apply (set false)"
-            )
+        check_trains_the_lm(cfg)
+        super().check(cfg)
 
-    def prepare(self, run: Run) -> PreferenceData:
-        shape = "unpaired" if _objective(run.cfg).loss == "kto" else "preference"
-        data = prepare_preferences(run.cfg.data, run.tokenizer, run.cfg.seed, shape)
-        run.dir.write_data_report(data.report)
-        print_data_report(data.report)
-        if not len(data.train):
-            raise DataError(f"{run.cfg.data.train}: no training examples left (see data_report.json)")
-        run.task = "preference"
-        return data
+    def shape(self, cfg: RunConfig) -> str:
+        return shape_of(cfg)
 
     def start_model(self, run: Run, data: PreferenceData) -> Any:
         return load_start_model(run.cfg)
@@ -184,18 +190,14 @@ class PreferencePipeline(Pipeline):
     def baselines(self, run: Run, model: Any, data: PreferenceData) -> dict[str, Any]:
         """Reference log-probs of every split (the start model is the reference), then the start model's
         numbers on the evaluation splits."""
-        splits = {
-            name: token_data(split)
-            for name in ("train", *EVAL_SPLITS)
-            if (split := getattr(data, name)) is not None and len(split)
-        }
+        splits = loop_splits(data)
         objective = _objective(run.cfg)
         if objective.loss not in REFERENCE_FREE:
             attach_reference(run.dir.reference_logps, run.cfg, splits, lambda: model)
         base = {
-            name: preference_metrics(model, splits[name], objective, run.cfg.eval.batch_size)
-            for name in EVAL_SPLITS
-            if name in splits
+            name: preference_metrics(model, split, objective, run.cfg.eval.batch_size)
+            for name, split in splits.items()
+            if name != "train"
         }
         judged = None
         if run.cfg.eval.judge and data.validation is not None and len(data.validation):
@@ -208,24 +210,8 @@ class PreferencePipeline(Pipeline):
         seed_everything(cfg.seed)
         model = prepare_model(model, cfg.method)
         val = splits.get("validation")
-        result = train_loop(
-            model,
-            splits["train"],
-            val,
-            cfg.train,
-            seed=cfg.seed,
-            run_dir=run.dir.path,
-            pad_id=PAD,
-            resume=run.resume,
-            loss_fn=PreferenceLoss(_objective(cfg)),
-            val_metrics=_val_metrics(val, _objective(cfg)) if val is not None else None,
-            make_optimizer=optimizer_for(cfg.method),
-        )
-        run.timings["train_s"] = result.train_seconds
-        return Fit(model, result, result.interrupted)
-
-    def save(self, run: Run, fit: Fit) -> None:
-        save_trained(fit.model, run.tokenizer, run.dir.path)
+        loss, scores = PreferenceLoss(_objective(cfg)), _val_metrics(val, _objective(cfg)) if val else None
+        return self.train_with(run, model, splits["train"], val, loss, scores, PAD)
 
     def evaluate(self, run: Run, fit: Fit, data: PreferenceData, before: dict[str, Any]) -> dict[str, Any]:
         t_eval = time.perf_counter()
@@ -247,23 +233,14 @@ class PreferencePipeline(Pipeline):
         run.timings["tuned_eval_s"] = time.perf_counter() - t_eval
         return evals
 
-    def summarise(self, run: Run, fit: Fit, data: PreferenceData, evals: dict[str, Any]) -> Summary:
-        assert fit.result is not None
-        return loop_summary(run, fit.model, run.task, fit.result, evals, data)  # type: ignore[arg-type]
-
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     """Preference metrics of a finished dpo run on its own evaluation splits or on ``data`` (any preference
-    file), with the reference log-probs from the run's cache (or computed with the start model)."""
-    model, tokenizer, cfg = load_trained(run_dir)
-    data_cfg = cfg.data
-    if data is not None:
-        data_cfg = data_cfg.model_copy(update={"validation": str(data), "test": None})
+    file), with the reference log-probs computed by the start model (another file: not the run's cache)."""
+    cfg = read_run_config(run_dir)
+    model, _, cfg, prepared = prepared_for_evaluation(run_dir, data, shape_of(cfg))
     objective = _objective(cfg)
-    prepared = prepare_preferences(
-        data_cfg, tokenizer, cfg.seed, "unpaired" if objective.loss == "kto" else "preference"
-    )
-    splits = {n: token_data(s) for n in EVAL_SPLITS if (s := getattr(prepared, n)) is not None and len(s)}
+    splits = {n: token_data(s) for n, s in eval_splits(prepared).items()}
     if objective.loss not in REFERENCE_FREE:
-        attach_reference(None, cfg, splits, lambda: load_start_model(cfg))  # other data: not the run's cache
+        attach_reference(None, cfg, splits, lambda: load_start_model(cfg))
     return {name: preference_metrics(model, d, objective, cfg.eval.batch_size) for name, d in splits.items()}

@@ -16,22 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
-from tunesmith.data.preference import PreferenceData, PromptSplit, prepare_preferences
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.data.preference import PreferenceData, PromptSplit
+from tunesmith.errors import ConfigError
 from tunesmith.evaluate.graders import build_grader
 from tunesmith.infer.batching import PromptData
 from tunesmith.infer.generate import generate_texts
 from tunesmith.io import write_jsonl_atomic
-from tunesmith.methods import load_trained, optimizer_for, prepare_model
+from tunesmith.methods import prepare_model
 from tunesmith.objective import GRPOObjective
-from tunesmith.pipelines.base import Fit, Pipeline, Run, loop_summary, print_data_report, seed_everything
+from tunesmith.pipelines.base import Fit, Run, seed_everything
 from tunesmith.pipelines.lm import load_start_model
+from tunesmith.pipelines.objective_kind import (
+    ObjectivePipeline,
+    check_trains_the_lm,
+    eval_splits,
+    prepared_for_evaluation,
+)
 from tunesmith.pipelines.scoring import reward_scorer
-from tunesmith.runs import Summary, save_trained
 from tunesmith.train.grpo import Grade, GRPOLoss
-from tunesmith.train.loop import train_loop
 
-EVAL_SPLITS = ("validation", "test")
 NO_REFERENCE_METHODS = ("full", "freeze", "adapter")
 """Methods without a switchable adapter: the base is gone once they train, so beta > 0 has no reference."""
 
@@ -76,14 +79,17 @@ def _objective(cfg: RunConfig) -> GRPOObjective:
     return cfg.objective
 
 
-class GRPOPipeline(Pipeline):
+class GRPOPipeline(ObjectivePipeline):
     """Prompts -> base graded -> the loop with the GRPO loss -> tuned graded."""
 
     name = "grpo"
+    task = "rl"
+
+    def shape(self, cfg: RunConfig) -> str:
+        return "prompt"
 
     def check(self, cfg: RunConfig) -> None:
-        if cfg.model.head != "lm" or cfg.method.name == "feature_extraction":
-            raise ConfigError("objective grpo trains the LM itself: use model.head: lm and a training method")
+        check_trains_the_lm(cfg)
         if _objective(cfg).beta > 0 and cfg.method.name in NO_REFERENCE_METHODS:
             raise ConfigError(
                 f"objective.beta > 0 needs a reference: with method {cfg.method.name} none is kept (it "
@@ -91,28 +97,16 @@ class GRPOPipeline(Pipeline):
                 "reference) or set objective.beta: 0"
             )
 
-    def prepare(self, run: Run) -> PreferenceData:
-        data = prepare_preferences(run.cfg.data, run.tokenizer, run.cfg.seed, "prompt")
-        run.dir.write_data_report(data.report)
-        print_data_report(data.report)
-        if not len(data.train):
-            raise DataError(f"{run.cfg.data.train}: no prompts left (see data_report.json)")
-        run.task = "rl"
-        return data
-
     def start_model(self, run: Run, data: PreferenceData) -> Any:
         return load_start_model(run.cfg)
 
     def baselines(self, run: Run, model: Any, data: PreferenceData) -> dict[str, Any]:
         grade = make_grade(_objective(run.cfg))
         base = {}
-        for name in EVAL_SPLITS:
-            split = getattr(data, name)
-            if split is not None and len(split):
-                base[name], rows = graded_answers(
-                    model, run.tokenizer, split, grade, _objective(run.cfg), run.cfg
-                )
-                write_jsonl_atomic(f"{run.dir.predictions('base')}_{name}.jsonl", rows)
+        for name, split in eval_splits(data).items():
+            objective = _objective(run.cfg)
+            base[name], rows = graded_answers(model, run.tokenizer, split, grade, objective, run.cfg)
+            write_jsonl_atomic(f"{run.dir.predictions('base')}_{name}.jsonl", rows)
         return {"base": base, "grade": grade}
 
     def fit(self, run: Run, model: Any, data: PreferenceData) -> Fit:
@@ -123,23 +117,8 @@ class GRPOPipeline(Pipeline):
         assert isinstance(train, PromptSplit)
         loss = GRPOLoss(objective, run.before["grade"], [item_of(ex) for ex in train.examples], run.tokenizer)
         prompts = PromptData(train.prompt_ids, [], objective.num_generations, objective.max_new_tokens)
-        result = train_loop(
-            model,
-            prompts,
-            None,  # held-out prompts are graded after training: mid-run, each pass would cost a generation
-            cfg.train,
-            seed=cfg.seed,
-            run_dir=run.dir.path,
-            pad_id=run.tokenizer.pad_token_id,
-            resume=run.resume,
-            loss_fn=loss,
-            make_optimizer=optimizer_for(cfg.method),
-        )
-        run.timings["train_s"] = result.train_seconds
-        return Fit(model, result, result.interrupted)
-
-    def save(self, run: Run, fit: Fit) -> None:
-        save_trained(fit.model, run.tokenizer, run.dir.path)
+        # No validation pass mid-run: held-out prompts are graded after training (each pass generates).
+        return self.train_with(run, model, prompts, None, loss, pad_id=run.tokenizer.pad_token_id)
 
     def evaluate(self, run: Run, fit: Fit, data: PreferenceData, before: dict[str, Any]) -> dict[str, Any]:
         t_eval, evals = time.perf_counter(), {}
@@ -152,21 +131,12 @@ class GRPOPipeline(Pipeline):
         run.timings["tuned_eval_s"] = time.perf_counter() - t_eval
         return evals
 
-    def summarise(self, run: Run, fit: Fit, data: PreferenceData, evals: dict[str, Any]) -> Summary:
-        assert fit.result is not None
-        return loop_summary(run, fit.model, run.task, fit.result, evals, data)  # type: ignore[arg-type]
-
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
     """Grader scores of a finished grpo run's greedy answers on its evaluation splits or on ``data``."""
-    model, tokenizer, cfg = load_trained(run_dir)
-    data_cfg = (
-        cfg.data if data is None else cfg.data.model_copy(update={"validation": str(data), "test": None})
-    )
-    prepared = prepare_preferences(data_cfg, tokenizer, cfg.seed, "prompt")
-    grade, out = make_grade(_objective(cfg)), {}
-    for name in EVAL_SPLITS:
-        split = getattr(prepared, name)
-        if split is not None and len(split):
-            out[name], _ = graded_answers(model, tokenizer, split, grade, _objective(cfg), cfg)
-    return out
+    model, tokenizer, cfg, prepared = prepared_for_evaluation(run_dir, data, "prompt")
+    grade = make_grade(_objective(cfg))
+    return {
+        name: graded_answers(model, tokenizer, split, grade, _objective(cfg), cfg)[0]  # type: ignore[arg-type]
+        for name, split in eval_splits(prepared).items()
+    }
