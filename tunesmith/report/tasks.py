@@ -46,8 +46,8 @@ def _num(value: Any) -> str:
 
 def tasks_section(summary: dict[str, Any]) -> str:
     """Per task and split: the main metric for base and tuned and the change."""
-    table = summary.get("tasks")
-    if not isinstance(table, dict) or not table:
+    tasks = summary.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
         return ""
     rows = [
         [
@@ -59,7 +59,7 @@ def tasks_section(summary: dict[str, Any]) -> str:
             _num(r.get("delta")),
             _num(r.get("n")),
         ]
-        for r in table.values()
+        for r in tasks.values()
         if isinstance(r, dict)
     ]
     headers = ["task", "split", "metric", "base", "tuned", "Δ tuned − base", "n"]
