@@ -37,12 +37,14 @@ def headline(summary: dict[str, Any]) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from tunesmith.api import train  # deferred: `tunesmith --help` loads no command
+    from tunesmith.config import load_config  # deferred: `tunesmith --help` loads no command
 
-    summary = train(args.config, overrides=args.set, resume=args.resume)
+    cfg = load_config(args.config, args.set)
+    summary = train(cfg, resume=args.resume)
     if summary["status"] == "interrupted":
         return 130
     print(headline(summary))
-    print(f"tunesmith: run directory runs/{summary['name']} (report.html, summary.json)")
+    print(f"tunesmith: run directory {cfg.run_dir} (report.html, summary.json)")
     if summary["status"] == "failed":  # a gate failed: exit non-zero so a pipeline cannot promote the run
         from tunesmith.evaluate.gates import GATE_EXIT_CODE  # deferred: `tunesmith --help` loads no command
 

@@ -128,7 +128,9 @@ def test_cli_train_eval_and_errors(tmp_path, tiny_model_dir, demo_files, capsys)
         "train:\n  max_steps: 1\neval:\n  compare_base: false\n  max_new_tokens: 2\n  max_examples: 2\n"
     )
     assert cli.main(["train", str(cfg), "--set", "method.r=2"]) == 0
-    assert "clirun done: 1 steps" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "clirun done: 1 steps" in out
+    assert f"run directory {tmp_path / 'clirun'} " in out  # where it is, not runs/<name>
     assert cli.main(["eval", str(tmp_path / "clirun")]) == 0
     assert json.loads(capsys.readouterr().out)["validation"]["n"] == 2
     assert cli.main(["train", str(cfg), "--set", "train.lrr=1"]) == 2
