@@ -4,7 +4,8 @@ All sides: the default model (or ``--model-path``) in fp32, LoRA r16/alpha 32 on
 (dropout 0), lr 5e-5 with cosine decay and no warm-up, ``--batch`` pairs per optimizer step, ``--steps``
 steps, seed 0, on the pairs tunesmith's own preparation rendered (``prepare_pairs``). The DPO sides train
 sigmoid DPO, beta 0.1; ``tunesmith-sft`` trains the chosen answers only (the memory yardstick). Peak RSS is
-``ru_maxrss`` of the side's process after training; CPU seconds (``time.process_time``) are recorded because the machine is shared.
+``ru_maxrss`` of the side's process after training; CPU seconds (``time.process_time``) are recorded
+because the machine is shared.
 """
 
 from __future__ import annotations
