@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one invocation; each writes JSON under bench/results/ and prints a table.
 
-    python -m bench.run_all            # data tools (1M rows), serving, int8 export, LoRA SFT vs TRL
+    python -m bench.run_all            # data tools (1M rows), serving, int8 export, LoRA SFT and DPO vs TRL
     BENCH_ROWS=100000 python -m bench.run_all
 Speed goals live here, never in tests.
 """
@@ -18,6 +18,7 @@ BENCHES = [
     ["bench_serve.py"],
     ["bench_int8.py"],
     ["bench_sft.py"],  # tunesmith vs TRL SFTTrainer + PEFT, LoRA SFT on the default model
+    ["bench_dpo.py"],  # tunesmith vs TRL DPOTrainer + PEFT, LoRA DPO (and SFT memory yardstick)
 ]
 
 
