@@ -67,7 +67,7 @@ def to_overrides(
         f"train.epochs={float(hp['n_epochs'])}",
         f"train.batch_size={int(hp['batch_size'])}",
         f"train.lr={BASE_LR * float(hp['learning_rate_multiplier'])}",
-        f"train.save_every={SAVE_EVERY}",
+        f"train.save_every={int((request.get('metadata') or {}).get('tunesmith_save_every') or SAVE_EVERY)}",
         # Baselines and probes judge a run for a person; an API job reports losses, as OpenAI's does.
         "eval.compare_base=false",
         "eval.probes=false",
