@@ -23,6 +23,7 @@ from typing import Any
 from tunesmith.api import train
 from tunesmith.config import load_config
 from tunesmith.errors import DataError, TunesmithError
+from tunesmith.jobs.checkpoints import checkpoint_steps, publish
 from tunesmith.jobs.mapping import to_overrides
 from tunesmith.jobs.store import Store
 from tunesmith.runs import RunDir
@@ -66,6 +67,20 @@ class _Watcher(threading.Thread):
             if job and job["status"] == "cancelled" and not self.interrupted:
                 self.interrupted = True
                 os.kill(os.getpid(), signal.SIGINT)  # KeyboardInterrupt in the loop: checkpoint and return
+
+
+def _record_checkpoints(store: Store, jid: str, run_dir: Path, name: str, final_step: int) -> None:
+    """List each checkpoint on disk (and the final model) with the losses logged at its step."""
+    metrics: dict[int, dict[str, Any]] = {}
+    for event in store.events(jid)[::-1]:
+        if event["type"] == "metrics":
+            data = json.loads(event["data"])
+            row = metrics.setdefault(data["step"], {"step": data["step"]})
+            row.update({k: v for k, v in data.items() if v is not None})
+    for step in sorted(set(checkpoint_steps(run_dir)) | {final_step}):
+        if step != final_step and publish(run_dir, step) is None:
+            continue  # not a LoRA run: only the final model is servable
+        store.add_checkpoint(jid, step, f"{name}:ckpt-step-{step}", metrics.get(step, {"step": step}))
 
 
 def run_job(store: Store, job: dict[str, Any]) -> None:
@@ -117,9 +132,7 @@ def run_job(store: Store, job: dict[str, Any]) -> None:
     name = model_name(request, jid)
     steps = int((summary.get("train") or {}).get("steps") or 0)
     tokens = int((summary.get("train") or {}).get("tokens") or 0)
-    last = [e for e in store.events(jid) if e["type"] == "metrics"][:1]
-    metrics = json.loads(last[0]["data"]) if last else {}
-    store.add_checkpoint(jid, steps, f"{name}:ckpt-step-{steps}", metrics)
+    _record_checkpoints(store, jid, run_dir, name, steps)
     store.set_status(jid, "succeeded", only_from=("running",), fine_tuned_model=name, trained_tokens=tokens)
     store.add_event(jid, "info", "The job has successfully completed")
 
@@ -134,7 +147,17 @@ def work(root: str | Path, once: bool = False) -> None:
                 return
             time.sleep(POLL_S)
             continue
-        run_job(store, job)
+        try:
+            run_job(store, job)
+        except Exception as err:  # a bug must fail its job, not leave it running for every restart to retry
+            message = f"internal error: {type(err).__name__}: {err}"
+            store.set_status(
+                job["id"],
+                "failed",
+                only_from=("running",),
+                error={"code": "server_error", "message": message, "param": None},
+            )
+            store.add_event(job["id"], "error", message)
 
 
 def main() -> None:

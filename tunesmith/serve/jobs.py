@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 
+from tunesmith.jobs.checkpoints import served_dir
 from tunesmith.jobs.mapping import method_of, resolved_hyperparameters
 from tunesmith.jobs.store import Store
 from tunesmith.serve import protocol as p
@@ -116,12 +117,24 @@ class JobsApi:
         worker.wait(30)
 
     def resolve(self, model_id: str) -> None:
-        if not model_id.startswith("ft:"):
+        """Hot-load a succeeded job's model or one of its checkpoints; unknown names are left to 404."""
+        parts = model_id.split(":")
+        if parts[0] != "ft" or len(parts) not in (5, 6):
             return
-        job = self.store.job(model_id.split(":")[4]) if model_id.count(":") >= 4 else None
-        if job is None or job["status"] != "succeeded" or job["fine_tuned_model"] != model_id:
+        job = self.store.job(parts[4])
+        if job is None or job["status"] != "succeeded" or job["fine_tuned_model"] != ":".join(parts[:5]):
             return  # unknown, unfinished or cancelled: the caller answers 404
-        hot_load_run(self.registry, self.store.runs / job["id"], model_id)
+        run_dir = self.store.runs / job["id"]
+        if len(parts) == 6:
+            listed = {
+                c["fine_tuned_model_checkpoint"]: c["step_number"] for c in self.store.checkpoints(job["id"])
+            }
+            if model_id not in listed:
+                return
+            step = listed[model_id]
+            final = json.loads((run_dir / "summary.json").read_text()).get("train", {}).get("steps")
+            run_dir = run_dir if step == final else served_dir(run_dir, step)
+        hot_load_run(self.registry, run_dir, model_id)
 
     def _job(self, jid: str) -> dict[str, Any]:
         row = self.store.job(jid)

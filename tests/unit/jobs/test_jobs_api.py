@@ -61,7 +61,7 @@ def _create(client, tiny_model_dir, file_id, steps=3, suffix="sums"):
         training_file=file_id,
         suffix=suffix,
         seed=7,
-        metadata={"tunesmith_max_steps": str(steps)},
+        metadata={"tunesmith_max_steps": str(steps), "tunesmith_save_every": "2"},
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4}}},
     )
 
@@ -81,14 +81,16 @@ def test_supervised_job_end_to_end(client, tiny_model_dir):
     metrics = [e.data for e in events if e.type == "metrics"]
     assert sorted(m["step"] for m in metrics if m["train_loss"] is not None) == [1, 2, 3]
     assert [m["step"] for m in metrics if m["valid_loss"] is not None] == [3]  # the final evaluation
-    (ckpt,) = client.fine_tuning.jobs.checkpoints.list(job.id).data
-    assert (
-        ckpt.step_number == 3 and ckpt.fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-3"
-    )
-    answer = client.chat.completions.create(
-        model=done.fine_tuned_model, messages=[{"role": "user", "content": "What is 2 + 2?"}], max_tokens=4
-    )
-    assert answer.model == done.fine_tuned_model and answer.choices[0].message.content is not None
+    final, early = client.fine_tuning.jobs.checkpoints.list(job.id).data  # newest first
+    assert (early.step_number, final.step_number) == (2, 3)
+    assert final.fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-3"
+    assert early.metrics.train_loss == next(m["train_loss"] for m in metrics if m["step"] == 2)
+    question = [{"role": "user", "content": "What is 2 + 2?"}]
+    for name in (done.fine_tuned_model, early.fine_tuned_model_checkpoint, tiny_model_dir.name):
+        answer = client.chat.completions.create(model=name, messages=question, max_tokens=4, temperature=0)
+        assert answer.model == name
+    served = {m.id for m in client.models.list()}
+    assert {done.fine_tuned_model, early.fine_tuned_model_checkpoint} <= served  # hot-loaded, no restart
     assert client.files.delete(uploaded.id).deleted
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(uploaded.id)

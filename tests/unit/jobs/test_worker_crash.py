@@ -63,3 +63,19 @@ def test_kill_9_mid_job_then_restart_resumes_to_the_same_losses(tmp_path, tiny_m
     assert any("resumed" in e["message"] for e in store.events(crashed))
     assert _losses(store, crashed) == _losses(store, reference)
     assert [s for s, _ in _losses(store, crashed)] == list(range(1, 9))
+
+
+def test_published_checkpoint_is_the_checkpoint_under_peft_names(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+
+    from tunesmith.jobs.checkpoints import served_dir
+
+    store = Store(tmp_path)
+    jid = _job(store, tiny_model_dir)
+    assert _worker(tmp_path, once=True).wait(300) == 0
+    run = store.runs / jid
+    assert [c["step_number"] for c in store.checkpoints(jid)] == [8, 6]
+    saved = load_file(run / "checkpoints" / "step-000006" / "trainable.safetensors")
+    served = load_file(served_dir(run, 6) / "adapter" / "adapter_model.safetensors")
+    assert sorted(served) == sorted(k.replace(".default.", ".") for k in saved)
+    assert all(served[k.replace(".default.", ".")].equal(v) for k, v in saved.items())
