@@ -123,7 +123,10 @@ def test_cancel_serves_nothing_and_pagination(client, tiny_model_dir):
             model=f"ft:{tiny_model_dir.name}:tunesmith:never:{job.id}",
             messages=[{"role": "user", "content": "hi"}],
         )
+    queued = _create(client, tiny_model_dir, uploaded.id, suffix="queued")  # cancelled before it starts
+    assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
     all_ids = [j.id for j in client.fine_tuning.jobs.list(limit=100).data]
+    assert all_ids[:2] == [queued.id, job.id]  # newest first
     first = client.fine_tuning.jobs.list(limit=1)
     assert [j.id for j in first.data] == all_ids[:1] and first.has_more
     assert [j.id for j in client.fine_tuning.jobs.list(after=all_ids[0], limit=100).data] == all_ids[1:]
