@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("train", "evaluate"),  # siblings: the loop and the metrics never import each other
     ("pipelines",),  # one Pipeline shape, run kinds by name
     ("api",),
+    ("jobs",),  # the fine-tuning API's state and worker: calls the API, served by serve/
     ("serve", "export", "demo"),  # faces
     ("cli",),  # tunesmith/cli.py and every package's cli.py: parse, call the API, print
 ]

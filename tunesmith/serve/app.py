@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -82,8 +83,11 @@ class _Api:
         self.registry, self.settings, self.metrics = registry, settings, metrics
         self.batcher = Batcher(metrics, settings.max_batch_size, settings.batch_wait_ms)
         self.slots = Slots(settings.max_concurrent, metrics)
+        self.resolve: Callable[[str], None] | None = None
 
     def served(self, model_id: str, task: str | None = None) -> ServedModel:
+        if model_id not in self.registry.models and self.resolve is not None:
+            self.resolve(model_id)  # a fine-tuning job's model: hot-loaded on first use
         served = self.registry.models.get(model_id)
         if served is None:
             known = ", ".join(sorted(self.registry.models))
@@ -371,22 +375,34 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
         return {"object": "list", "model": req.model, "data": data}
 
 
-def create_app(registry: Registry, settings: ServeSettings | None = None) -> FastAPI:
+def create_app(
+    registry: Registry, settings: ServeSettings | None = None, jobs_root: Path | None = None
+) -> FastAPI:
     """The FastAPI app serving ``registry``; its batching worker starts and stops with the app's lifespan.
 
     Args:
         registry: models to serve (see :func:`tunesmith.serve.models.load_registry`).
         settings: keys, limits and batching; defaults when None.
+        jobs_root: mount the fine-tuning API (:mod:`tunesmith.serve.jobs`) on this jobs directory.
     """
     settings = settings or ServeSettings()
     api = _Api(registry, settings, Metrics(ROUTES))
+    jobs = None
+    if jobs_root is not None:
+        from tunesmith.serve.jobs import JobsApi  # deferred: the jobs routes are off by default
+
+        jobs = JobsApi(jobs_root, registry)
+        api.resolve = jobs.resolve
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         api.batcher.start()
+        worker = jobs.start_worker() if jobs is not None else None
         try:
             yield
         finally:
+            if worker is not None:
+                jobs.stop_worker(worker)
             api.batcher.stop()
 
     # No /docs or /openapi.json: the API is OpenAI's, documented there and in the README.
@@ -397,4 +413,6 @@ def create_app(registry: Registry, settings: ServeSettings | None = None) -> Fas
     )
     _add_error_handlers(app)
     _add_routes(app, api)
+    if jobs is not None:
+        jobs.add_routes(app)
     return app

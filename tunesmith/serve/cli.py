@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ConfigError
@@ -36,6 +37,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--max-batch-size", type=int, default=8, help="requests per batched forward")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--no-batching", action="store_true", help="one request per forward")
+    p.add_argument(
+        "--jobs",
+        action="store_true",
+        help="also serve the OpenAI fine-tuning API (/v1/files, /v1/fine_tuning/jobs; docs/jobs.md)",
+    )
+    p.add_argument("--jobs-dir", help="database, uploads and job runs (default: <tunesmith home>/jobs)")
     p.set_defaults(func=run_serve)
 
 
@@ -79,5 +86,11 @@ def run_serve(args: argparse.Namespace) -> int:
     for served in registry.models.values():
         print(f"tunesmith: serving {served.id!r} ({served.kind}, {served.task}) from {served.source}")
     print(f"tunesmith: {len(registry.bases)} model(s) in memory; API at http://{args.host}:{args.port}/v1")
-    serve_forever(create_app(registry, settings), args.host, args.port)
+    jobs_root = None
+    if args.jobs:
+        from tunesmith.models.loading import tunesmith_home  # deferred: `--help` starts no server stack
+
+        jobs_root = Path(args.jobs_dir) if args.jobs_dir else tunesmith_home() / "jobs"
+        print(f"tunesmith: fine-tuning API on, state in {jobs_root}")
+    serve_forever(create_app(registry, settings, jobs_root), args.host, args.port)
     return 0

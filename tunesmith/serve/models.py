@@ -165,7 +165,7 @@ class _Loader:
         length = context_length(base.model, tokenizer)
         self.registry.add(ServedModel(served_id, "base", base, tokenizer, name, context_length=length))
 
-    def add_run(self, run_dir: Path) -> None:
+    def add_run(self, run_dir: Path, served_id: str | None = None) -> None:
         cfg = read_run_config(run_dir)
         if isinstance(cfg.objective, RewardObjective):
             if run_dir.name in self.registry.models or run_dir.name in self.registry.scorers:
@@ -198,7 +198,7 @@ class _Loader:
             raise RunError(f"{run_dir} has no adapter/ or model/: the run did not finish (try --resume)")
         task = summary.get("task") or (cfg.task if cfg.task != "auto" else "generation")
         served = ServedModel(
-            id=run_dir.name,
+            id=served_id or run_dir.name,
             kind=kind,
             base=base,
             tokenizer=tokenizer,
@@ -213,6 +213,14 @@ class _Loader:
         if task == "classification" and not served.label_names:
             raise RunError(f"{run_dir} is a classification run but data_report.json lists no label_names")
         self.registry.add(served)
+
+
+def hot_load_run(registry: Registry, run_dir: Path, served_id: str) -> None:
+    """Serve a finished run as ``served_id`` on a running server, sharing a base already in memory."""
+    loader = _Loader(registry)
+    for served in registry.models.values():
+        loader.tokenizers.setdefault(served.base.key, served.tokenizer)
+    loader.add_run(run_dir, served_id)
 
 
 def load_registry(sources: list[str]) -> Registry:

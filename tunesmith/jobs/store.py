@@ -1,0 +1,156 @@
+"""State of the fine-tuning API: one SQLite file (stdlib ``sqlite3``) and content-addressed file bytes.
+
+    <home>/jobs/jobs.db      files, jobs, events, checkpoints
+    <home>/jobs/blobs/<sha256>.jsonl    uploaded bytes, stored once per content
+    <home>/jobs/runs/<job id>/          the run directory of each job
+
+The HTTP server and the worker process open the same database; every write is one short transaction, and
+SQLite's WAL mode lets the server read while the worker writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from tunesmith.io import write_bytes_atomic
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, filename TEXT, purpose TEXT, bytes INTEGER,
+  sha256 TEXT, created_at INTEGER, deleted INTEGER DEFAULT 0);
+CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, request TEXT,
+  status TEXT, created_at INTEGER, finished_at INTEGER, fine_tuned_model TEXT, error TEXT,
+  trained_tokens INTEGER, result_files TEXT DEFAULT '[]', hyperparameters TEXT);
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT,
+  created_at INTEGER, level TEXT, message TEXT, type TEXT, data TEXT);
+CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT,
+  created_at INTEGER, step_number INTEGER, fine_tuned_model_checkpoint TEXT, metrics TEXT);
+"""
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{secrets.token_hex(12)}"
+
+
+class Store:
+    """Files, jobs, events and checkpoints under ``root`` (created on first use)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.blobs = self.root / "blobs"
+        self.runs = self.root / "runs"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.db = self.root / "jobs.db"
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        # One connection per call: the server's handlers run on several threads; timeout rides out the
+        # worker's short write transactions instead of failing with "database is locked".
+        con = sqlite3.connect(self.db, timeout=30)
+        con.row_factory = sqlite3.Row
+        return con
+
+    def _query(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+        with self._connect() as con:
+            return [dict(r) for r in con.execute(sql, args).fetchall()]
+
+    def _exec(self, sql: str, args: tuple = ()) -> int:
+        with self._connect() as con:
+            return con.execute(sql, args).rowcount
+
+    # files
+    def add_file(self, filename: str, data: bytes, purpose: str) -> dict[str, Any]:
+        sha = hashlib.sha256(data).hexdigest()
+        blob = self.blob_path(sha)
+        if not blob.exists():
+            write_bytes_atomic(blob, data)
+        fid = new_id("file")
+        self._exec(
+            "INSERT INTO files VALUES (?,?,?,?,?,?,0)",
+            (fid, filename, purpose, len(data), sha, int(time.time())),
+        )
+        return self.file(fid) or {}
+
+    def blob_path(self, sha: str) -> Path:
+        return self.blobs / f"{sha}.jsonl"
+
+    def file(self, fid: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM files WHERE id=? AND deleted=0", (fid,))
+        return rows[0] if rows else None
+
+    def files(self) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM files WHERE deleted=0 ORDER BY created_at DESC, id")
+
+    def delete_file(self, fid: str) -> bool:
+        # The bytes stay: a job that used them may still be read back, and another upload may share them.
+        return self._exec("UPDATE files SET deleted=1 WHERE id=? AND deleted=0", (fid,)) > 0
+
+    # jobs
+    def add_job(self, request: dict[str, Any], hyperparameters: dict[str, Any]) -> dict[str, Any]:
+        jid = new_id("ftjob")
+        self._exec(
+            "INSERT INTO jobs (id, request, status, created_at, hyperparameters) VALUES (?,?,?,?,?)",
+            (jid, json.dumps(request), "validating_files", int(time.time()), json.dumps(hyperparameters)),
+        )
+        self.add_event(jid, "info", f"Created fine-tuning job: {jid}")
+        return self.job(jid) or {}
+
+    def job(self, jid: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM jobs WHERE id=?", (jid,))
+        return rows[0] if rows else None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Newest first, as the API lists them."""
+        return self._query("SELECT * FROM jobs ORDER BY seq DESC")
+
+    def set_status(self, jid: str, status: str, only_from: tuple[str, ...] = (), **fields: Any) -> bool:
+        """Move a job to ``status`` (only from one of ``only_from`` when given); True when it moved."""
+        cols = {
+            "status": status,
+            **{k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()},
+        }
+        if status in FINAL:
+            cols.setdefault("finished_at", int(time.time()))
+        sql = "UPDATE jobs SET " + ", ".join(f"{k}=?" for k in cols) + " WHERE id=?"
+        args: tuple = (*cols.values(), jid)
+        if only_from:
+            sql += " AND status IN (" + ",".join("?" * len(only_from)) + ")"
+            args += only_from
+        return self._exec(sql, args) > 0
+
+    def claim(self) -> dict[str, Any] | None:
+        """The oldest job to run: a ``running`` one first (a crashed worker left it), else a queued one."""
+        for status in ("running", "validating_files"):
+            rows = self._query("SELECT * FROM jobs WHERE status=? ORDER BY seq LIMIT 1", (status,))
+            if rows and self.set_status(rows[0]["id"], "running", only_from=(status,)):
+                return rows[0]
+        return None
+
+    # events and checkpoints
+    def add_event(self, jid: str, level: str, message: str, type_: str = "message", data: Any = None) -> None:
+        self._exec(
+            "INSERT INTO events (id, job_id, created_at, level, message, type, data) VALUES (?,?,?,?,?,?,?)",
+            (new_id("ftevent"), jid, int(time.time()), level, message, type_, json.dumps(data)),
+        )
+
+    def events(self, jid: str) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM events WHERE job_id=? ORDER BY seq DESC", (jid,))
+
+    def add_checkpoint(self, jid: str, step: int, name: str, metrics: dict[str, Any]) -> None:
+        self._exec(
+            "INSERT INTO checkpoints (id, job_id, created_at, step_number, fine_tuned_model_checkpoint, "
+            "metrics) VALUES (?,?,?,?,?,?)",
+            (new_id("ftckpt"), jid, int(time.time()), step, name, json.dumps(metrics)),
+        )
+
+    def checkpoints(self, jid: str) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM checkpoints WHERE job_id=? ORDER BY step_number DESC", (jid,))
