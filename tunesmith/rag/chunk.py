@@ -66,7 +66,9 @@ def chunk_text(
         raise DataError(f"chunk overlap {overlap} must be >= 0 and below max_tokens {max_tokens}")
     units: list[str] = []
     for sentence in split_sentences(text):
-        units.extend([sentence] if count(sentence) <= max_tokens else _split_long(sentence, max_tokens, count))
+        units.extend(
+            [sentence] if count(sentence) <= max_tokens else _split_long(sentence, max_tokens, count)
+        )
     chunks: list[str] = []
     current: list[str] = []
     fresh = 0  # sentences in `current` not carried over from the previous chunk
@@ -149,7 +151,10 @@ def read_documents(paths: Iterable[str | Path]) -> list[tuple[str, str]]:
 
 
 def chunk_documents(
-    docs: Iterable[tuple[str, str]], max_tokens: int = 128, overlap: int = 32, count: TokenCounter = word_count
+    docs: Iterable[tuple[str, str]],
+    max_tokens: int = 128,
+    overlap: int = 32,
+    count: TokenCounter = word_count,
 ) -> list[Chunk]:
     """Chunk every document; chunk ids are ``"{doc_id}#{n}"`` counting from 0."""
     return [

@@ -119,7 +119,7 @@ def _raft(args: argparse.Namespace) -> int:
 
 def add_raft_parser(data_sub: Any) -> None:
     """Register ``data raft`` on the ``data`` subcommand's subparsers."""
-    p = data_sub.add_parser("raft", help="RAFT rows: question + oracle chunk + BM25 distractors, quoted answer")
+    p = data_sub.add_parser("raft", help="RAFT rows: question + oracle + BM25 distractors, quoted answer")
     p.add_argument("input", help='JSONL of {"question", "answer", "oracle": document id}')
     p.add_argument("--index", required=True, help="an index from `tunesmith rag index`")
     p.add_argument("--out", required=True, help="the chat JSONL to write")

@@ -17,6 +17,7 @@ import bm25s
 from tunesmith.errors import DataError
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
 from tunesmith.rag.chunk import Chunk
+from tunesmith.rag.prompt import render_rag_prompt
 
 INDEX_VERSION = 1
 
@@ -79,10 +80,15 @@ class BM25Index:
         path = Path(path)
         meta_path, chunks_path = path / "index.json", path / "chunks.jsonl"
         if not meta_path.is_file() or not chunks_path.is_file():
-            raise DataError(f"{path} is not a tunesmith index; build one with `tunesmith rag index DOCS --out {path}`")
+            raise DataError(
+                f"{path} is not a tunesmith index; build one with `tunesmith rag index DOCS --out {path}`"
+            )
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("version") != INDEX_VERSION:
-            raise DataError(f"{meta_path}: index version {meta.get('version')} is not {INDEX_VERSION}; rebuild it")
+            raise DataError(
+                f"{meta_path}: index version {meta.get('version')} is not {INDEX_VERSION}; "
+                "rebuild it with `tunesmith rag index`"
+            )
         chunks = []
         for n, line in enumerate(chunks_path.read_text(encoding="utf-8").splitlines(), 1):
             try:
@@ -91,3 +97,10 @@ class BM25Index:
                 raise DataError(f"{chunks_path}:{n}: not a chunk row ({err}); rebuild the index") from err
         settings = {k: v for k, v in meta.items() if k not in ("version", "engine", "chunks")}
         return cls(chunks, settings)
+
+
+def retrieve_prompt(index: BM25Index, question: str, k: int = 4) -> tuple[str, list[str]]:
+    """The inference-time user turn for ``question``: the top-``k`` chunks rendered by the same
+    :func:`~tunesmith.rag.prompt.render_rag_prompt` RAFT trained on; returns it with the chunk ids."""
+    chunks = [c for c, _ in index.search(question, k=k)]
+    return render_rag_prompt(question, chunks), [c.id for c in chunks]

@@ -37,3 +37,8 @@ def extract_quotes(text: str) -> list[str]:
         if END_QUOTE in part:
             quotes.append(part.split(END_QUOTE, 1)[0].strip())
     return quotes
+
+
+def question_of(prompt: str) -> str:
+    """The question back out of a rendered retrieval prompt (for lints and audits)."""
+    return prompt.rsplit("\n\nQuestion: ", 1)[-1]
