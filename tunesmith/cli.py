@@ -63,7 +63,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tunesmith.api import predict  # deferred: `tunesmith --help` loads no model stack
 
     # auto: a .txt output is one label id per line (classification) or one answer per line; else JSONL
-    path = predict(args.run_dir, data=args.data, out=args.out, fmt=args.format)
+    path = predict(args.run_dir, data=args.data, out=args.out, fmt=args.format, index=args.index, k=args.k)
     print(f"tunesmith: predictions written to {path}")
     return 0
 
@@ -121,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "inside an answer written as \\n, backslashes as \\\\); jsonl: {'prediction': ...} rows, or "
         "labels with probabilities; auto: labels (classification) or text for a .txt --out, else jsonl",
     )
+    p.add_argument("--index", help="a `tunesmith rag index`: retrieve chunks into each prompt (RAG / RAFT)")
+    p.add_argument("-k", type=int, default=4, help="chunks retrieved per question with --index (default 4)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("chat", help="chat with a run's model in the terminal")
