@@ -71,7 +71,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from tunesmith.serve.chat import chat_loop  # deferred: `tunesmith --help` loads no command
 
-    chat_loop(args.run_dir, max_new_tokens=args.max_new_tokens)
+    chat_loop(args.run_dir, max_new_tokens=args.max_new_tokens, index=args.index, k=args.k)
     return 0
 
 
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="chat with a run's model in the terminal")
     p.add_argument("run_dir")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--index", help="a `tunesmith rag index`: retrieve chunks into each question")
+    p.add_argument("-k", type=int, default=4, help="chunks retrieved per question with --index")
     p.set_defaults(func=_chat)
 
     p = sub.add_parser("demo", help="the store-assistant demo: generate data, LoRA-tune, show before/after")
