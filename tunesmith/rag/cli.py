@@ -5,6 +5,12 @@
     tunesmith rag index docs/*.md pages.jsonl --out work/index [--tokenizer default] [--max-tokens 128]
     tunesmith rag query work/index "what does the Velmora trail jacket cost?" [-k 4] [--json]
     tunesmith data raft qa.jsonl --index work/index --out work/raft.jsonl [-k 3] [--p-no-oracle 0.2]
+    tunesmith rag contexts heldout.jsonl --index work/index --out work/rag_prompts.jsonl [--drop-oracle 0.3]
+    tunesmith rag compare heldout.jsonl --index work/index --system "RAFT + RAG=raft.preds.jsonl" ...
+
+``rag contexts`` writes the retrieval prompts (the training shape) once, so every system answers the same
+retrieved sets (``--drop-oracle``: the imperfect retriever); ``tunesmith predict RUN --data`` answers them;
+``rag compare`` scores the prediction files side by side.
 
 Exit codes: 0 done, 2 tunesmith error (``tunesmith: error: ...``).
 """
@@ -117,6 +123,73 @@ def _raft(args: argparse.Namespace) -> int:
     return 0
 
 
+@_guarded
+def _contexts(args: argparse.Namespace) -> int:
+    from tunesmith.evaluate.rag_compare import drop_oracle
+    from tunesmith.io import write_jsonl_atomic
+    from tunesmith.rag.index import BM25Index
+    from tunesmith.rag.prompt import render_rag_prompt
+
+    index = BM25Index.load(args.index)
+    qa = _read_qa(Path(args.input))
+    retrieved = [[c.id for c, _ in index.search(q["question"], k=args.k)] for q in qa]
+    retrieved = drop_oracle(retrieved, [str(q["oracle"]) for q in qa], args.drop_oracle, args.seed)
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": render_rag_prompt(q["question"], [index.chunk(i) for i in ids])}
+            ],
+            "retrieved": ids,
+        }
+        for q, ids in zip(qa, retrieved, strict=True)
+    ]
+    write_jsonl_atomic(args.out, rows)
+    print(
+        f"tunesmith rag contexts: {len(rows)} prompts "
+        f"(oracle dropped from {args.drop_oracle:.0%}) -> {args.out}"
+    )
+    return 0
+
+
+@_guarded
+def _compare(args: argparse.Namespace) -> int:
+    from tunesmith.evaluate.rag_compare import Question, compare_table, score_system
+    from tunesmith.io import write_json_atomic
+    from tunesmith.rag.index import BM25Index
+
+    index = BM25Index.load(args.index)
+    qa = _read_qa(Path(args.input))
+    oracle_text = {}
+    for chunk in index.chunks:
+        oracle_text.setdefault(chunk.doc_id, []).append(chunk.text)
+    results: dict[str, dict[str, float]] = {}
+    for spec in args.system:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise DataError(f'--system {spec!r}: write it as "NAME=predictions.jsonl"')
+        preds = [
+            json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+        if len(preds) != len(qa):
+            raise DataError(f"{path}: {len(preds)} predictions for {len(qa)} questions in {args.input}")
+        rag = any("retrieved" in p for p in preds)
+        questions = [
+            Question(
+                str(q["question"]),
+                str(q.get("value", q["answer"])),
+                str(q["oracle"]),
+                tuple(p.get("retrieved", ())),
+                " ".join(oracle_text.get(str(q["oracle"]), [])),
+            )
+            for q, p in zip(qa, preds, strict=True)
+        ]
+        results[name] = score_system([str(p["prediction"]) for p in preds], questions, rag)
+    print(compare_table(results))
+    if args.json:
+        write_json_atomic(args.json, results)
+    return 0
+
+
 def add_raft_parser(data_sub: Any) -> None:
     """Register ``data raft`` on the ``data`` subcommand's subparsers."""
     p = data_sub.add_parser("raft", help="RAFT rows: question + oracle + BM25 distractors, quoted answer")
@@ -147,3 +220,19 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("-k", type=int, default=4)
     p.add_argument("--json", action="store_true", help="print JSON (id, score, text)")
     p.set_defaults(func=_query)
+    p = sub.add_parser("contexts", help="retrieval prompts for held-out questions (for `predict --data`)")
+    p.add_argument("input", help='JSONL of {"question", "answer", "oracle"}')
+    p.add_argument("--index", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("-k", type=int, default=4)
+    p.add_argument("--drop-oracle", type=float, default=0.0, help="share of sets without the oracle (0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_contexts)
+    p = sub.add_parser(
+        "compare", help="score systems' predictions side by side (accuracy, recall@k, citations)"
+    )
+    p.add_argument("input", help='the held-out JSONL of {"question", "answer", "oracle"} (+ "value")')
+    p.add_argument("--index", required=True)
+    p.add_argument("--system", action="append", required=True, help='"NAME=predictions.jsonl", repeatable')
+    p.add_argument("--json", help="also write the table as JSON here")
+    p.set_defaults(func=_compare)

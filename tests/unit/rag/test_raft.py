@@ -103,3 +103,46 @@ def test_rag_index_query_and_data_raft_from_the_command_line(tmp_path, capsys):
     assert step["index_settings"]["max_tokens"] == 32
     assert main(["rag", "query", str(tmp_path), "x"]) == 2
     assert "build one with `tunesmith rag index" in capsys.readouterr().err
+
+
+def test_contexts_then_compare_from_the_command_line(tmp_path, capsys):
+    BM25Index(CORPUS).save(tmp_path / "idx")
+    qa = tmp_path / "heldout.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in QA[:4]))
+    prompts = tmp_path / "prompts.jsonl"
+    args = ["--index", str(tmp_path / "idx"), "--out", str(prompts), "-k", "2", "--drop-oracle", "0.5"]
+    assert main(["rag", "contexts", str(qa), *args]) == 0
+    rows = [json.loads(x) for x in prompts.read_text().splitlines()]
+    with_oracle = [
+        any(i.startswith(q["oracle"] + "#") for i in r["retrieved"])
+        for q, r in zip(QA[:4], rows, strict=True)
+    ]
+    assert sorted(with_oracle) == [False, False, True, True]
+    assert all(
+        question_of(r["messages"][0]["content"]) == q["question"] for q, r in zip(QA[:4], rows, strict=True)
+    )
+    # a system that answers right exactly where it saw the oracle, quoting it
+    answers = [
+        {"prediction": f"{BEGIN_QUOTE}The {q['oracle'].capitalize()} jacket costs {q['answer']}.{END_QUOTE}\n"
+         f"Answer: {q['answer']}" if hit else "Answer: no idea", "retrieved": r["retrieved"]}
+        for q, r, hit in zip(QA[:4], rows, with_oracle, strict=True)
+    ]  # fmt: skip
+    rag = tmp_path / "rag.jsonl"
+    rag.write_text("".join(json.dumps(a) + "\n" for a in answers))
+    closed = tmp_path / "closed.jsonl"
+    closed.write_text("".join(json.dumps({"prediction": q["answer"]}) + "\n" for q in QA[:4]))
+    capsys.readouterr()
+    out = tmp_path / "table.json"
+    argv = ["rag", "compare", str(qa), "--index", str(tmp_path / "idx"), "--json", str(out)]
+    assert main([*argv, "--system", f"closed={closed}", "--system", f"RAFT + RAG={rag}"]) == 0
+    assert json.loads(out.read_text()) == {
+        "closed": {"contains": 1.0, "exact_match": 1.0, "token_f1": 1.0},
+        "RAFT + RAG": {
+            "contains": 0.5,
+            "exact_match": 0.5,
+            "token_f1": 0.5,
+            "recall_at_k": 0.5,
+            "citation_correct": 0.5,
+        },
+    }
+    assert "| RAFT + RAG | 0.500 | 0.500 | 0.500 | 0.500 | 0.500 |" in capsys.readouterr().out
