@@ -43,14 +43,21 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
     return registry.evaluate(run_dir, data)
 
 
-def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "auto") -> Path:
+def predict(
+    run_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    fmt: str = "auto",
+    index: str | Path | None = None,
+    k: int = 4,
+) -> Path:
     """One prediction per input row, in input order: generated text, or the label for classification.
 
     Inputs, formats (``auto``, ``jsonl``, ``text``, ``labels``) and rules: see
     :func:`tunesmith.pipelines.lm.predict` (generation and label-word runs); heads and feature extraction
     have their own, with the same formats.
     """
-    return registry.predict(run_dir, data, out, fmt)
+    return registry.predict(run_dir, data, out, fmt, index=index, k=k)
 
 
 __all__ = ["evaluate", "predict", "read_run_config", "train", "write_predictions"]

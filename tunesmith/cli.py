@@ -65,7 +65,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tunesmith.api import predict  # deferred: `tunesmith --help` loads no model stack
 
     # auto: a .txt output is one label id per line (classification) or one answer per line; else JSONL
-    path = predict(args.run_dir, data=args.data, out=args.out, fmt=args.format)
+    path = predict(args.run_dir, data=args.data, out=args.out, fmt=args.format, index=args.index, k=args.k)
     print(f"tunesmith: predictions written to {path}")
     return 0
 
@@ -73,7 +73,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from tunesmith.serve.chat import chat_loop  # deferred: `tunesmith --help` loads no command
 
-    chat_loop(args.run_dir, max_new_tokens=args.max_new_tokens)
+    chat_loop(args.run_dir, max_new_tokens=args.max_new_tokens, index=args.index, k=args.k)
     return 0
 
 
@@ -123,11 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
         "inside an answer written as \\n, backslashes as \\\\); jsonl: {'prediction': ...} rows, or "
         "labels with probabilities; auto: labels (classification) or text for a .txt --out, else jsonl",
     )
+    p.add_argument("--index", help="a `tunesmith rag index`: retrieve chunks into each prompt (RAG / RAFT)")
+    p.add_argument("-k", type=int, default=4, help="chunks retrieved per question with --index (default 4)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("chat", help="chat with a run's model in the terminal")
     p.add_argument("run_dir")
     p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--index", help="a `tunesmith rag index`: retrieve chunks into each question")
+    p.add_argument("-k", type=int, default=4, help="chunks retrieved per question with --index")
     p.set_defaults(func=_chat)
 
     p = sub.add_parser("demo", help="the store-assistant demo: generate data, LoRA-tune, show before/after")
@@ -152,11 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     # deferred: each sub-CLI loads only when the parser is built
     from tunesmith.evaluate.cli import add_parser as add_evidence_parser
     from tunesmith.export.cli import add_parser as add_export_parser
+    from tunesmith.rag.cli import add_parser as add_rag_parser
     from tunesmith.serve.cli import add_parser as add_serve_parser
 
     add_data_parser(sub)
     add_evidence_parser(sub)  # cv, bias, drift, compare
     add_export_parser(sub)
+    add_rag_parser(sub)
     add_serve_parser(sub)
     return parser
 

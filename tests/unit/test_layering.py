@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("models",),  # loading, memory planning
     ("infer",),  # batching, token losses, generation, label scoring: below train, evaluate and serve
     ("data",),  # formats, rendering, preparation, hygiene tools
+    ("rag",),  # chunking, BM25 index, the retrieval prompt, RAFT rows
     ("runs",),  # the run directory: paths, files, typed Summary, loader registry
     ("report",),  # plots and report.html, read from a run directory
     ("methods",),  # prepare / save / load a model per method

@@ -207,8 +207,19 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
     return evaluate_all(model, tokenizer, prepared, task, cfg)
 
 
-def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "auto") -> Path:
+def predict(
+    run_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    fmt: str = "auto",
+    index: str | Path | None = None,
+    k: int = 4,
+) -> Path:
     """One prediction per input row, in input order: generated text, or the label for classification.
+
+    With ``index`` (a ``tunesmith rag index`` directory) each question is first replaced by the retrieval
+    prompt over its top-``k`` chunks (:func:`tunesmith.rag.retrieve.with_retrieval`, the shape ``data raft``
+    trains on) and JSONL rows also carry ``retrieved`` (the chunk ids).
 
     A generation run answers questions: chat rows ending with the user's turn, ``prompt`` rows,
     ``instruction`` (+``input``) rows without ``output``, a ``.txt`` with one question per line (a blank line
@@ -222,7 +233,9 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "
     """
     label_names = RunDir(run_dir).read_data_report().get("label_names")
     if not label_names:  # a generation run: the inputs are prompts
-        return _predict_answers(run_dir, data, out, fmt)
+        return _predict_answers(run_dir, data, out, fmt, index, k)
+    if index is not None:
+        raise ConfigError("--index retrieves context for generation runs; this run is a classifier")
     model, tokenizer, cfg = load_trained(run_dir)
     if Path(data).suffix == ".txt":  # a classification run reads plain text: one input a line
         split, task = _plain_text_split(data), "classification"
@@ -240,17 +253,37 @@ def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "
     return write_predictions(out, rows, fmt)
 
 
-def _predict_answers(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str) -> Path:
+def _predict_answers(
+    run_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    fmt: str,
+    index: str | Path | None = None,
+    k: int = 4,
+) -> Path:
     """A generation run's answers to the prompts in ``data`` (see :func:`predict`), in input order."""
     if fmt == "labels":  # before loading and generating anything
         raise ConfigError(LABELS_NEED_CLASSIFICATION)
     inputs = read_prompts(data)  # bad rows stop here, before the model loads
+    retrieved: list[list[str] | None] = [None] * len(inputs)
+    if index is not None:  # retrieval before the prefix: training rendered the RAFT prompt, then prefixed it
+        # deferred: bm25s loads only for predictions that retrieve
+        from tunesmith.rag.index import BM25Index
+        from tunesmith.rag.retrieve import with_retrieval
+
+        loaded = BM25Index.load(index)
+        for i, ex in enumerate(inputs):
+            if ex is not None:
+                inputs[i], retrieved[i] = with_retrieval(ex, loaded, k)
     model, tokenizer, cfg = load_trained(run_dir)
     if cfg.data.prefix:  # training put it before every input; so must prediction
         inputs = [ex if ex is None else with_prefix(ex, cfg.data.prefix) for ex in inputs]
     asked = [ex for ex in inputs if ex is not None]
     answers = iter(predict_texts(model, tokenizer, Split(asked, [], []), cfg) if asked else [])
-    rows = [{"prediction": "" if ex is None else next(answers)} for ex in inputs]
+    rows: list[dict[str, Any]] = [{"prediction": "" if ex is None else next(answers)} for ex in inputs]
+    if index is not None:
+        for row, ids in zip(rows, retrieved, strict=True):
+            row["retrieved"] = ids or []
     return write_predictions(out, rows, fmt)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.errors import ConfigError
 from tunesmith.pipelines import features, head, lm, preference, reward, rl, staged
 from tunesmith.pipelines.base import Pipeline
 from tunesmith.runs import Summary, read_run_config
@@ -67,6 +68,19 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, A
     return EVALUATE[kind_of(read_run_config(run_dir))](run_dir, data)
 
 
-def predict(run_dir: str | Path, data: str | Path, out: str | Path, fmt: str = "auto") -> Path:
-    """One prediction per input row of ``data`` into ``out``, by the kind the run trained as."""
-    return PREDICT.get(kind_of(read_run_config(run_dir)), lm.predict)(run_dir, data, out, fmt)
+def predict(
+    run_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    fmt: str = "auto",
+    index: str | Path | None = None,
+    k: int = 4,
+) -> Path:
+    """One prediction per input row of ``data`` into ``out``, by the kind the run trained as; ``index``
+    (generation runs only) retrieves ``k`` chunks into each prompt first."""
+    kind_predict = PREDICT.get(kind_of(read_run_config(run_dir)))
+    if index is None:
+        return (kind_predict or lm.predict)(run_dir, data, out, fmt)
+    if kind_predict is not None:
+        raise ConfigError("--index retrieves context for generation (lm) runs only")
+    return lm.predict(run_dir, data, out, fmt, index=index, k=k)

@@ -74,6 +74,10 @@ class ServeSettings:
     max_batch_size: int = 8
     """Requests per batched forward; 1 turns dynamic batching off."""
     batch_wait_ms: float = 5.0
+    index: Any = None
+    """A loaded ``tunesmith.rag.index.BM25Index``: chat questions get its top ``rag_k`` chunks in the prompt
+    shape ``data raft`` trains on, and the response lists their ids under ``retrieved``."""
+    rag_k: int = 4
 
 
 class _Api:
@@ -212,17 +216,36 @@ class _Api:
         return scores.probabilities
 
 
-def _chat_prompt(served: ServedModel, req: p.ChatRequest) -> list[int]:
-    """Messages rendered with the model's own chat template, ready to generate the assistant turn."""
+def _retrieve_into(messages: list[dict[str, Any]], settings: ServeSettings) -> list[str] | None:
+    """With an index, replace the last user turn by the retrieval prompt; the retrieved chunk ids."""
+    if settings.index is None:
+        return None
+    from tunesmith.rag.index import retrieve_prompt  # deferred: bm25s loads only for a server with --index
+
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            message["content"], ids = retrieve_prompt(
+                settings.index, str(message.get("content") or ""), settings.rag_k
+            )
+            return ids
+    return []
+
+
+def _chat_prompt(
+    served: ServedModel, req: p.ChatRequest, settings: ServeSettings
+) -> tuple[list[int], list[str] | None]:
+    """Messages rendered with the model's own chat template, ready to generate the assistant turn, and the
+    ids of the chunks retrieved into them (None without an index)."""
     tokenizer = served.tokenizer
     if not getattr(tokenizer, "chat_template", None):
         raise p.APIError(400, f"`{served.id}` has no chat template; use /v1/completions", param="model")
     messages = p.message_dicts(req.messages, served.system_prompt)
+    retrieved = _retrieve_into(messages, settings)
     try:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except Exception as err:  # jinja errors, unknown roles: the messages cannot be rendered
         raise p.APIError(400, f"the chat template rejected these messages: {err}", param="messages") from None
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]), retrieved
 
 
 def _inputs(value: str | list[str], name: str, limit: int) -> list[str]:
@@ -303,7 +326,7 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
     @app.post("/v1/chat/completions")
     async def chat(req: p.ChatRequest) -> Any:
         served = api.served(req.model)
-        ids = _chat_prompt(served, req)
+        ids, retrieved = _chat_prompt(served, req, settings)
         max_tokens = req.max_completion_tokens or req.max_tokens
         params = p.sampling_params(
             req,
@@ -318,7 +341,10 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
             include = bool((req.stream_options or {}).get("include_usage"))
             return await api.generate(served, [ids], params, _chat_chunks(cid, served.id, include))
         (done,) = await api.generate(served, [ids], params, None)
-        return p.chat_response(cid, served.id, done)
+        answer = p.chat_response(cid, served.id, done)
+        if retrieved is not None:  # an extra field: OpenAI clients keep it in model_extra
+            answer["retrieved"] = retrieved
+        return answer
 
     @app.post("/v1/completions")
     async def completions(req: p.CompletionRequest) -> Any:

@@ -8,8 +8,19 @@ from tunesmith.infer.generate import generate_texts
 from tunesmith.methods import load_trained
 
 
-def chat_loop(run_dir: str | Path, max_new_tokens: int = 128) -> None:
-    """Read a line, answer with the tuned model, keep the conversation; empty line or Ctrl-D ends."""
+def chat_loop(
+    run_dir: str | Path, max_new_tokens: int = 128, index: str | Path | None = None, k: int = 4
+) -> None:
+    """Read a line, answer with the tuned model, keep the conversation; empty line or Ctrl-D ends.
+
+    With ``index`` each question is asked in the retrieval prompt over its top-``k`` chunks (the shape
+    ``data raft`` trains on) and the chunk ids are printed with the answer.
+    """
+    loaded = None
+    if index is not None:
+        from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only with --index
+
+        loaded = BM25Index.load(index)
     model, tokenizer, cfg = load_trained(run_dir)
     messages: list[dict[str, str]] = []
     if cfg.data.system_prompt is not None:  # "" is a real (empty) system turn, as in training
@@ -23,9 +34,14 @@ def chat_loop(run_dir: str | Path, max_new_tokens: int = 128) -> None:
             return
         if not line:
             return
+        retrieved: list[str] = []
+        if loaded is not None:
+            from tunesmith.rag.index import retrieve_prompt
+
+            line, retrieved = retrieve_prompt(loaded, line, k)
         messages.append({"role": "user", "content": line})
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = tokenizer.encode(prompt, add_special_tokens=False)
         reply = generate_texts(model, tokenizer, [ids], max_new_tokens=max_new_tokens, desc="thinking")[0]
-        print(f"model> {reply}")
+        print(f"model> {reply}" + (f"\n  [retrieved: {', '.join(retrieved)}]" if loaded is not None else ""))
         messages.append({"role": "assistant", "content": reply})

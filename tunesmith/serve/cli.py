@@ -43,6 +43,10 @@ def add_parser(subparsers: Any) -> None:
         help="also serve the OpenAI fine-tuning API (/v1/files, /v1/fine_tuning/jobs; docs/jobs.md)",
     )
     p.add_argument("--jobs-dir", help="database, uploads and job runs (default: <tunesmith home>/jobs)")
+    p.add_argument(
+        "--index", help="a `tunesmith rag index`: chat answers retrieve from it (ids in `retrieved`)"
+    )
+    p.add_argument("--rag-k", type=int, default=4, help="chunks retrieved per chat question with --index")
     p.set_defaults(func=run_serve)
 
 
@@ -74,6 +78,11 @@ def run_serve(args: argparse.Namespace) -> int:
     from tunesmith.serve.models import load_registry  # deferred: `--help` starts no server stack
     from tunesmith.serve.server import serve_forever
 
+    index = None
+    if args.index:  # loaded before the models: a wrong path should fail in milliseconds
+        from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only with --index
+
+        index = BM25Index.load(args.index)
     registry = load_registry(args.sources)
     settings = ServeSettings(
         api_keys=keys,
@@ -82,6 +91,8 @@ def run_serve(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         max_batch_size=1 if args.no_batching else args.max_batch_size,
         batch_wait_ms=0.0 if args.no_batching else args.batch_wait_ms,
+        index=index,
+        rag_k=args.rag_k,
     )
     for served in registry.models.values():
         print(f"tunesmith: serving {served.id!r} ({served.kind}, {served.task}) from {served.source}")

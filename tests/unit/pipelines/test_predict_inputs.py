@@ -250,3 +250,22 @@ def test_read_prompts_csv_and_shapes(tmp_path):
         _jsonl(tmp_path / "b.jsonl", [{"prompt": " "}, {"messages": [_user("")]}, {"text": "x"}])
     )
     assert blank[:2] == [None, None] and blank[2].messages == [_user("x")]
+
+
+def test_predict_with_an_index_asks_the_raft_prompt_and_returns_chunk_ids(gen_run, tmp_path, echo):
+    from tunesmith.rag.chunk import Chunk
+    from tunesmith.rag.index import BM25Index
+    from tunesmith.rag.prompt import render_rag_prompt
+
+    run_dir, _ = gen_run
+    chunks = [
+        Chunk("birch#0", "birch", "The Birch lamp costs 42 euros."),
+        Chunk("aster#0", "aster", "Aster: teal."),
+    ]
+    BM25Index(chunks).save(tmp_path / "idx")
+    data = _jsonl(tmp_path / "q.jsonl", [{"prompt": "How much is the Birch lamp?"}])
+    out = predict(run_dir, data, tmp_path / "a.jsonl", index=tmp_path / "idx", k=2)
+    (row,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert row["retrieved"] == ["birch#0"]  # "aster" shares no term with the question
+    # what the model was asked: the training shape of `data raft`, then the run's prefix, as in training
+    assert row["prediction"] == PREFIX + render_rag_prompt("How much is the Birch lamp?", chunks[:1])

@@ -563,3 +563,20 @@ def test_vllm_handover(env):
     if importlib.util.find_spec("vllm") is None:
         with pytest.raises(ConfigError, match="cannot be installed on this CPU-only machine"):
             exec_vllm([str(env.base_dir)], "127.0.0.1", 9000, ())
+
+
+def test_chat_with_an_index_answers_from_the_raft_prompt_and_lists_chunk_ids(env, tmp_path):
+    from tunesmith.rag.chunk import Chunk
+    from tunesmith.rag.index import BM25Index
+    from tunesmith.rag.prompt import render_rag_prompt
+
+    chunks = [Chunk("birch#0", "birch", "The Birch lamp costs 42 euros."), Chunk("aster#0", "aster", "Teal.")]
+    settings = ServeSettings(api_keys=(KEY,), index=BM25Index(chunks), rag_k=2)
+    with ServerThread(create_app(env.registry, settings), api_keys=(KEY,)) as server:
+        body = {"model": "chat-run", "messages": [{"role": "user", "content": "Birch lamp price?"}]}
+        status, resp = _http(
+            server, "POST", "/v1/chat/completions", {**body, "max_tokens": 8, "temperature": 0}
+        )
+    assert status == 200 and resp["retrieved"] == ["birch#0"]
+    asked = render_rag_prompt("Birch lamp price?", chunks[:1])
+    assert resp["choices"][0]["message"]["content"].strip() == _reference_chat(env, "chat-run", asked, 8)

@@ -471,6 +471,10 @@ def add_parser(subparsers: Any) -> None:
     _add_looking(sub)
     _add_writing(sub)
     _add_synth(sub)
+    # deferred: the RAFT builder needs bm25s, loaded only for `data raft`
+    from tunesmith.rag.cli import add_raft_parser
+
+    add_raft_parser(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
