@@ -19,8 +19,11 @@ ROWS = [
 
 
 def _worker(root, once: bool) -> subprocess.Popen:
+    # precision auto times a bf16 matmul against fp32 on CPUs with bf16 flags; under load two workers can
+    # decide differently, so pin what auto picks (fp32) for exact loss equality.
+    env = {**os.environ, "TUNESMITH_CPU_BF16": "slow"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tunesmith.jobs.worker", "--root", str(root)] + (["--once"] * once)
+        [sys.executable, "-m", "tunesmith.jobs.worker", "--root", str(root)] + (["--once"] * once), env=env
     )
 
 
