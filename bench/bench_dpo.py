@@ -28,9 +28,7 @@ Writes bench/results/dpo.json and .md. Ratios: tunesmith-dpo / trl-dpo-nogc and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +36,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench.sides import run_sides, write_results  # noqa: E402  (needs ROOT on sys.path)
+
 os.environ.setdefault("TUNESMITH_HOME", str(ROOT / ".tunesmith"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -156,22 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         "sides": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        for side in _sides(args.sides):
-            side_out = Path(tmp) / f"{side}.json"
-            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
-            cmd += ["--side", side, "--side-out", str(side_out)]
-            print(f"== {side}", flush=True)
-            if subprocess.call(cmd) != 0 or not side_out.exists():
-                print(f"bench_dpo: the {side} side failed (see its output above)")
-                return 1
-            results["sides"][side] = json.loads(side_out.read_text())
-    table = format_table(results)
-    from tunesmith.io import write_json_atomic, write_text_atomic
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, results)
-    write_text_atomic(args.out.with_suffix(".md"), table + "\n")
-    print(table)
+        sides = run_sides(__file__, argv if argv is not None else sys.argv[1:], _sides(args.sides), Path(tmp))
+    if sides is None:
+        return 1
+    results["sides"] = sides
+    write_results(args.out, results, format_table(results))
     return 0
 
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.sides import peak_rss_mb
 
 LR = 5e-5
 BETA = 0.1
@@ -27,11 +27,6 @@ TUNESMITH_SIDES = {
     "tunesmith-sft": {},
 }
 """TrainConfig fields each tunesmith side sets on top of the shared ones."""
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
 def prepare_pairs(data_file: Path, tokenizer: Any, max_length: int, n_pairs: int) -> Any:
@@ -88,7 +83,7 @@ def _summary(tokens: int, seconds: float, cpu_seconds: float, loss: float | None
         "tokens_per_s": tokens / seconds,
         "cpu_seconds": cpu_seconds,
         "tokens_per_cpu_s": tokens / cpu_seconds,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "train_loss_last": loss,
     }
 

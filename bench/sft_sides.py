@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.sides import peak_rss_mb
 
 LR = 2e-4
 SIDE_SETTINGS: dict[str, dict[str, Any]] = {
@@ -41,11 +41,6 @@ def _peak_gpu_mb() -> dict[str, float]:
     import torch
 
     return {"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
 def _param_counts(model: Any) -> tuple[int, int]:
@@ -113,7 +108,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
             loss_fn=full_logits_loss if args.side == "tunesmith-full-logits" else causal_lm_loss,
         )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    rss, gpu = _peak_rss_mb(), _peak_gpu_mb()
+    rss, gpu = peak_rss_mb(), _peak_gpu_mb()
     base, trainable = _param_counts(model)
     return {
         "tokens": result.train_tokens,
@@ -173,7 +168,7 @@ def run_trl(args: argparse.Namespace) -> dict[str, Any]:
         start, cpu_start = time.perf_counter(), time.process_time()
         trainer.train()
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    rss, gpu = _peak_rss_mb(), _peak_gpu_mb()
+    rss, gpu = peak_rss_mb(), _peak_gpu_mb()
     model = trainer.model
     tokenizer = load_tokenizer(_model_ref(args))
     _, val = _validation(tokenizer, args.data_dir, args.max_length)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import functools
+import sys
+from collections.abc import Callable
+
 
 class TunesmithError(Exception):
     """Base class for every error tunesmith raises on purpose."""
@@ -25,3 +30,21 @@ class RunError(TunesmithError):
 
 class GateError(TunesmithError):
     """A quality gate failed; the run must not be promoted."""
+
+
+CommandHandler = Callable[[argparse.Namespace], int]
+
+
+def guarded(func: CommandHandler) -> CommandHandler:
+    """A subcommand that prints a TunesmithError as ``tunesmith: error: ...`` and returns 2 (also when called
+    without ``tunesmith.cli.main``, as the tests do)."""
+
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except TunesmithError as err:
+            print(f"tunesmith: error: {err}", file=sys.stderr)
+            return 2
+
+    return run

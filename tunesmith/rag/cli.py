@@ -18,28 +18,12 @@ Exit codes: 0 done, 2 tunesmith error (``tunesmith: error: ...``).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import DataError, TunesmithError
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _guarded(func: Handler) -> Handler:
-    @functools.wraps(func)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except TunesmithError as err:
-            print(f"tunesmith: error: {err}", file=sys.stderr)
-            return 2
-
-    return run
+from tunesmith.errors import DataError, guarded
 
 
 def _counter(tokenizer: str | None) -> Callable[[str], int]:
@@ -53,7 +37,7 @@ def _counter(tokenizer: str | None) -> Callable[[str], int]:
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
 
-@_guarded
+@guarded
 def _index(args: argparse.Namespace) -> int:
     from tunesmith.rag.chunk import chunk_documents, read_documents
     from tunesmith.rag.index import BM25Index
@@ -71,7 +55,7 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _query(args: argparse.Namespace) -> int:
     from tunesmith.rag.index import BM25Index
 
@@ -99,7 +83,7 @@ def _read_qa(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-@_guarded
+@guarded
 def _raft(args: argparse.Namespace) -> int:
     from tunesmith.data.tools.stream import add_report_entry
     from tunesmith.io import write_jsonl_atomic
@@ -123,7 +107,7 @@ def _raft(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _contexts(args: argparse.Namespace) -> int:
     from tunesmith.evaluate.rag_compare import drop_oracle
     from tunesmith.io import write_jsonl_atomic
@@ -151,7 +135,7 @@ def _contexts(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _compare(args: argparse.Namespace) -> int:
     from tunesmith.evaluate.rag_compare import Question, compare_table, score_system
     from tunesmith.io import write_json_atomic

@@ -23,31 +23,13 @@ unreadable row with file:line, or skip it and count it under ``bad_rows`` in the
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tunesmith.data.tools.synth import TASKS, write_task
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.errors import DataError, guarded
 from tunesmith.io import write_json_atomic, write_text_atomic
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _guarded(func: Handler) -> Handler:
-    """Print a TunesmithError as ``tunesmith: error: ...`` and return 2 (also when called without main)."""
-
-    @functools.wraps(func)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except TunesmithError as err:
-            print(f"tunesmith: error: {err}", file=sys.stderr)
-            return 2
-
-    return run
 
 
 def _report_path(args: argparse.Namespace, beside: Path) -> Path:
@@ -110,7 +92,7 @@ def _color(choice: str) -> bool:
 # ------------------------------------------------------------------------------------------- handlers
 
 
-@_guarded
+@guarded
 def _inspect(args: argparse.Namespace) -> int:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.inspect import format_inspect, inspect_file, inspect_html
@@ -133,7 +115,7 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _lint(args: argparse.Namespace) -> int:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.lint import format_lint, lint_file
@@ -151,7 +133,7 @@ def _lint(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-@_guarded
+@guarded
 def _clean(args: argparse.Namespace) -> int:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.clean import CleanOptions, clean_file
@@ -170,7 +152,7 @@ def _clean(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _dedup(args: argparse.Namespace) -> int:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.dedup import dedup_file, dedup_files, near_settings
@@ -198,7 +180,7 @@ def _dedup(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _leakage(args: argparse.Namespace) -> int:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.dedup import find_leakage, near_settings
@@ -215,7 +197,7 @@ def _leakage(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _contamination(args: argparse.Namespace) -> int:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.dedup import contamination
@@ -237,7 +219,7 @@ def _contamination(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _pii(args: argparse.Namespace) -> int:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.pii import redact_file
@@ -257,7 +239,7 @@ def _ratios(text: str) -> tuple[float, ...]:
         ) from None
 
 
-@_guarded
+@guarded
 def _split(args: argparse.Namespace) -> int:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.augment import split_keeping_augmented
@@ -284,7 +266,7 @@ def _split(args: argparse.Namespace) -> int:
     return 0
 
 
-@_guarded
+@guarded
 def _augment(args: argparse.Namespace) -> int:
     # deferred: keeps `tunesmith --help` fast (each tool loads on its command)
     from tunesmith.data.tools.augment import Paraphraser, augment_file
