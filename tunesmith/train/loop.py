@@ -37,7 +37,7 @@ from tunesmith.runs import RunDir
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.batching import batches_per_epoch, iter_batches
 from tunesmith.train.ema import WeightAverage
-from tunesmith.train.monitor import MetricsLog, peak_rss_mb
+from tunesmith.train.monitor import MetricsLog, fix_mmap_threshold, peak_rss_mb
 from tunesmith.train.precision import pick_mixed_precision
 
 ValMetrics = Callable[[Any, int], dict[str, float]]
@@ -117,6 +117,7 @@ def train_loop(
         raise RunError(
             f"train.best_metric: {cfg.best_metric} needs a classification head's validation scores"
         )
+    fix_mmap_threshold()  # RSS that tracks live tensors instead of growing step after step (see there)
     ckpt_root = RunDir(run_dir).checkpoints
     found = ckpt.list_checkpoints(ckpt_root) if resume else []
     precision = run_precision(cfg.precision, found[-1] if found else None)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import platform
 import resource
 import sys
 from pathlib import Path
@@ -44,3 +47,29 @@ def peak_rss_mb() -> float:
     if torch.cuda.is_available():
         rss = max(rss, torch.cuda.max_memory_allocated() / 2**20)
     return round(rss, 1)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def fix_mmap_threshold() -> bool:
+    """Pin glibc's mmap threshold at its 128 KiB default, so every large tensor is mapped on its own and given
+    back to the OS when freed. Returns True when it was set.
+
+    Why: glibc raises the threshold after each freed mapping (up to 32 MiB); tensors below it then come from
+    the heap, whose freed space fragments and stays resident, so RSS grows step after step above what is
+    live. Measured on the default model (LoRA r16, 4 rows x 256 tokens, 2-core Xeon): SFT peaked at 2.68,
+    2.89, 3.44 GB over its first 3 steps, 2.63, 2.81, 2.71 with the threshold pinned; a split DPO step went
+    from 4.0-4.4 GB to 2.6-2.7. Speed: 8.2 vs 8.7 tokens/s side by side on a loaded machine (within noise).
+    Skipped where the user set ``MALLOC_MMAP_THRESHOLD_`` themselves, and off glibc.
+    """
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))

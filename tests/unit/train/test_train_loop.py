@@ -256,3 +256,27 @@ def test_loraplus_moves_the_b_matrices_ratio_times_further(tmp_path):
     # one step is the B matrices' learning rate itself.
     assert _lora_b_max_after_one_step(tmp_path, "plain", None) == pytest.approx(1e-3, rel=1e-3)
     assert _lora_b_max_after_one_step(tmp_path, "plus", 16.0) == pytest.approx(16e-3, rel=1e-3)
+
+
+def test_mmap_threshold_is_pinned_unless_the_user_set_it(monkeypatch):
+    import platform
+
+    from tunesmith.train import monitor
+
+    calls: list[tuple[int, int]] = []
+
+    class FakeLibc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(monitor.ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(monitor.sys, "platform", "linux")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert monitor.fix_mmap_threshold() and calls == [(-3, 128 * 1024)]
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting wins
+    assert not monitor.fix_mmap_threshold() and len(calls) == 1
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))  # musl, macOS: nothing to pin
+    assert not monitor.fix_mmap_threshold() and len(calls) == 1
