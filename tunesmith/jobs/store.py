@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, filename TEXT, purpose TE
   sha256 TEXT, created_at INTEGER, deleted INTEGER DEFAULT 0);
 CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, request TEXT,
   status TEXT, created_at INTEGER, finished_at INTEGER, fine_tuned_model TEXT, error TEXT,
-  trained_tokens INTEGER, result_files TEXT DEFAULT '[]', hyperparameters TEXT);
+  trained_tokens INTEGER, result_files TEXT DEFAULT '[]', hyperparameters TEXT, estimated_finish INTEGER,
+  pause_requested INTEGER DEFAULT 0);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT,
   created_at INTEGER, level TEXT, message TEXT, type TEXT, data TEXT);
 CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT,
@@ -33,6 +34,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, i
 """
 
 FINAL = ("succeeded", "failed", "cancelled")
+ADDED_COLUMNS = {"estimated_finish": "INTEGER", "pause_requested": "INTEGER DEFAULT 0"}
+"""Job columns newer than the first release: added to a database created before them."""
 
 
 def new_id(prefix: str) -> str:
@@ -51,6 +54,10 @@ class Store:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
+            have = {row[1] for row in con.execute("PRAGMA table_info(jobs)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    con.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
         # One connection per call: the server's handlers run on several threads; timeout rides out the
@@ -108,8 +115,10 @@ class Store:
         rows = self._query("SELECT * FROM jobs WHERE id=?", (jid,))
         return rows[0] if rows else None
 
-    def jobs(self) -> list[dict[str, Any]]:
-        """Newest first, as the API lists them."""
+    def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, as the API lists them; with ``status``: only those, oldest first."""
+        if status is not None:
+            return self._query("SELECT * FROM jobs WHERE status=? ORDER BY seq", (status,))
         return self._query("SELECT * FROM jobs ORDER BY seq DESC")
 
     def set_status(self, jid: str, status: str, only_from: tuple[str, ...] = (), **fields: Any) -> bool:
@@ -127,9 +136,13 @@ class Store:
             args += only_from
         return self._exec(sql, args) > 0
 
+    def request_pause(self, jid: str) -> bool:
+        """Ask the worker to pause a running job at its next step boundary; True when it was running."""
+        return self._exec("UPDATE jobs SET pause_requested=1 WHERE id=? AND status='running'", (jid,)) > 0
+
     def claim(self) -> dict[str, Any] | None:
         """The oldest job to run: a ``running`` one first (a crashed worker left it), else a queued one."""
-        for status in ("running", "validating_files"):
+        for status in ("running", "queued"):
             rows = self._query("SELECT * FROM jobs WHERE status=? ORDER BY seq LIMIT 1", (status,))
             if rows and self.set_status(rows[0]["id"], "running", only_from=(status,)):
                 return rows[0]
