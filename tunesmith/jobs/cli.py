@@ -4,7 +4,7 @@
     tunesmith jobs list --metadata team=search
     tunesmith jobs show ftjob-...        # the job object, as JSON
     tunesmith jobs events ftjob-...      # oldest first: level, message, and the metrics of each step
-    tunesmith jobs cancel ftjob-...
+    tunesmith jobs cancel ftjob-...      # also: pause, resume
 
 It talks HTTP to a running ``tunesmith serve --jobs`` (``--base-url``, default http://127.0.0.1:8000/v1, or
 ``$TUNESMITH_BASE_URL``; ``--api-key`` or ``$TUNESMITH_API_KEY``) with the standard library only: the
@@ -145,8 +145,8 @@ def _run(args: argparse.Namespace) -> int:
         page = client.call("GET", f"/fine_tuning/jobs/{args.job_id}/events", query={"limit": args.limit})
         for event in reversed(page["data"]):  # the API lists newest first; a log reads oldest first
             print(_event_line(event))
-    elif args.jobs_command == "cancel":
-        print(_list_line(client.call("POST", f"/fine_tuning/jobs/{args.job_id}/cancel")))
+    else:  # cancel, pause, resume
+        print(_list_line(client.call("POST", f"/fine_tuning/jobs/{args.job_id}/{args.jobs_command}")))
     return 0
 
 
@@ -170,7 +170,12 @@ def add_parser(subparsers: Any) -> None:
     ls = sub.add_parser("list", help="newest first: id, status, base, fine-tuned model")
     ls.add_argument("--limit", type=int, default=20)
     ls.add_argument("--metadata", action="append", metavar="KEY=VALUE", help="only jobs with these")
-    for name, text in (("show", "the job object as JSON"), ("cancel", "cancel a job")):
+    for name, text in (
+        ("show", "the job object as JSON"),
+        ("cancel", "cancel a job"),
+        ("pause", "pause a job (a running one checkpoints at its next step)"),
+        ("resume", "queue a paused job again; it continues from its checkpoint"),
+    ):
         sub.add_parser(name, help=text).add_argument("job_id")
     ev = sub.add_parser("events", help="a job's events, oldest first, metrics as losses")
     ev.add_argument("job_id")

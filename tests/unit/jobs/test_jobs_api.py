@@ -15,6 +15,7 @@ import pytest
 
 from tests.unit.jobs.live import jsonl, upload, wait
 from tunesmith.jobs.mapping import BASE_LR, RequestError, check_request, to_overrides
+from tunesmith.jobs.worker import estimated_finish
 
 ROWS = [
     {
@@ -153,3 +154,10 @@ def test_mapping_scales_the_base_lr_and_refuses_unmapped_methods():
     assert f"train.lr={BASE_LR * 0.5}" in overrides and "train.epochs=3.0" in overrides
     with pytest.raises(RequestError, match=r"method\.type must be one of supervised, dpo, reinforcement"):
         check_request({"model": "default", "method": {"type": "rlhf"}})
+
+
+def test_estimated_finish_is_the_recent_step_time_times_the_steps_left():
+    rows = [{"step": s, "step_s": 9.0 if s == 1 else 1.0, "total_steps": 20} for s in range(1, 8)]
+    rows.append({"step": 7, "val_loss": 1.0})  # an evaluation row has no step time
+    assert estimated_finish(rows, now=1000.0) == 1000 + 13  # steps 3-7 averaged 1 s; 13 left
+    assert estimated_finish([{"step": 1, "val_loss": 2.0}], now=1000.0) is None

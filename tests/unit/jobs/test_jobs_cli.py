@@ -42,7 +42,14 @@ def test_cli_creates_lists_shows_follows_and_cancels(client, tiny_model_dir, tmp
     assert "Created fine-tuning job" in lines[0] and "successfully completed" in lines[-1]
     assert sum(" step 1: train_loss=" in line for line in lines) == 1
 
-    long = client.fine_tuning.jobs.create(model=model, training_file=job["training_file"], suffix="long")
+    long = client.fine_tuning.jobs.create(
+        model=model, training_file=job["training_file"], metadata={"tunesmith_max_steps": "10000"}
+    )
+    wait(client, long.id, until=("queued", "running"))
+    code, _, _ = _jobs(client, capsys, "pause", long.id)
+    assert code == 0 and wait(client, long.id, until=("paused",)).status == "paused"
+    code, out, _ = _jobs(client, capsys, "resume", long.id)
+    assert code == 0 and out.split()[:2] == [long.id, "queued"]
     code, out, _ = _jobs(client, capsys, "cancel", long.id)
     assert code == 0 and out.split()[:2] == [long.id, "cancelled"]
 
