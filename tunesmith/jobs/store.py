@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -26,7 +27,7 @@ CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, filename TEXT, purpose TE
 CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, request TEXT,
   status TEXT, created_at INTEGER, finished_at INTEGER, fine_tuned_model TEXT, error TEXT,
   trained_tokens INTEGER, result_files TEXT DEFAULT '[]', hyperparameters TEXT, estimated_finish INTEGER,
-  pause_requested INTEGER DEFAULT 0);
+  pause_requested INTEGER DEFAULT 0, worker_pid INTEGER, heartbeat INTEGER);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT,
   created_at INTEGER, level TEXT, message TEXT, type TEXT, data TEXT);
 CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT,
@@ -34,12 +35,32 @@ CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, i
 """
 
 FINAL = ("succeeded", "failed", "cancelled")
-ADDED_COLUMNS = {"estimated_finish": "INTEGER", "pause_requested": "INTEGER DEFAULT 0"}
+LEASE_S = 120
+"""A running job whose worker has not beaten for this long is taken over even if its pid still exists (a
+crashed worker left as a zombie, or a pid reused by another process)."""
+ADDED_COLUMNS = {
+    "estimated_finish": "INTEGER",
+    "pause_requested": "INTEGER DEFAULT 0",
+    "worker_pid": "INTEGER",
+    "heartbeat": "INTEGER",
+}
 """Job columns newer than the first release: added to a database created before them."""
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 class Store:
@@ -140,13 +161,28 @@ class Store:
         """Ask the worker to pause a running job at its next step boundary; True when it was running."""
         return self._exec("UPDATE jobs SET pause_requested=1 WHERE id=? AND status='running'", (jid,)) > 0
 
-    def claim(self) -> dict[str, Any] | None:
-        """The oldest job to run: a ``running`` one first (a crashed worker left it), else a queued one."""
-        for status in ("running", "queued"):
-            rows = self._query("SELECT * FROM jobs WHERE status=? ORDER BY seq LIMIT 1", (status,))
-            if rows and self.set_status(rows[0]["id"], "running", only_from=(status,)):
-                return rows[0]
+    def claim(self, pid: int) -> dict[str, Any] | None:
+        """The oldest job for worker ``pid`` to run: a ``running`` one whose worker died first (it crashed
+        mid-job), else a queued one. Atomic: of several workers, one gets each job."""
+        now = int(time.time())
+        for row in self.jobs(status="running"):
+            if _alive(row["worker_pid"]) and now - (row["heartbeat"] or 0) < LEASE_S:
+                continue  # another worker is on it
+            taken = self._exec(
+                "UPDATE jobs SET worker_pid=?, heartbeat=? WHERE id=? AND status='running' AND "
+                "worker_pid IS ? AND heartbeat IS ?",
+                (pid, now, row["id"], row["worker_pid"], row["heartbeat"]),
+            )
+            if taken:
+                return row
+        for row in self.jobs(status="queued"):
+            if self.set_status(row["id"], "running", only_from=("queued",), worker_pid=pid, heartbeat=now):
+                return row
         return None
+
+    def beat(self, jid: str, pid: int) -> None:
+        """Worker ``pid`` is still on job ``jid`` (see :data:`LEASE_S`)."""
+        self._exec("UPDATE jobs SET heartbeat=? WHERE id=? AND worker_pid=?", (int(time.time()), jid, pid))
 
     # events and checkpoints
     def add_event(self, jid: str, level: str, message: str, type_: str = "message", data: Any = None) -> None:

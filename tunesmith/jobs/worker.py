@@ -4,8 +4,10 @@
 
 A new job is ``validating_files`` until the worker has read its files as ``tunesmith data inspect`` does
 (``queued`` when they are good, ``failed`` naming ``file:line`` when not); jobs queue while another trains,
-because a watcher thread validates during a run. A job found ``running`` when the worker starts was cut off
-by a crash: it is resumed from its last checkpoint (``train(..., resume=True)``, the loop's exact resume).
+because a watcher thread validates during a run. Several workers may share one jobs directory (``serve
+--jobs-workers N``): each claims jobs atomically and beats on the one it runs. A job found ``running`` whose
+worker is gone was cut off by a crash: it is resumed from its last checkpoint (``train(..., resume=True)``,
+the loop's exact resume).
 
 Cancel interrupts the main thread as Ctrl-C does (the loop saves a checkpoint and returns; no model is
 registered). Pause is a handshake through the database and the run directory: the server sets the job's
@@ -39,6 +41,8 @@ from tunesmith.jobs.store import Store
 from tunesmith.runs import RunDir
 
 POLL_S = 0.2
+BEAT_S = 5
+"""How often a running job's worker renews its lease (``Store.beat``)."""
 RATE_WINDOW = 5
 """Steps the estimated finish averages the step time over (the latest ones: a run speeds up after warm-up)."""
 
@@ -118,6 +122,7 @@ class _Watcher(threading.Thread):
         self.seen = sum(1 for e in store.events(job_id) if e["type"] == "metrics")
         self.done = threading.Event()
         self.interrupted = False
+        self.last_beat = 0.0
 
     def copy_metrics(self) -> None:
         if not self.run_dir.metrics.exists():
@@ -136,6 +141,9 @@ class _Watcher(threading.Thread):
         self.seen = max(self.seen, len(rows))
 
     def poll(self) -> None:
+        if time.monotonic() - self.last_beat > BEAT_S:
+            self.store.beat(self.job_id, os.getpid())
+            self.last_beat = time.monotonic()
         self.copy_metrics()
         job = self.store.job(self.job_id)
         if job and job["pause_requested"] and not self.run_dir.stop_request.exists():
@@ -246,7 +254,7 @@ def work(root: str | Path, once: bool = False) -> None:
     store = Store(root)
     while True:
         validate_pending(store)
-        job = store.claim()
+        job = store.claim(os.getpid())
         if job is None:
             if once:
                 return

@@ -78,6 +78,8 @@ class ServeSettings:
     """A loaded ``tunesmith.rag.index.BM25Index``: chat questions get its top ``rag_k`` chunks in the prompt
     shape ``data raft`` trains on, and the response lists their ids under ``retrieved``."""
     rag_k: int = 4
+    jobs_workers: int = 1
+    """Fine-tuning jobs trained at once (worker processes), when the jobs API is on."""
 
 
 class _Api:
@@ -419,18 +421,18 @@ def create_app(
     if jobs_root is not None:
         from tunesmith.serve.jobs import JobsApi  # deferred: the jobs routes are off by default
 
-        jobs = JobsApi(jobs_root, registry)
+        jobs = JobsApi(jobs_root, registry, settings.jobs_workers)
         api.resolve = jobs.resolve
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         api.batcher.start()
-        worker = jobs.start_worker() if jobs is not None else None
+        workers = jobs.start_workers() if jobs is not None else []
         try:
             yield
         finally:
-            if worker is not None:
-                jobs.stop_worker(worker)
+            if jobs is not None:
+                jobs.stop_workers(workers)
             api.batcher.stop()
 
     # No /docs or /openapi.json: the API is OpenAI's, documented there and in the README.

@@ -124,19 +124,21 @@ def _matches(metadata: dict[str, str] | None, wanted: dict[str, str] | None) -> 
 class JobsApi:
     """Route logic over one jobs directory; ``resolve`` hot-loads succeeded jobs' models into ``registry``."""
 
-    def __init__(self, root: str | Path, registry: Registry) -> None:
-        self.store, self.registry = Store(root), registry
+    def __init__(self, root: str | Path, registry: Registry, workers: int = 1) -> None:
+        self.store, self.registry, self.workers = Store(root), registry, workers
 
-    def start_worker(self) -> subprocess.Popen:
-        """The worker process (same interpreter and environment); it resumes jobs a crash left running."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "tunesmith.jobs.worker", "--root", str(self.store.root)]
-        )
+    def start_workers(self) -> list[subprocess.Popen]:
+        """The worker processes (same interpreter and environment), each training one job at a time; they
+        resume jobs a crash left running."""
+        command = [sys.executable, "-m", "tunesmith.jobs.worker", "--root", str(self.store.root)]
+        return [subprocess.Popen(command) for _ in range(self.workers)]
 
     @staticmethod
-    def stop_worker(worker: subprocess.Popen) -> None:
-        worker.terminate()
-        worker.wait(30)
+    def stop_workers(workers: list[subprocess.Popen]) -> None:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(30)
 
     def resolve(self, model_id: str) -> None:
         """Hot-load a succeeded job's model or one of its checkpoints; unknown names are left to 404."""

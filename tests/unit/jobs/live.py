@@ -36,9 +36,10 @@ def wait(client, job_id, until=FINAL, timeout=300):
 
 
 @contextmanager
-def jobs_server(root, model_dir):
-    """An ``openai`` client on a real uvicorn server (and its worker subprocess) over ``root``."""
-    app = create_app(load_registry([str(model_dir)]), ServeSettings(api_keys=(KEY,)), jobs_root=root)
+def jobs_server(root, model_dir, **settings):
+    """An ``openai`` client on a real uvicorn server (and its worker subprocesses) over ``root``."""
+    settings = ServeSettings(api_keys=(KEY,), **settings)
+    app = create_app(load_registry([str(model_dir)]), settings, jobs_root=root)
     server = ServerThread(app, api_keys=(KEY,)).start()
     try:
         yield openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
