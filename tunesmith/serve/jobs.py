@@ -260,7 +260,8 @@ class JobsApi:
         @app.post("/v1/fine_tuning/jobs/{jid}/cancel")
         async def cancel(jid: str) -> dict[str, Any]:
             self._job(jid)
-            if not store.set_status(jid, "cancelled", only_from=("validating_files", "queued", "running")):
+            active = ("validating_files", "queued", "running", "paused")
+            if not store.set_status(jid, "cancelled", only_from=active):
                 raise p.APIError(400, f"Job {jid} has already finished and cannot be cancelled", param="id")
             return _job_object(self._job(jid))
 

@@ -50,7 +50,9 @@ def test_cli_creates_lists_shows_follows_and_cancels(client, tiny_model_dir, tmp
     assert code == 0 and wait(client, long.id, until=("paused",)).status == "paused"
     code, out, _ = _jobs(client, capsys, "resume", long.id)
     assert code == 0 and out.split()[:2] == [long.id, "queued"]
-    code, out, _ = _jobs(client, capsys, "cancel", long.id)
+    _jobs(client, capsys, "pause", long.id)
+    wait(client, long.id, until=("paused",))
+    code, out, _ = _jobs(client, capsys, "cancel", long.id)  # a paused job cancels too
     assert code == 0 and out.split()[:2] == [long.id, "cancelled"]
 
 
