@@ -189,18 +189,25 @@ def _result_file(store: Store, jid: str) -> str:
     return store.add_file(f"{jid}_metrics.csv", out.getvalue().encode(), "fine-tune-results")["id"]
 
 
-def _stopped(store: Store, jid: str, run_dir: Path, interrupted: bool) -> bool:
-    """Settle a run the loop ended early (cancel or pause); False when it ran to the end."""
+def _trained_tokens(job: dict[str, Any], summary: dict[str, Any]) -> int:
+    """The tokens of this run segment plus those of the segments a pause ended (each resume counts anew)."""
+    return (job["trained_tokens"] or 0) + int((summary.get("train") or {}).get("tokens") or 0)
+
+
+def _stopped(store: Store, jid: str, run_dir: Path, summary: dict[str, Any] | None) -> bool:
+    """Settle a run the loop ended early (cancel or pause); False when it ran to the end (or failed)."""
     job = store.job(jid)
     RunDir(run_dir).stop_request.unlink(missing_ok=True)
     if job["status"] == "cancelled":
         store.add_event(jid, "info", "Fine-tuning job cancelled")
         return True
-    if not interrupted:
+    if summary is None or summary.get("status") != "interrupted":
         return False
     if job["pause_requested"]:
         steps = checkpoint_steps(run_dir)
-        store.set_status(jid, "paused", only_from=("running",), pause_requested=0, estimated_finish=None)
+        tokens = _trained_tokens(job, summary)
+        fields = {"pause_requested": 0, "estimated_finish": None, "trained_tokens": tokens}
+        store.set_status(jid, "paused", only_from=("running",), **fields)
         store.add_event(jid, "info", f"Fine-tuning job paused at step {steps[-1] if steps else 0}")
     return True
 
@@ -224,17 +231,17 @@ def run_job(store: Store, job: dict[str, Any]) -> None:
         summary = train(cfg, resume=resume)
     except (TunesmithError, ValueError, KeyboardInterrupt) as err:
         watcher.done.set()
-        if not _stopped(store, jid, run_dir, interrupted=False):
+        if not _stopped(store, jid, run_dir, None):
             _fail(store, jid, err, only_from=("running",))
         return
     watcher.done.set()
     watcher.join()
     watcher.copy_metrics()
-    if _stopped(store, jid, run_dir, interrupted=summary.get("status") == "interrupted"):
+    if _stopped(store, jid, run_dir, summary):
         return
     name = model_name(request, jid)
     steps = int((summary.get("train") or {}).get("steps") or 0)
-    tokens = int((summary.get("train") or {}).get("tokens") or 0)
+    tokens = _trained_tokens(store.job(jid), summary)
     _record_checkpoints(store, jid, run_dir, name, steps)
     store.set_status(
         jid,

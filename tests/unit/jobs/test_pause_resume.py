@@ -73,4 +73,5 @@ def test_pause_mid_job_then_resume_gives_the_uninterrupted_losses(client, tiny_m
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=200)]
     assert "Fine-tuning job resumed" in messages
     assert _losses(client, done) == _losses(client, reference)
+    assert done.trained_tokens == reference.trained_tokens  # both segments counted
     assert [int(s) for s, _, _ in _losses(client, done)] == list(range(1, STEPS + 1))
