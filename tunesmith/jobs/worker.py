@@ -25,6 +25,8 @@ import io
 import json
 import os
 import signal
+import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -78,6 +80,13 @@ def _fail(store: Store, jid: str, err: BaseException, only_from: tuple[str, ...]
         store.add_event(jid, "error", message)
 
 
+def _fail_internal(store: Store, jid: str, err: Exception, only_from: tuple[str, ...]) -> None:
+    message = f"internal error: {type(err).__name__}: {err}"
+    error = {"code": "server_error", "message": message, "param": None}
+    if store.set_status(jid, "failed", only_from=only_from, error=error, estimated_finish=None):
+        store.add_event(jid, "error", message)
+
+
 def validate_files(store: Store, job: dict[str, Any]) -> None:
     """Read a ``validating_files`` job's files in its method's shape: ``queued`` if good, else ``failed``."""
     jid, request = job["id"], json.loads(job["request"])
@@ -93,6 +102,9 @@ def validate_files(store: Store, job: dict[str, Any]) -> None:
                 raise DataError(str(err).replace(str(path), shown)) from None
     except DataError as err:
         _fail(store, jid, err, only_from=("validating_files",))
+        return
+    except Exception as err:  # a reader bug fails this job; left validating, it would stop every worker
+        _fail_internal(store, jid, err, only_from=("validating_files",))
         return
     if store.set_status(jid, "queued", only_from=("validating_files",)):
         store.add_event(jid, "info", "Files validated; job queued")
@@ -260,8 +272,13 @@ def work(root: str | Path, once: bool = False) -> None:
     """Validate, claim and run jobs until killed (``once``: until none is left)."""
     store = Store(root)
     while True:
-        validate_pending(store)
-        job = store.claim(os.getpid())
+        try:
+            validate_pending(store)
+            job = store.claim(os.getpid())
+        except sqlite3.OperationalError as err:  # "database is locked" past the timeout: try again
+            print(f"tunesmith: jobs worker: {err}; retrying", file=sys.stderr)
+            time.sleep(1)
+            continue
         if job is None:
             if once:
                 return
@@ -270,14 +287,7 @@ def work(root: str | Path, once: bool = False) -> None:
         try:
             run_job(store, job)
         except Exception as err:  # a bug must fail its job, not leave it running for every restart to retry
-            message = f"internal error: {type(err).__name__}: {err}"
-            store.set_status(
-                job["id"],
-                "failed",
-                only_from=("running",),
-                error={"code": "server_error", "message": message, "param": None},
-            )
-            store.add_event(job["id"], "error", message)
+            _fail_internal(store, job["id"], err, only_from=("running",))
 
 
 def main() -> None:
