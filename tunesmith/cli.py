@@ -156,12 +156,14 @@ def build_parser() -> argparse.ArgumentParser:
     # deferred: each sub-CLI loads only when the parser is built
     from tunesmith.evaluate.cli import add_parser as add_evidence_parser
     from tunesmith.export.cli import add_parser as add_export_parser
+    from tunesmith.jobs.cli import add_parser as add_jobs_parser
     from tunesmith.rag.cli import add_parser as add_rag_parser
     from tunesmith.serve.cli import add_parser as add_serve_parser
 
     add_data_parser(sub)
     add_evidence_parser(sub)  # cv, bias, drift, compare
     add_export_parser(sub)
+    add_jobs_parser(sub)
     add_rag_parser(sub)
     add_serve_parser(sub)
     return parser

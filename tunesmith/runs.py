@@ -42,6 +42,8 @@ REFERENCE_LOGPS = "reference_logps.safetensors"
 STAGES = "stages"
 STAGE_RECORD = "stage.json"
 STAGE_END = "end"
+STOP_REQUEST = "STOP"
+"""Created by another process to stop the run at the next step boundary (checkpointed, resumable)."""
 
 
 class Summary(TypedDict, total=False):
@@ -100,6 +102,7 @@ class RunDir:
     reference_logps = property(lambda self: self.path / REFERENCE_LOGPS)
     stage_record = property(lambda self: self.path / STAGE_RECORD)
     stage_end = property(lambda self: self.path / STAGE_END)
+    stop_request = property(lambda self: self.path / STOP_REQUEST)
 
     def stage(self, k: int, name: str) -> RunDir:
         """Stage ``k`` (0-based) of a sequential run: ``stages/01-<name>/``."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 import time
@@ -25,7 +26,8 @@ CREATE TABLE IF NOT EXISTS files (id TEXT PRIMARY KEY, filename TEXT, purpose TE
   sha256 TEXT, created_at INTEGER, deleted INTEGER DEFAULT 0);
 CREATE TABLE IF NOT EXISTS jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE, request TEXT,
   status TEXT, created_at INTEGER, finished_at INTEGER, fine_tuned_model TEXT, error TEXT,
-  trained_tokens INTEGER, result_files TEXT DEFAULT '[]', hyperparameters TEXT);
+  trained_tokens INTEGER, result_files TEXT DEFAULT '[]', hyperparameters TEXT, estimated_finish INTEGER,
+  pause_requested INTEGER DEFAULT 0, worker_pid INTEGER, heartbeat INTEGER);
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT,
   created_at INTEGER, level TEXT, message TEXT, type TEXT, data TEXT);
 CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, job_id TEXT,
@@ -33,10 +35,32 @@ CREATE TABLE IF NOT EXISTS checkpoints (seq INTEGER PRIMARY KEY AUTOINCREMENT, i
 """
 
 FINAL = ("succeeded", "failed", "cancelled")
+LEASE_S = 120
+"""A running job whose worker has not beaten for this long is taken over even if its pid still exists (a
+crashed worker left as a zombie, or a pid reused by another process)."""
+ADDED_COLUMNS = {
+    "estimated_finish": "INTEGER",
+    "pause_requested": "INTEGER DEFAULT 0",
+    "worker_pid": "INTEGER",
+    "heartbeat": "INTEGER",
+}
+"""Job columns newer than the first release: added to a database created before them."""
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 class Store:
@@ -51,6 +75,10 @@ class Store:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
             con.executescript(SCHEMA)
+            have = {row[1] for row in con.execute("PRAGMA table_info(jobs)")}
+            for column, kind in ADDED_COLUMNS.items():
+                if column not in have:
+                    con.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
     def _connect(self) -> sqlite3.Connection:
         # One connection per call: the server's handlers run on several threads; timeout rides out the
@@ -108,8 +136,10 @@ class Store:
         rows = self._query("SELECT * FROM jobs WHERE id=?", (jid,))
         return rows[0] if rows else None
 
-    def jobs(self) -> list[dict[str, Any]]:
-        """Newest first, as the API lists them."""
+    def jobs(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Newest first, as the API lists them; with ``status``: only those, oldest first."""
+        if status is not None:
+            return self._query("SELECT * FROM jobs WHERE status=? ORDER BY seq", (status,))
         return self._query("SELECT * FROM jobs ORDER BY seq DESC")
 
     def set_status(self, jid: str, status: str, only_from: tuple[str, ...] = (), **fields: Any) -> bool:
@@ -127,13 +157,32 @@ class Store:
             args += only_from
         return self._exec(sql, args) > 0
 
-    def claim(self) -> dict[str, Any] | None:
-        """The oldest job to run: a ``running`` one first (a crashed worker left it), else a queued one."""
-        for status in ("running", "validating_files"):
-            rows = self._query("SELECT * FROM jobs WHERE status=? ORDER BY seq LIMIT 1", (status,))
-            if rows and self.set_status(rows[0]["id"], "running", only_from=(status,)):
-                return rows[0]
+    def request_pause(self, jid: str) -> bool:
+        """Ask the worker to pause a running job at its next step boundary; True when it was running."""
+        return self._exec("UPDATE jobs SET pause_requested=1 WHERE id=? AND status='running'", (jid,)) > 0
+
+    def claim(self, pid: int) -> dict[str, Any] | None:
+        """The oldest job for worker ``pid`` to run: a ``running`` one whose worker died first (it crashed
+        mid-job), else a queued one. Atomic: of several workers, one gets each job."""
+        now = int(time.time())
+        for row in self.jobs(status="running"):
+            if _alive(row["worker_pid"]) and now - (row["heartbeat"] or 0) < LEASE_S:
+                continue  # another worker is on it
+            taken = self._exec(
+                "UPDATE jobs SET worker_pid=?, heartbeat=? WHERE id=? AND status='running' AND "
+                "worker_pid IS ? AND heartbeat IS ?",
+                (pid, now, row["id"], row["worker_pid"], row["heartbeat"]),
+            )
+            if taken:
+                return row
+        for row in self.jobs(status="queued"):
+            if self.set_status(row["id"], "running", only_from=("queued",), worker_pid=pid, heartbeat=now):
+                return row
         return None
+
+    def beat(self, jid: str, pid: int) -> None:
+        """Worker ``pid`` is still on job ``jid`` (see :data:`LEASE_S`)."""
+        self._exec("UPDATE jobs SET heartbeat=? WHERE id=? AND worker_pid=?", (int(time.time()), jid, pid))
 
     # events and checkpoints
     def add_event(self, jid: str, level: str, message: str, type_: str = "message", data: Any = None) -> None:

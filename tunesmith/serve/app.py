@@ -78,6 +78,8 @@ class ServeSettings:
     """A loaded ``tunesmith.rag.index.BM25Index``: chat questions get its top ``rag_k`` chunks in the prompt
     shape ``data raft`` trains on, and the response lists their ids under ``retrieved``."""
     rag_k: int = 4
+    jobs_workers: int = 1
+    """Fine-tuning jobs trained at once (worker processes), when the jobs API is on."""
 
 
 class _Api:
@@ -89,9 +91,11 @@ class _Api:
         self.slots = Slots(settings.max_concurrent, metrics)
         self.resolve: Callable[[str], None] | None = None
 
-    def served(self, model_id: str, task: str | None = None) -> ServedModel:
+    async def served(self, model_id: str, task: str | None = None) -> ServedModel:
         if model_id not in self.registry.models and self.resolve is not None:
-            self.resolve(model_id)  # a fine-tuning job's model: hot-loaded on first use
+            # A fine-tuning job's model, hot-loaded on first use: off the event loop, because the load
+            # waits for a batch running on the same base and other requests keep streaming meanwhile.
+            await asyncio.to_thread(self.resolve, model_id)
         served = self.registry.models.get(model_id)
         if served is None:
             known = ", ".join(sorted(self.registry.models))
@@ -321,11 +325,11 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
 
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str) -> dict[str, Any]:
-        return p.model_card(api.served(model_id))
+        return p.model_card(await api.served(model_id))
 
     @app.post("/v1/chat/completions")
     async def chat(req: p.ChatRequest) -> Any:
-        served = api.served(req.model)
+        served = await api.served(req.model)
         ids, retrieved = _chat_prompt(served, req, settings)
         max_tokens = req.max_completion_tokens or req.max_tokens
         params = p.sampling_params(
@@ -348,7 +352,7 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
 
     @app.post("/v1/completions")
     async def completions(req: p.CompletionRequest) -> Any:
-        served = api.served(req.model)
+        served = await api.served(req.model)
         prompts = [
             list(served.tokenizer(t)["input_ids"]) for t in _inputs(req.prompt, "prompt", settings.max_inputs)
         ]
@@ -371,7 +375,7 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
 
     @app.post("/v1/classify")
     async def classify(req: p.ClassifyRequest) -> dict[str, Any]:
-        served = api.served(req.model, task="classification")
+        served = await api.served(req.model, task="classification")
         texts = _inputs(req.input, "input", settings.max_inputs)
         probabilities = await api.classify(served, texts)
         labels = served.label_names or []
@@ -417,18 +421,18 @@ def create_app(
     if jobs_root is not None:
         from tunesmith.serve.jobs import JobsApi  # deferred: the jobs routes are off by default
 
-        jobs = JobsApi(jobs_root, registry)
+        jobs = JobsApi(jobs_root, registry, settings.jobs_workers)
         api.resolve = jobs.resolve
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         api.batcher.start()
-        worker = jobs.start_worker() if jobs is not None else None
+        workers = jobs.start_workers() if jobs is not None else []
         try:
             yield
         finally:
-            if worker is not None:
-                jobs.stop_worker(worker)
+            if jobs is not None:
+                jobs.stop_workers(workers)
             api.batcher.stop()
 
     # No /docs or /openapi.json: the API is OpenAI's, documented there and in the README.

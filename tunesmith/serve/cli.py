@@ -43,6 +43,7 @@ def add_parser(subparsers: Any) -> None:
         help="also serve the OpenAI fine-tuning API (/v1/files, /v1/fine_tuning/jobs; docs/jobs.md)",
     )
     p.add_argument("--jobs-dir", help="database, uploads and job runs (default: <tunesmith home>/jobs)")
+    p.add_argument("--jobs-workers", type=int, default=1, help="fine-tuning jobs trained at once")
     p.add_argument(
         "--index", help="a `tunesmith rag index`: chat answers retrieve from it (ids in `retrieved`)"
     )
@@ -78,6 +79,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from tunesmith.serve.models import load_registry  # deferred: `--help` starts no server stack
     from tunesmith.serve.server import serve_forever
 
+    if args.jobs and args.jobs_workers < 1:
+        raise ConfigError(f"--jobs-workers must be at least 1, got {args.jobs_workers}")
     index = None
     if args.index:  # loaded before the models: a wrong path should fail in milliseconds
         from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only with --index
@@ -93,6 +96,7 @@ def run_serve(args: argparse.Namespace) -> int:
         batch_wait_ms=0.0 if args.no_batching else args.batch_wait_ms,
         index=index,
         rag_k=args.rag_k,
+        jobs_workers=args.jobs_workers,
     )
     for served in registry.models.values():
         print(f"tunesmith: serving {served.id!r} ({served.kind}, {served.task}) from {served.source}")

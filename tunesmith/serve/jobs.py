@@ -1,7 +1,8 @@
 """The OpenAI fine-tuning API on the server (``tunesmith serve --jobs``): files, jobs, events, checkpoints.
 
     POST/GET /v1/files, GET/DELETE /v1/files/{id}, GET /v1/files/{id}/content
-    POST/GET /v1/fine_tuning/jobs, GET .../{id}, POST .../{id}/cancel, GET .../{id}/events, .../checkpoints
+    POST/GET /v1/fine_tuning/jobs, GET .../{id}, POST .../{id}/cancel|pause|resume, GET .../{id}/events,
+    GET .../{id}/checkpoints
 
 Handlers only read and write the database (:class:`tunesmith.jobs.store.Store`); training runs in a worker
 process of its own (:mod:`tunesmith.jobs.worker`) so it never blocks serving. A succeeded job's model is
@@ -19,12 +20,16 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from tunesmith.jobs.checkpoints import served_dir
-from tunesmith.jobs.mapping import method_of, resolved_hyperparameters
+from tunesmith.jobs.mapping import (
+    RequestError,
+    check_request,
+    method_of,
+    method_section,
+    resolved_hyperparameters,
+)
 from tunesmith.jobs.store import Store
 from tunesmith.serve import protocol as p
 from tunesmith.serve.models import Registry, hot_load_run
-
-METHODS = ("supervised", "dpo", "reinforcement")
 
 
 def _file_object(row: dict[str, Any]) -> dict[str, Any]:
@@ -57,9 +62,9 @@ def _job_object(row: dict[str, Any]) -> dict[str, Any]:
         "trained_tokens": row["trained_tokens"],
         "error": json.loads(row["error"]) if row["error"] else None,
         "result_files": json.loads(row["result_files"] or "[]"),
-        "estimated_finish": None,
+        "estimated_finish": row["estimated_finish"],
         "hyperparameters": hyper,
-        "method": {"type": kind, kind: {"hyperparameters": hyper}},
+        "method": {"type": kind, kind: {**method_section(request), "hyperparameters": hyper}},
         "seed": int(request.get("seed") or 0),
         "metadata": request.get("metadata"),
         "suffix": request.get("suffix"),
@@ -99,22 +104,41 @@ def _page(items: list[dict[str, Any]], after: str | None, limit: int) -> dict[st
     return {"object": "list", "data": items[:limit], "has_more": len(items) > limit}
 
 
+def _metadata_filter(params: list[tuple[str, str]]) -> dict[str, str] | None:
+    """``metadata[k]=v`` query pairs as {k: v}; ``metadata=null`` (jobs without metadata) as None."""
+    wanted: dict[str, str] = {}
+    for key, value in params:
+        if key == "metadata" and value == "null":
+            return None
+        if key.startswith("metadata[") and key.endswith("]"):
+            wanted[key[len("metadata[") : -1]] = value
+    return wanted
+
+
+def _matches(metadata: dict[str, str] | None, wanted: dict[str, str] | None) -> bool:
+    if wanted is None:
+        return not metadata
+    return all((metadata or {}).get(k) == v for k, v in wanted.items())
+
+
 class JobsApi:
     """Route logic over one jobs directory; ``resolve`` hot-loads succeeded jobs' models into ``registry``."""
 
-    def __init__(self, root: str | Path, registry: Registry) -> None:
-        self.store, self.registry = Store(root), registry
+    def __init__(self, root: str | Path, registry: Registry, workers: int = 1) -> None:
+        self.store, self.registry, self.workers = Store(root), registry, workers
 
-    def start_worker(self) -> subprocess.Popen:
-        """The worker process (same interpreter and environment); it resumes jobs a crash left running."""
-        return subprocess.Popen(
-            [sys.executable, "-m", "tunesmith.jobs.worker", "--root", str(self.store.root)]
-        )
+    def start_workers(self) -> list[subprocess.Popen]:
+        """The worker processes (same interpreter and environment), each training one job at a time; they
+        resume jobs a crash left running."""
+        command = [sys.executable, "-m", "tunesmith.jobs.worker", "--root", str(self.store.root)]
+        return [subprocess.Popen(command) for _ in range(self.workers)]
 
     @staticmethod
-    def stop_worker(worker: subprocess.Popen) -> None:
-        worker.terminate()
-        worker.wait(30)
+    def stop_workers(workers: list[subprocess.Popen]) -> None:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(30)
 
     def resolve(self, model_id: str) -> None:
         """Hot-load a succeeded job's model or one of its checkpoints; unknown names are left to 404."""
@@ -156,9 +180,10 @@ class JobsApi:
         for key in ("training_file", "validation_file"):
             if (body.get(key) or key == "training_file") and self.store.file(body.get(key) or "") is None:
                 raise p.APIError(400, f"{key} {body.get(key)!r} does not exist; upload it first", param=key)
-        kind, _ = method_of(body)
-        if kind not in METHODS:
-            raise p.APIError(400, f"method.type must be one of {', '.join(METHODS)}", param="method")
+        try:
+            check_request(body)
+        except RequestError as err:
+            raise p.APIError(400, str(err), param=err.param) from None
         request = {
             k: body.get(k)
             for k in (
@@ -223,8 +248,10 @@ class JobsApi:
             return self.create_job(await request.json())
 
         @app.get("/v1/fine_tuning/jobs")
-        async def list_jobs(after: str | None = None, limit: int = 20) -> dict[str, Any]:
-            return _page([_job_object(r) for r in store.jobs()], after, limit)
+        async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:
+            wanted = _metadata_filter(request.query_params.multi_items())
+            rows = [r for r in store.jobs() if _matches(json.loads(r["request"]).get("metadata"), wanted)]
+            return _page([_job_object(r) for r in rows], after, limit)
 
         @app.get("/v1/fine_tuning/jobs/{jid}")
         async def get_job(jid: str) -> dict[str, Any]:
@@ -233,8 +260,33 @@ class JobsApi:
         @app.post("/v1/fine_tuning/jobs/{jid}/cancel")
         async def cancel(jid: str) -> dict[str, Any]:
             self._job(jid)
-            if not store.set_status(jid, "cancelled", only_from=("validating_files", "queued", "running")):
+            active = ("validating_files", "queued", "running", "paused")
+            if not store.set_status(jid, "cancelled", only_from=active):
                 raise p.APIError(400, f"Job {jid} has already finished and cannot be cancelled", param="id")
+            return _job_object(self._job(jid))
+
+        @app.post("/v1/fine_tuning/jobs/{jid}/pause")
+        async def pause(jid: str) -> dict[str, Any]:
+            self._job(jid)
+            # queued: nothing trained yet, paused at once; running: the worker checkpoints, then pauses it.
+            if not (store.set_status(jid, "paused", only_from=("queued",)) or store.request_pause(jid)):
+                raise p.APIError(
+                    400,
+                    f"Job {jid} is {self._job(jid)['status']}; only a queued or running job pauses",
+                    param="id",
+                )
+            return _job_object(self._job(jid))
+
+        @app.post("/v1/fine_tuning/jobs/{jid}/resume")
+        async def resume(jid: str) -> dict[str, Any]:
+            self._job(jid)
+            if not store.set_status(jid, "queued", only_from=("paused",)):
+                raise p.APIError(
+                    400,
+                    f"Job {jid} is {self._job(jid)['status']}, not paused; only a paused job resumes",
+                    param="id",
+                )
+            store.add_event(jid, "info", "Fine-tuning job resumed by request; queued")
             return _job_object(self._job(jid))
 
         @app.get("/v1/fine_tuning/jobs/{jid}/events")

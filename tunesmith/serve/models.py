@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,9 @@ class LoadedBase:
     key: str
     model: Any
     adapters: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Held by a batch for its whole forward/generate and by an adapter load: attaching an adapter rewrites
+    the model's modules in place (PEFT injects LoRA layers), which a generation in flight must not see."""
 
 
 @dataclass
@@ -68,6 +72,8 @@ class Registry:
     bases: dict[str, LoadedBase] = field(default_factory=dict)
     scorers: dict[str, ScoreFn] = field(default_factory=dict)
     """Reward-model runs by id (``/v1/score``): their own model each, not on a shared base."""
+    loading: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """One hot-load at a time: two requests naming a new model load it once."""
 
     def add(self, served: ServedModel) -> None:
         if served.id in self.models:
@@ -95,17 +101,19 @@ def context_length(model: Any, tokenizer: Any) -> int:
 def activate(served: ServedModel) -> Iterator[Any]:
     """The model to run for ``served``, with its adapter switched on (or all adapters off for the base).
 
-    Only the batching worker calls this, one batch at a time, so switching adapters cannot race a forward.
+    Only the batching worker calls this, one batch at a time, so switching adapters cannot race a forward;
+    the base's lock keeps a hot-load (another thread) from attaching an adapter while the batch runs.
     """
-    model = served.base.model
-    if served.adapter_name is not None:
-        model.set_adapter(served.adapter_name)
-        yield model
-    elif served.base.adapters:  # other runs put adapters on this model: switch them all off
-        with model.disable_adapter():
+    with served.base.lock:
+        model = served.base.model
+        if served.adapter_name is not None:
+            model.set_adapter(served.adapter_name)
             yield model
-    else:
-        yield model
+        elif served.base.adapters:  # other runs put adapters on this model: switch them all off
+            with model.disable_adapter():
+                yield model
+        else:
+            yield model
 
 
 def base_key(name: str) -> str:
@@ -132,14 +140,15 @@ def _adapter_name(run_id: str, taken: list[str]) -> str:
 
 
 def _attach_adapter(base: LoadedBase, adapter_dir: Path, run_id: str) -> str:
-    name = _adapter_name(run_id, base.adapters)
-    if base.adapters:
-        base.model.load_adapter(str(adapter_dir), adapter_name=name)
-    else:
-        base.model = PeftModel.from_pretrained(base.model, str(adapter_dir), adapter_name=name)
-    base.adapters.append(name)
-    base.model.eval()
-    return name
+    with base.lock:  # waits for a batch in flight on this base to finish
+        name = _adapter_name(run_id, base.adapters)
+        if base.adapters:
+            base.model.load_adapter(str(adapter_dir), adapter_name=name)
+        else:
+            base.model = PeftModel.from_pretrained(base.model, str(adapter_dir), adapter_name=name)
+        base.adapters.append(name)
+        base.model.eval()
+        return name
 
 
 class _Loader:
@@ -216,11 +225,17 @@ class _Loader:
 
 
 def hot_load_run(registry: Registry, run_dir: Path, served_id: str) -> None:
-    """Serve a finished run as ``served_id`` on a running server, sharing a base already in memory."""
-    loader = _Loader(registry)
-    for served in registry.models.values():
-        loader.tokenizers.setdefault(served.base.key, served.tokenizer)
-    loader.add_run(run_dir, served_id)
+    """Serve a finished run as ``served_id`` on a running server, sharing a base already in memory.
+
+    Thread-safe: call it off the event loop; it waits for a batch running on that base (its lock).
+    """
+    with registry.loading:
+        if served_id in registry.models:
+            return  # another request loaded it while this one waited
+        loader = _Loader(registry)
+        for served in registry.models.values():
+            loader.tokenizers.setdefault(served.base.key, served.tokenizer)
+        loader.add_run(run_dir, served_id)
 
 
 def load_registry(sources: list[str]) -> Registry:

@@ -7,8 +7,10 @@ whole step (so accumulation equals one big batch), clip, AdamW, scheduler. Every
 validation loss (or a caller's ``val_metrics``: loss plus scores), early-stopping bookkeeping on
 ``train.best_metric``, best weights snapshot. Every ``save_every`` steps and on Ctrl-C:
 an atomic checkpoint that ``resume=True`` continues from exactly (weights, optimizer, scheduler, RNG, data
-position). With ``train.ema_decay`` the validation passes, the best snapshot and the final weights are an
-exponential moving average of the trained ones. Device and autocast come from accelerate, so the same code
+position). A ``STOP`` file in the run directory (``RunDir.stop_request``, written by another process: the
+jobs worker's pause) ends the run the same way, but only between steps, never inside one. With
+``train.ema_decay`` the validation passes, the best snapshot and the final weights are an exponential moving
+average of the trained ones. Device and autocast come from accelerate, so the same code
 runs on CPU and CUDA.
 """
 
@@ -138,6 +140,7 @@ def train_loop(
         num_warmup_steps=cfg.warmup_steps,
         num_training_steps=total_steps,
     )
+    stop_request = RunDir(run_dir).stop_request
     best_dir = ckpt_root / "best"
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     averaged = ema.shadow if ema is not None else None  # what checkpoints save and restore of it
@@ -191,6 +194,7 @@ def train_loop(
                         "lr": lr,
                         "tokens_per_s": round(tok_s, 1),
                         "step_s": round(step_s, 3),
+                        "total_steps": total_steps,
                         **extra,
                     }
                 )
@@ -217,6 +221,16 @@ def train_loop(
             if on_step is not None:
                 on_step(state.step, step_loss)
             if result.stopped_early:
+                break
+            if state.step < total_steps and stop_request.exists():
+                # Polled here, after the step's bookkeeping: a signal could land between the optimizer
+                # step and the state update and checkpoint a step that resume would run twice.
+                result.interrupted = True
+                if not (cfg.save_every and state.step % cfg.save_every == 0):  # else saved just above
+                    ckpt.save_checkpoint(
+                        ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged
+                    )
+                print(f"tunesmith: stop requested at step {state.step}; checkpoint saved, resume continues")
                 break
     except KeyboardInterrupt:
         # Ctrl-C: keep what was trained. The step in flight (if any) is dropped; the checkpoint marks the

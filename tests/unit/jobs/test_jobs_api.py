@@ -6,19 +6,17 @@ its worker subprocess trains a few steps per job.
 
 from __future__ import annotations
 
+import csv
 import io
-import json
 import time
 
 import openai
 import pytest
 
-from tunesmith.jobs.mapping import BASE_LR, to_overrides
-from tunesmith.serve.app import ServeSettings, create_app
-from tunesmith.serve.models import load_registry
-from tunesmith.serve.server import ServerThread
+from tests.unit.jobs.live import jsonl, upload, wait
+from tunesmith.jobs.mapping import BASE_LR, RequestError, check_request, to_overrides
+from tunesmith.jobs.worker import estimated_finish
 
-KEY = "test-key-0123456789abcdef"
 ROWS = [
     {
         "messages": [
@@ -28,31 +26,6 @@ ROWS = [
     }
     for i in range(12)
 ]
-
-
-def _jsonl(rows) -> bytes:
-    return "".join(json.dumps(r) + "\n" for r in rows).encode()
-
-
-@pytest.fixture(scope="module")
-def client(tmp_path_factory, tiny_model_dir):
-    root = tmp_path_factory.mktemp("jobs")
-    app = create_app(load_registry([str(tiny_model_dir)]), ServeSettings(api_keys=(KEY,)), jobs_root=root)
-    server = ServerThread(app, api_keys=(KEY,)).start()
-    try:
-        yield openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY, max_retries=0)
-    finally:
-        server.stop()
-
-
-def _wait(client, job_id, until=("succeeded", "failed", "cancelled"), timeout=300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in until:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} still {job.status}")
 
 
 def _create(client, tiny_model_dir, file_id, steps=3, suffix="sums"):
@@ -67,13 +40,13 @@ def _create(client, tiny_model_dir, file_id, steps=3, suffix="sums"):
 
 
 def test_supervised_job_end_to_end(client, tiny_model_dir):
-    uploaded = client.files.create(file=("sums.jsonl", io.BytesIO(_jsonl(ROWS))), purpose="fine-tune")
-    assert client.files.retrieve(uploaded.id).bytes == len(_jsonl(ROWS))
-    assert client.files.content(uploaded.id).read() == _jsonl(ROWS)
+    uploaded = client.files.create(file=("sums.jsonl", io.BytesIO(jsonl(ROWS))), purpose="fine-tune")
+    assert client.files.retrieve(uploaded.id).bytes == len(jsonl(ROWS))
+    assert client.files.content(uploaded.id).read() == jsonl(ROWS)
     job = _create(client, tiny_model_dir, uploaded.id)
     assert job.id.startswith("ftjob-") and job.status == "validating_files"
     assert job.hyperparameters.learning_rate_multiplier == 1.0
-    done = _wait(client, job.id)
+    done = wait(client, job.id)
     assert done.status == "succeeded", done.error
     assert done.fine_tuned_model == f"ft:{tiny_model_dir.name}:tunesmith:sums:{job.id}"
     assert done.trained_tokens > 0
@@ -85,6 +58,15 @@ def test_supervised_job_end_to_end(client, tiny_model_dir):
     assert (early.step_number, final.step_number) == (2, 3)
     assert final.fine_tuned_model_checkpoint == f"{done.fine_tuned_model}:ckpt-step-3"
     assert early.metrics.train_loss == next(m["train_loss"] for m in metrics if m["step"] == 2)
+    assert "Files validated; job queued" in [e.message for e in events]
+    [result_id] = done.result_files
+    assert client.files.retrieve(result_id).purpose == "fine-tune-results"
+    table = list(csv.DictReader(io.StringIO(client.files.content(result_id).text)))
+    by_step = {m["step"]: m for m in metrics if m["train_loss"] is not None}
+    assert [(int(r["step"]), float(r["train_loss"])) for r in table] == [
+        (s, by_step[s]["train_loss"]) for s in (1, 2, 3)
+    ]
+    assert [r["valid_loss"] != "" for r in table] == [False, False, True]
     question = [{"role": "user", "content": "What is 2 + 2?"}]
     for name in (done.fine_tuned_model, early.fine_tuned_model_checkpoint, tiny_model_dir.name):
         answer = client.chat.completions.create(model=name, messages=question, max_tokens=4, temperature=0)
@@ -97,26 +79,33 @@ def test_supervised_job_end_to_end(client, tiny_model_dir):
 
 
 def test_malformed_file_fails_the_job_naming_the_line(client, tiny_model_dir):
-    bad = _jsonl(ROWS[:3]) + b"{not json\n" + _jsonl(ROWS[3:])
+    bad = jsonl(ROWS[:3]) + b"{not json\n" + jsonl(ROWS[3:])
     uploaded = client.files.create(file=("bad.jsonl", io.BytesIO(bad)), purpose="fine-tune")
-    done = _wait(client, _create(client, tiny_model_dir, uploaded.id).id)
+    done = wait(client, _create(client, tiny_model_dir, uploaded.id).id)
     assert done.status == "failed" and done.fine_tuned_model is None
-    assert ":4" in done.error.message or "line 4" in done.error.message, done.error.message
+    assert done.error.message.startswith(f"bad.jsonl ({uploaded.id}):4:"), done.error.message
+    assert done.error.param == "training_file"
 
 
 def test_unknown_model_is_400_on_param_model(client):
-    uploaded = client.files.create(file=("ok.jsonl", io.BytesIO(_jsonl(ROWS))), purpose="fine-tune")
+    uploaded = client.files.create(file=("ok.jsonl", io.BytesIO(jsonl(ROWS))), purpose="fine-tune")
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=uploaded.id)
     assert err.value.param == "model"
 
 
 def test_cancel_serves_nothing_and_pagination(client, tiny_model_dir):
-    uploaded = client.files.create(file=("sums.jsonl", io.BytesIO(_jsonl(ROWS))), purpose="fine-tune")
+    uploaded = client.files.create(file=("sums.jsonl", io.BytesIO(jsonl(ROWS))), purpose="fine-tune")
     job = _create(client, tiny_model_dir, uploaded.id, steps=10_000, suffix="never")
-    _wait(client, job.id, until=("running",))
+    wait(client, job.id, until=("running",))
+    behind = _create(client, tiny_model_dir, uploaded.id, suffix="behind")  # validated while job trains
+    assert wait(client, behind.id, until=("queued",)).status == "queued"
+    assert client.fine_tuning.jobs.cancel(behind.id).status == "cancelled"
+    while (running := client.fine_tuning.jobs.retrieve(job.id)).estimated_finish is None:
+        time.sleep(0.1)  # null until the first steps are timed
+    assert running.estimated_finish >= running.created_at
     assert client.fine_tuning.jobs.cancel(job.id).status == "cancelled"
-    done = _wait(client, job.id)
+    done = wait(client, job.id)
     assert done.status == "cancelled" and done.fine_tuned_model is None
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(
@@ -126,11 +115,31 @@ def test_cancel_serves_nothing_and_pagination(client, tiny_model_dir):
     queued = _create(client, tiny_model_dir, uploaded.id, suffix="queued")  # cancelled before it starts
     assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
     all_ids = [j.id for j in client.fine_tuning.jobs.list(limit=100).data]
-    assert all_ids[:2] == [queued.id, job.id]  # newest first
+    assert all_ids[:3] == [queued.id, behind.id, job.id]  # newest first
     first = client.fine_tuning.jobs.list(limit=1)
     assert [j.id for j in first.data] == all_ids[:1] and first.has_more
     assert [j.id for j in client.fine_tuning.jobs.list(after=all_ids[0], limit=100).data] == all_ids[1:]
     assert [j.id for j in client.fine_tuning.jobs.list(limit=100)] == all_ids  # the SDK's auto-paging
+
+
+def test_list_filters_on_metadata(client, tiny_model_dir):
+    uploaded = upload(client, ROWS)
+    tagged = client.fine_tuning.jobs.create(
+        model=tiny_model_dir.name, training_file=uploaded.id, metadata={"team": "search", "run": "a"}
+    )
+    client.fine_tuning.jobs.cancel(tagged.id)
+    other = client.fine_tuning.jobs.create(
+        model=tiny_model_dir.name, training_file=uploaded.id, metadata={"team": "ads"}
+    )
+    client.fine_tuning.jobs.cancel(other.id)
+    bare = client.fine_tuning.jobs.create(model=tiny_model_dir.name, training_file=uploaded.id)
+    client.fine_tuning.jobs.cancel(bare.id)
+    listed = client.fine_tuning.jobs.list
+    assert [j.id for j in listed(metadata={"team": "search"})] == [tagged.id]
+    assert [j.id for j in listed(metadata={"team": "search", "run": "b"})] == []
+    assert [j.id for j in listed(metadata={"team": "ads"})] == [other.id]
+    ids = {j.id for j in listed(limit=100)}
+    assert {tagged.id, other.id, bare.id} <= ids
 
 
 def test_mapping_scales_the_base_lr_and_refuses_unmapped_methods():
@@ -143,5 +152,12 @@ def test_mapping_scales_the_base_lr_and_refuses_unmapped_methods():
     }
     overrides = to_overrides(request, "t.jsonl", None, "ftjob-x", "runs")
     assert f"train.lr={BASE_LR * 0.5}" in overrides and "train.epochs=3.0" in overrides
-    with pytest.raises(Exception, match="method `dpo` is not mapped"):
-        to_overrides({"model": "default", "method": {"type": "dpo"}}, "t.jsonl", None, "j", "runs")
+    with pytest.raises(RequestError, match=r"method\.type must be one of supervised, dpo, reinforcement"):
+        check_request({"model": "default", "method": {"type": "rlhf"}})
+
+
+def test_estimated_finish_is_the_recent_step_time_times_the_steps_left():
+    rows = [{"step": s, "step_s": 9.0 if s == 1 else 1.0, "total_steps": 20} for s in range(1, 8)]
+    rows.append({"step": 7, "val_loss": 1.0})  # an evaluation row has no step time
+    assert estimated_finish(rows, now=1000.0) == 1000 + 13  # steps 3-7 averaged 1 s; 13 left
+    assert estimated_finish([{"step": 1, "val_loss": 2.0}], now=1000.0) is None

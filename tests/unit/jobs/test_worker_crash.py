@@ -82,3 +82,22 @@ def test_published_checkpoint_is_the_checkpoint_under_peft_names(tmp_path, tiny_
     served = load_file(served_dir(run, 6) / "adapter" / "adapter_model.safetensors")
     assert sorted(served) == sorted(k.replace(".default.", ".") for k in saved)
     assert all(served[k.replace(".default.", ".")].equal(v) for k, v in saved.items())
+
+
+def test_a_validation_bug_fails_its_job_instead_of_stopping_the_worker(tmp_path, tiny_model_dir, monkeypatch):
+    import tunesmith.jobs.worker as worker
+
+    def broken(path):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(worker, "read_source", broken)
+    store = Store(tmp_path)
+    jid = _job(store, tiny_model_dir)
+    worker.work(tmp_path, once=True)  # returns: nothing left to run
+    job = store.job(jid)
+    assert job["status"] == "failed"
+    assert json.loads(job["error"]) == {
+        "code": "server_error",
+        "message": "internal error: RuntimeError: boom",
+        "param": None,
+    }

@@ -12,6 +12,7 @@ from tests.conftest import make_tiny_llama
 from tests.reference import EXACT, reference_losses
 from tunesmith.config import FreezeMethod, FullMethod, LoraMethod, TrainConfig
 from tunesmith.methods import count_parameters, prepare_model
+from tunesmith.runs import RunDir
 from tunesmith.train.loop import TokenData, train_loop
 
 VOCAB = 128
@@ -114,6 +115,24 @@ def test_resume_keeps_the_precision_auto_picked_at_the_start(tmp_path, monkeypat
     assert _losses(run_dir) == pytest.approx(_losses(full_dir), abs=1e-6)
     state = json.loads((run_dir / "checkpoints" / "step-000002" / "state.json").read_text())
     assert state["train_state"]["precision"] == "no"
+
+
+def test_a_stop_file_ends_the_run_between_steps_and_resume_equals_uninterrupted(tmp_path):
+    cfg = _cfg(max_steps=8, save_every=100)
+    _, _, full_dir = _run(tmp_path, "full", cfg)
+    stop = RunDir(tmp_path / "cut").stop_request
+
+    def ask_at_3(step, loss):  # another process's request, as the jobs worker's pause writes it
+        if step == 3:
+            stop.touch()
+
+    _, res, run_dir = _run(tmp_path, "cut", cfg, on_step=ask_at_3)
+    assert res.interrupted and res.steps == 3
+    assert [p.name for p in (run_dir / "checkpoints").glob("step-*")] == ["step-000003"]
+    stop.unlink()
+    _, res2, _ = _run(tmp_path, "cut", cfg, resume=True)
+    assert res2.steps == 8 and not res2.interrupted
+    assert _losses(run_dir) == _losses(full_dir)  # fp32, same order of operations: bit-equal
 
 
 def test_resume_with_lora_dropout(tmp_path):
