@@ -428,6 +428,15 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     gates: GatesConfig = GatesConfig()
     """Quality gates; a violated gate marks the run failed and ``tunesmith train`` exits 3."""
+    tracking: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list)
+    """Experiment trackers the run feeds (none by default; both stay on this machine unless
+    ``tracking_uri`` names a server): ``mlflow`` gets the params, per-step and summary metrics, report.html
+    and the adapter; ``tensorboard`` gets event files in the run's ``tensorboard/`` folder."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (``sqlite:///path.db``, ``http://host:5000``); None: ``sqlite:///`` +
+    ``output_dir/mlflow.db``, artifacts in ``output_dir/mlartifacts/``."""
+    experiment: str | None = None
+    """MLflow experiment the run is filed under; None: the name of ``output_dir`` (a sweep: its study)."""
     stages: list[StageConfig] | None = Field(None, min_length=1)
     """Sequential training: stage k starts from stage k-1's model; after each stage the validation sets of
     all stages so far are re-run into a forgetting matrix (tunesmith/pipelines/staged.py)."""
@@ -498,20 +507,30 @@ def _parse_value(text: str) -> Any:
     return value
 
 
+def set_path(raw: dict[str, Any], key: str, value: Any, what: str | None = None) -> dict[str, Any]:
+    """Set ``a.b.c`` in a raw config dict to ``value`` (sections created as needed); returns ``raw``.
+
+    ``what`` names the setting in errors (an override as typed, a sweep parameter).
+    """
+    label = what or repr(key)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{label}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+    return raw
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=c`` overrides to a raw config dict (before validation, so the schema checks them)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, text = item.split("=", 1)
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = _parse_value(text)
+        set_path(raw, key, _parse_value(text), f"override {item!r}")
     return raw
 
 

@@ -2,7 +2,7 @@
 
     runs/<name>/config.yaml data_report.json metrics.jsonl summary.json checkpoints/ adapter/|model/
                 report.html predictions_{base,tuned}_<split>.jsonl base_eval.json prepared/ stages/
-                classifier/
+                classifier/ tensorboard/
 
 Every other module asks :class:`RunDir` for a path (``RunDir(path).summary``) instead of spelling a file
 name. Loading a trained model goes through loaders registered by the methods (``tunesmith.methods``
@@ -42,6 +42,7 @@ REFERENCE_LOGPS = "reference_logps.safetensors"
 STAGES = "stages"
 STAGE_RECORD = "stage.json"
 STAGE_END = "end"
+TENSORBOARD = "tensorboard"
 
 
 class Summary(TypedDict, total=False):
@@ -100,6 +101,7 @@ class RunDir:
     reference_logps = property(lambda self: self.path / REFERENCE_LOGPS)
     stage_record = property(lambda self: self.path / STAGE_RECORD)
     stage_end = property(lambda self: self.path / STAGE_END)
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
 
     def stage(self, k: int, name: str) -> RunDir:
         """Stage ``k`` (0-based) of a sequential run: ``stages/01-<name>/``."""

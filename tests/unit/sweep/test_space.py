@@ -1,0 +1,111 @@
+"""Space files: the four distributions, and errors that name the key and the file before any trial runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunesmith.errors import ConfigError
+from tunesmith.sweep.objective import default_direction, metric_value, validation_key
+from tunesmith.sweep.space import check_space, grid_size, read_space
+from tunesmith.sweep.study import SweepOptions, resolve
+
+from .conftest import write_space
+
+BASE = {"model": {"head": "classification"}, "method": {"name": "lora"}}
+
+
+def test_each_distribution_is_read_with_its_bounds(tmp_path):
+    path = write_space(
+        tmp_path / "s.yaml",
+        {
+            "train.lr": {"log_uniform": [1e-5, 3e-3]},
+            "train.epochs": {"uniform": [1, 3]},
+            "train.warmup_steps": {"int": [0, 3]},
+            "method.r": {"choice": [8, 16, 32]},
+        },
+    )
+    params = read_space(path)
+    assert [(p.key, p.kind) for p in params] == [
+        ("train.lr", "log_uniform"),
+        ("train.epochs", "uniform"),
+        ("train.warmup_steps", "int"),
+        ("method.r", "choice"),
+    ]
+    assert params[0].ends() == [1e-5, 3e-3] and params[2].grid(path) == [0, 1, 2, 3]
+    check_space(params, BASE, path)  # every key exists and every end is a valid value
+    with pytest.raises(ConfigError, match=r"s.yaml: train.lr: the grid sampler needs choice or int"):
+        grid_size(params, path)
+    assert grid_size(params[2:], path) == 4 * 3
+
+
+def test_unknown_key_names_the_key_the_file_and_a_close_match(tmp_path):
+    path = write_space(tmp_path / "space.yaml", {"train.lrr": {"log_uniform": [1e-5, 1e-3]}})
+    with pytest.raises(ConfigError) as err:
+        check_space(read_space(path), BASE, path)
+    assert str(err.value).startswith(f"{path}: train.lrr: not a key of the run config ('lrr' unknown")
+    assert "did you mean lr?" in str(err.value)
+    # a key of another method than the base config's: unknown too
+    path = write_space(tmp_path / "space.yaml", {"method.bottleneck": {"choice": [8, 16]}})
+    with pytest.raises(ConfigError, match=r"space.yaml: method.bottleneck: not a key"):
+        check_space(read_space(path), BASE, path)
+
+
+def test_a_value_the_schema_rejects_is_an_error_before_any_trial(tmp_path):
+    path = write_space(tmp_path / "space.yaml", {"method.r": {"int": [0, 4]}})
+    with pytest.raises(ConfigError, match=r"space.yaml: method.r: the value 0 is not valid"):
+        check_space(read_space(path), BASE, path)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"uniform": [1, 2], "choice": [1]}, "give exactly one of"),
+        ({"log_uniform": [0, 1]}, "log_uniform needs low > 0"),
+        ({"int": [4, 2]}, "low must be below high"),
+        ({"normal": [0, 1]}, "normal: unknown key"),
+        ({"choice": [8, 8]}, "choice values repeat"),
+    ],
+)
+def test_malformed_distributions_name_the_parameter(tmp_path, spec, message):
+    path = write_space(tmp_path / "s.yaml", {"train.lr": spec})
+    with pytest.raises(ConfigError, match=message) as err:
+        read_space(path)
+    assert "parameter train.lr" in str(err.value)
+
+
+def test_sweep_options_are_checked_before_any_trial(base_config, tmp_path):
+    config, _ = base_config
+    space = write_space(tmp_path / "s.yaml", {"train.lr": {"uniform": [1e-3, 1e-2]}})
+    with pytest.raises(ConfigError, match="grid sampler needs choice or int"):
+        resolve(SweepOptions(config, space, sampler="grid"))
+    with pytest.raises(ConfigError, match="2 objective"):
+        resolve(
+            SweepOptions(config, space, objectives=["val_loss", "timings.train_s"], directions=["minimize"])
+        )
+    sweep = resolve(SweepOptions(config, space, objectives=["validation.tuned.macro_f1", "timings.train_s"]))
+    assert sweep.directions == ["maximize", "minimize"]
+    assert sweep.dir == tmp_path / "runs" / "tiny-sweep" and sweep.name == "tiny"
+
+
+def test_objective_paths_read_the_summary_and_the_last_validation_pass(tmp_path):
+    from tunesmith.runs import RunDir
+
+    run = RunDir(tmp_path)
+    run.metrics.write_text('{"step": 2, "val_loss": 0.9}\n{"step": 4, "val_loss": 0.7}\n{"step": 4}\n')
+    summary = {"eval": {"validation": {"tuned": {"f1_macro": 0.5}}}, "timings": {"train_s": 3}}
+    assert metric_value(run, summary, "validation.tuned.macro_f1") == 0.5
+    assert metric_value(run, summary, "eval.validation.tuned.f1_macro") == 0.5
+    assert metric_value(run, summary, "timings.train_s") == 3.0
+    assert metric_value(run, summary, "val_loss") == 0.7
+    with pytest.raises(Exception, match=r"objective 'val_acc'.*this run has: eval.validation.tuned.f1_macro"):
+        metric_value(run, summary, "val_acc")
+    assert [
+        default_direction(p) for p in ("val_loss", "timings.train_s", "peak_memory_mb", "x.f1_macro")
+    ] == [
+        "minimize",
+        "minimize",
+        "minimize",
+        "maximize",
+    ]
+    assert validation_key("validation.tuned.f1_macro") == "val_macro_f1"
+    assert validation_key("val_loss") == "val_loss"
