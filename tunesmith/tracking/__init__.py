@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.errors import ConfigError
 from tunesmith.runs import RunDir
 from tunesmith.tracking.common import Tracker
 
@@ -37,16 +38,28 @@ class Tracking:
             tracker.fail()
 
 
-def _mlflow(cfg: RunConfig, run: RunDir) -> Tracker:
-    from tunesmith.tracking.mlflow_tracker import MlflowTracker  # deferred: mlflow loads only when used
+def _needs_extra(name: str, err: ImportError) -> ConfigError:
+    return ConfigError(
+        f"tracking: {name} needs its package ({err.name} is missing): pip install 'tunesmith[tracking]'"
+    )
 
-    return MlflowTracker(cfg, run)
+
+def _mlflow(cfg: RunConfig, run: RunDir) -> Tracker:
+    try:
+        from tunesmith.tracking.mlflow_tracker import MlflowTracker  # deferred: mlflow loads only when used
+
+        return MlflowTracker(cfg, run)
+    except ImportError as err:
+        raise _needs_extra("mlflow", err) from err
 
 
 def _tensorboard(cfg: RunConfig, run: RunDir) -> Tracker:
-    from tunesmith.tracking.tensorboard_tracker import TensorBoardTracker  # deferred: as above
+    try:
+        from tunesmith.tracking.tensorboard_tracker import TensorBoardTracker  # deferred: as above
 
-    return TensorBoardTracker(cfg, run)
+        return TensorBoardTracker(cfg, run)
+    except ImportError as err:
+        raise _needs_extra("tensorboard", err) from err
 
 
 TRACKERS = {"mlflow": _mlflow, "tensorboard": _tensorboard}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from tunesmith.errors import ConfigError
 from tunesmith.sweep.objective import default_direction, metric_value, validation_key
 from tunesmith.sweep.space import check_space, grid_size, read_space
-from tunesmith.sweep.study import SweepOptions, resolve
+from tunesmith.sweep.study import SweepOptions, resolve, trial_config
 
 from .conftest import write_space
 
@@ -109,3 +112,23 @@ def test_objective_paths_read_the_summary_and_the_last_validation_pass(tmp_path)
     ]
     assert validation_key("validation.tuned.f1_macro") == "val_macro_f1"
     assert validation_key("val_loss") == "val_loss"
+
+
+def test_a_trial_is_the_base_config_with_its_values_under_the_sweep_folder(base_config, tmp_path):
+    config, _ = base_config
+    space = write_space(tmp_path / "s.yaml", {"method.r": {"choice": [2, 8]}})
+    sweep = resolve(SweepOptions(config, space, overrides=["tracking=[mlflow]"], study_name="emo"))
+    cfg = trial_config(sweep, 7, {"method.r": 8})
+    assert (cfg.name, cfg.output_dir, cfg.method.r) == ("trial-0007", str(sweep.dir / "trials"), 8)
+    assert cfg.experiment == "emo"  # every trial of the sweep in one MLflow experiment
+    assert cfg.train.lr == 1e-2 and cfg.tracking == ["mlflow"]  # the rest is the base config + --set
+
+
+def test_the_shipped_emotion_space_fits_the_emotion_head_recipe():
+    root = Path(__file__).resolve().parents[3]
+    space = root / "recipes" / "spaces" / "emotion_head.yaml"
+    params = read_space(space)
+    check_space(
+        params, yaml.safe_load((root / "recipes" / "tweeteval-emotion-head.yaml").read_text()), str(space)
+    )
+    assert [p.key for p in params] == ["train.lr", "method.r", "train.epochs", "train.class_weights"]
