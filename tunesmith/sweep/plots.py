@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from matplotlib import colormaps
+from matplotlib.ticker import MaxNLocator
 
 from tunesmith.report.plots import figure, png
 
@@ -28,6 +29,7 @@ def history_png(points: list[tuple[int, float]], pruned: list[int], name: str, m
             pruned, [min(ys, default=0)] * len(pruned), marker="|", s=200, color=_PRUNED, label="pruned"
         )
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers, not 0.25 steps
     ax.set_ylabel(name)
     ax.set_title("Optimisation history")
     ax.legend(loc="best", fontsize=8)

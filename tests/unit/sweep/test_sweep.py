@@ -104,3 +104,28 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(base_config, 
         for r, lr in zip(runs, lrs, strict=True)
     )
     assert json.loads(Path(runs[0], "summary.json").read_text())["name"] == Path(runs[0]).name
+
+
+def test_two_objectives_mark_the_pareto_front_and_do_not_prune(base_config, tmp_path):
+    config, _ = base_config
+    space = write_space(
+        tmp_path / "s.yaml", {"train.lr": {"choice": [1e-3, 3e-2]}, "method.r": {"choice": [2, 4]}}
+    )
+    objectives = ["validation.tuned.macro_f1", "timings.train_s"]
+    result = sweep(SweepOptions(config, space, sampler="random", trials=3, objectives=objectives))
+    headers, rows = result["headers"], result["rows"]
+    assert headers == ["trial", "state", "train.lr", "method.r", *objectives, "seconds", "pareto", "run"]
+    assert [r[1] for r in rows] == ["complete"] * 3
+    scores = [(r[4], r[5]) for r in rows]
+    # a trial is on the front unless another is at least as good on both objectives and better on one
+    front = [all(not (o[0] >= s[0] and o[1] <= s[1] and o != s) for o in scores) for s in scores]
+    assert [r[7] == "*" for r in rows] == front
+    for row in rows:
+        summary = RunDir(row[-1]).read_summary()
+        assert (row[4], row[5]) == (
+            summary["eval"]["validation"]["tuned"]["f1_macro"],
+            summary["timings"]["train_s"],
+        )
+    best = result["best"]  # the front's best first objective
+    assert rows[best.number][7] == "*" and rows[best.number][4] == max(r[4] for r in rows if r[7] == "*")
+    assert "Pareto front" in (tmp_path / "runs" / "tiny-sweep" / "report.html").read_text()
