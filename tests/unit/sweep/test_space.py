@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,24 @@ def test_the_shipped_emotion_space_fits_the_emotion_head_recipe():
         params, yaml.safe_load((root / "recipes" / "tweeteval-emotion-head.yaml").read_text()), str(space)
     )
     assert [p.key for p in params] == ["train.lr", "method.r", "train.epochs", "train.class_weights"]
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_marked_failed(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    import optuna
+
+    from tunesmith.sweep.study import _used, fail_dead_trials
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    for pid in (gone.pid, os.getppid()):  # a dead worker's trial, and a live process's
+        trial = study.ask()
+        trial.set_user_attr("pid", pid)
+        trial.set_user_attr("host", socket.gethostname())
+    assert _used(study) == 2
+    assert fail_dead_trials(study) == [0]
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
