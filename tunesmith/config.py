@@ -549,10 +549,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     Relative data paths in the YAML stay relative to the current directory, as users type them.
     """
+    raw = read_raw_config(path, overrides)
+    return config_from_dict(raw, "<defaults>" if path is None else str(path))
+
+
+def read_raw_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The YAML mapping (``{}`` without a file) with ``overrides`` applied, not yet validated (a sweep
+    keeps it to write ``best.yaml`` as the user wrote the config)."""
     raw: dict[str, Any] = {}
-    source = "<defaults>"
     if path is not None:
-        source = str(path)
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -562,8 +567,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
         raw = loaded or {}
-    raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, source)
+    return apply_overrides(raw, overrides or [])
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from tunesmith.sweep.study import PRUNERS, SAMPLERS
+from tunesmith.sweep.options import PRUNERS, SAMPLERS
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from tunesmith.sweep import SweepOptions, sweep  # deferred: `tunesmith --help` loads no Optuna
     from tunesmith.sweep.outputs import markdown
+    from tunesmith.sweep.run import SweepOptions, sweep  # deferred: `tunesmith --help` loads no Optuna
 
     opts = SweepOptions(
         config=args.config,

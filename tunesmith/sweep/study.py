@@ -24,47 +24,22 @@ import copy
 import os
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import TrialState
 
 from tunesmith.api import LoopHooks, train
-from tunesmith.config import RunConfig, apply_overrides, config_from_dict, set_path
+from tunesmith.config import RunConfig, config_from_dict, read_raw_config, set_path
 from tunesmith.errors import ConfigError, TunesmithError
 from tunesmith.runs import RunDir
 from tunesmith.sweep.objective import default_direction, metric_value, validation_key
+from tunesmith.sweep.options import PRUNERS, SAMPLERS, SweepOptions
 from tunesmith.sweep.space import Param, check_space, grid_size, read_space
 
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "halving", "none")
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-
-
-@dataclass
-class SweepOptions:
-    """What ``tunesmith sweep`` takes (see ``tunesmith sweep --help``)."""
-
-    config: str | Path
-    space: str | Path
-    trials: int | None = None
-    """The study's total trials; None: the grid's size (grid sampler) or 10."""
-    timeout: float | None = None
-    """Seconds for this worker; the trial in flight at the limit finishes."""
-    sampler: str = "tpe"
-    storage: str | None = None
-    objectives: list[str] = field(default_factory=lambda: ["val_loss"])
-    directions: list[str] | None = None
-    pruner: str = "median"
-    prune_after: int = 2
-    """Trials that finish before the pruner may stop one (its view of a typical trial)."""
-    out: str | Path | None = None
-    study_name: str | None = None
-    seed: int | None = None
-    overrides: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,12 +62,7 @@ class Sweep:
 
 def resolve(opts: SweepOptions) -> Sweep:
     """Read and check the config and space; fail before any trial on a bad key, value or option."""
-    raw = (
-        yaml.safe_load(Path(opts.config).read_text(encoding="utf-8")) if Path(opts.config).exists() else None
-    )
-    if raw is None and not Path(opts.config).exists():
-        raise ConfigError(f"config file not found: {opts.config}")
-    base = apply_overrides(dict(raw or {}), opts.overrides)
+    base = read_raw_config(opts.config, opts.overrides)
     cfg = config_from_dict(copy.deepcopy(base), str(opts.config))
     params = read_space(opts.space)
     check_space(params, base, str(opts.space))

@@ -417,7 +417,8 @@ def _evaluate_and_track(
     val_loss = scores["val_loss"]
     result.final_val_loss = val_loss
     log.write({"step": state.step, **scores, "val_ppl": math.exp(min(val_loss, 50.0))})
-    if hooks is not None and hooks.should_stop(state.step, scores):
+    # The last pass is reported too, but stopping there would only skip the save and evaluation.
+    if hooks is not None and hooks.should_stop(state.step, scores) and state.step < result.total_steps:
         print(f"\ntunesmith: stopped at step {state.step} by a validation hook (pruned)")
         result.pruned = result.interrupted = True
         return True

@@ -10,8 +10,9 @@ import yaml
 
 from tunesmith.errors import ConfigError
 from tunesmith.sweep.objective import default_direction, metric_value, validation_key
+from tunesmith.sweep.options import SweepOptions
 from tunesmith.sweep.space import check_space, grid_size, read_space
-from tunesmith.sweep.study import SweepOptions, resolve, trial_config
+from tunesmith.sweep.study import resolve, trial_config
 
 from .conftest import write_space
 

@@ -14,7 +14,7 @@ import yaml
 
 from tunesmith.config import load_config
 from tunesmith.runs import RunDir
-from tunesmith.sweep import SweepOptions, sweep
+from tunesmith.sweep.run import SweepOptions, sweep
 
 from .conftest import write_space
 
