@@ -155,3 +155,26 @@ def test_a_trial_left_running_by_a_dead_worker_is_marked_failed(tmp_path):
     assert _used(study) == 2
     assert fail_dead_trials(study) == [0]
     assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
+
+
+def test_pruner_and_sampler_follow_the_options(base_config, tmp_path):
+    import optuna
+
+    from tunesmith.sweep.study import _pruner, _sampler
+
+    config, _ = base_config
+    space = write_space(tmp_path / "s.yaml", {"method.r": {"choice": [2, 8]}})
+
+    def built(**options):
+        sweep = resolve(SweepOptions(config, space, **options))
+        return type(_pruner(sweep)).__name__, type(_sampler(sweep, 0)).__name__
+
+    assert built() == ("MedianPruner", "TPESampler")
+    assert built(pruner="halving", sampler="random") == ("SuccessiveHalvingPruner", "RandomSampler")
+    assert built(pruner="none", sampler="grid") == ("NopPruner", "_GridSampler")
+    # Optuna prunes single-objective studies only
+    assert built(objectives=["val_loss", "timings.train_s"])[0] == "NopPruner"
+    assert _pruner(resolve(SweepOptions(config, space, prune_after=3)))._n_startup_trials == 3
+    assert isinstance(
+        _sampler(resolve(SweepOptions(config, space, sampler="grid")), 0), optuna.samplers.GridSampler
+    )
