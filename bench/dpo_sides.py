@@ -22,11 +22,12 @@ from bench.sides import peak_rss_mb
 LR = 5e-5
 BETA = 0.1
 TUNESMITH_SIDES = {
-    "tunesmith-dpo": {},
-    "tunesmith-dpo-gc": {"gradient_checkpointing": True},
-    "tunesmith-sft": {},
+    "tunesmith-dpo": ({}, {}),
+    "tunesmith-dpo-joint": ({}, {"pair_backward": "joint"}),
+    "tunesmith-dpo-gc": ({"gradient_checkpointing": True}, {}),
+    "tunesmith-sft": ({}, {}),
 }
-"""TrainConfig fields each tunesmith side sets on top of the shared ones."""
+"""(TrainConfig fields, DPOObjective fields) each tunesmith side sets on top of the shared ones."""
 
 
 def prepare_pairs(data_file: Path, tokenizer: Any, max_length: int, n_pairs: int) -> Any:
@@ -109,7 +110,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
         lr=LR,
         scheduler="cosine",
         log_every=1,
-        **TUNESMITH_SIDES[args.side],
+        **TUNESMITH_SIDES[args.side][0],
     )
     ref = {"reference_seconds": 0.0, "reference_cpu_seconds": 0.0}
     if args.side == "tunesmith-sft":
@@ -123,7 +124,8 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
         # With LoRA the start model is the reference: one no-grad pass before training, no disk cache.
         _, ref_s, ref_cpu = _timed(lambda: attach_reference(None, run_cfg, {"train": data}, lambda: model))
         ref = {"reference_seconds": ref_s, "reference_cpu_seconds": ref_cpu}
-        loss_fn = PreferenceLoss(DPOObjective(loss="sigmoid", beta=BETA))
+        objective = DPOObjective(loss="sigmoid", beta=BETA, **TUNESMITH_SIDES[args.side][1])
+        loss_fn = PreferenceLoss(objective)
     with tempfile.TemporaryDirectory() as run_dir:
         result, seconds, cpu_seconds = _timed(
             lambda: train_loop(

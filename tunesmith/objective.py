@@ -121,6 +121,12 @@ class DPOObjective(Strict):
     """kto only: weight of the desirable examples' term."""
     undesirable_weight: float = Field(1.0, gt=0)
     """kto only: weight of the undesirable examples' term."""
+    pair_backward: Literal["split", "joint"] = "split"
+    """Pair losses: how a step's chosen and rejected rows are backpropagated. split: the chosen rows with
+    gradients, then the rejected rows, each scaled by its share of the loss (from one no-grad pass over the
+    rejected rows), so only one half's activations are held at a time: about SFT's memory on the chosen
+    answers, for ~1/6 more compute. joint: both halves in one forward and backward, ~15 % faster, twice
+    the activation memory."""
 
 
 class GRPOObjective(Strict):

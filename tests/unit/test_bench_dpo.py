@@ -45,7 +45,7 @@ def test_pairs_are_tunesmith_rendered_and_cut_at_max_length(default_tokenizer):
     assert count_identical(split, rows, 128) == 2
 
 
-@pytest.mark.parametrize("side", ["tunesmith-dpo", "tunesmith-sft"])
+@pytest.mark.parametrize("side", ["tunesmith-dpo", "tunesmith-dpo-joint", "tunesmith-sft"])
 def test_tunesmith_sides_write_their_json(tmp_path, tiny_model_dir, default_tokenizer, side):
     args = _args(tmp_path, tiny_model_dir, side)
     run_side(args)
@@ -54,7 +54,7 @@ def test_tunesmith_sides_write_their_json(tmp_path, tiny_model_dir, default_toke
     split = prepare_pairs(DATA, default_tokenizer, 128, 2)
     rows = split.chosen_ids + ([] if side == "tunesmith-sft" else split.rejected_ids)
     assert out["tokens"] == sum(len(ids) for ids in rows)  # one step over both pairs: every real token once
-    assert (out["reference_seconds"] > 0) == (side == "tunesmith-dpo")
+    assert (out["reference_seconds"] > 0) == (side != "tunesmith-sft")
     assert out["total_seconds"] == pytest.approx(out["train_seconds"] + out["reference_seconds"])
 
 

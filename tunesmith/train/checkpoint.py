@@ -37,6 +37,7 @@ class TrainState:
     best_step: int | None = None
     best_score: float | None = None  # train.best_metric at best_step, oriented so higher is better
     evals_without_improvement: int = 0
+    precision: str | None = None  # accelerate's name ("bf16"/"no") the run trains in, decided at its start
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -154,6 +155,12 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     if not ckpt_root.is_dir():
         return []
     return sorted(p for p in ckpt_root.glob("step-*") if (p / "state.json").exists())
+
+
+def saved_precision(path: Path) -> str | None:
+    """The precision a checkpoint's run trained in (None: saved before runs recorded it)."""
+    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    return meta["train_state"].get("precision")
 
 
 def load_checkpoint(

@@ -122,7 +122,9 @@ def train_loop(
         raise RunError(
             f"train.best_metric: {cfg.best_metric} needs a classification head's validation scores"
         )
-    precision = pick_mixed_precision(cfg.precision)
+    ckpt_root = RunDir(run_dir).checkpoints
+    found = ckpt.list_checkpoints(ckpt_root) if resume else []
+    precision = run_precision(cfg.precision, found[-1] if found else None)
     accelerator = make_accelerator(precision)
     model = model.to(accelerator.device)
     if cfg.gradient_checkpointing:
@@ -140,18 +142,16 @@ def train_loop(
         num_warmup_steps=cfg.warmup_steps,
         num_training_steps=total_steps,
     )
-    ckpt_root = RunDir(run_dir).checkpoints
     best_dir = ckpt_root / "best"
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     averaged = ema.shadow if ema is not None else None  # what checkpoints save and restore of it
-    state = ckpt.TrainState()
-    if resume:
-        found = ckpt.list_checkpoints(ckpt_root)
-        if found:
-            state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler, averaged)
-            if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
-                state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
-            print(f"tunesmith: resuming from {found[-1]} (step {state.step}/{total_steps})")
+    state = ckpt.TrainState(precision=precision)
+    if found:
+        state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler, averaged)
+        state.precision = precision
+        if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
+            state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
+        print(f"tunesmith: resuming from {found[-1]} (step {state.step}/{total_steps})")
     hooks = hooks or LoopHooks()
     log = MetricsLog(RunDir(run_dir).metrics, truncate_after=state.step if resume else 0, on_write=hooks.log)
     result = TrainResult(steps=state.step, total_steps=total_steps)
@@ -245,6 +245,17 @@ def train_loop(
     return result
 
 
+def run_precision(precision: str, checkpoint: Path | None) -> str:
+    """accelerate's precision for this run: ``auto`` is decided once, at the run's start, and a resumed run
+    keeps what its checkpoint recorded. Deciding again could flip it: the CPU probe times a matmul, and on
+    a busy machine (or another one) it can come out the other way, which changes every loss after resume.
+    An explicit ``fp32``/``bf16`` is always obeyed."""
+    saved = ckpt.saved_precision(checkpoint) if checkpoint is not None else None
+    if precision == "auto" and saved is not None:
+        return saved
+    return pick_mixed_precision(precision)
+
+
 def make_accelerator(precision: str) -> Accelerator:
     """An Accelerator for this run's precision (``bf16`` or ``no``).
 
@@ -284,13 +295,23 @@ def _optimizer_step(
         for rows in torch.arange(len(b["input_ids"])).tensor_split(splits)
         if len(rows)
     ]
-    for batch in chunks:
-        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
-        with accelerator.autocast():
-            loss_sum, _ = loss_fn(model, batch)
+
+    def backward(loss_sum: torch.Tensor) -> torch.Tensor:
         loss = loss_sum / max(n_target, 1)
         accelerator.backward(loss)
-        step_loss += float(loss.detach())  # a CPU-GPU sync per micro-batch; cheap next to the step itself
+        return loss.detach()
+
+    for batch in chunks:
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        if getattr(loss_fn, "backward_in_parts", False):
+            # A loss that backpropagates its micro-batch in parts itself, to hold less activation memory
+            # (split DPO pairs): it calls ``backward`` once per part and returns its loss sum, detached.
+            loss = loss_fn.backward_parts(model, batch, backward, accelerator.autocast) / max(n_target, 1)
+        else:
+            with accelerator.autocast():
+                loss_sum, _ = loss_fn(model, batch)
+            loss = backward(loss_sum)
+        step_loss += float(loss)  # a CPU-GPU sync per micro-batch; cheap next to the step itself
     if cfg.max_grad_norm is not None:
         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()

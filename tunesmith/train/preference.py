@@ -11,6 +11,8 @@ on disk (:mod:`tunesmith.pipelines.preference`): no reference model is in memory
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -155,11 +157,16 @@ def pair_stats(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> 
 
 
 class PreferenceLoss(StepStats):
-    """The DPO family (pairs) and KTO (unpaired rows) as a loop loss; one loss unit per pair / row."""
+    """The DPO family (pairs) and KTO (unpaired rows) as a loop loss; one loss unit per pair / row.
+
+    Pair losses with ``pair_backward: split`` train through :meth:`backward_parts` (the loop calls it when
+    ``backward_in_parts`` is true); evaluation and ``joint`` use ``__call__``, one forward over both halves.
+    """
 
     def __init__(self, cfg: DPOObjective) -> None:
         super().__init__()
         self.cfg = cfg
+        self.backward_in_parts = cfg.loss != "kto" and cfg.pair_backward == "split"
 
     def __call__(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.cfg.loss == "kto":
@@ -168,6 +175,52 @@ class PreferenceLoss(StepStats):
             self.add({"reward": rewards, "logps": logps.detach()})
             return losses.sum(), batch["targets"].sum()
         chosen, rejected, n_c, n_r = pair_forward(model, batch)
+        return self._pair_losses(batch, chosen, rejected, n_c, n_r).sum(), batch["targets"].sum()
+
+    def backward_parts(
+        self,
+        model: Any,
+        batch: dict[str, torch.Tensor],
+        backward: Callable[[torch.Tensor], Any],
+        autocast: Callable[[], AbstractContextManager[Any]],
+    ) -> torch.Tensor:
+        """One micro-batch of pairs, backpropagated one half at a time; returns the loss sum (detached).
+
+        A pair loss depends on each answer only through its summed log-prob, so its gradient is
+        dL/dchosen x grad(chosen) + dL/drejected x grad(rejected). The rejected half's log-probs come from a
+        no-grad pass; the chosen half runs with gradients; the two scalar weights follow from the loss; the
+        chosen graph is backpropagated with its weight and freed before the rejected half runs again with
+        gradients. Peak activations: one half's. Cost: one extra no-grad forward of the rejected half.
+        With dropout the two rejected passes draw different masks (the weight comes from the first).
+        """
+        chosen_half, rejected_half = _half(batch, ""), _half(batch, "rejected_")
+        # The no-grad pass first: its logits chunk (up to ~0.8 GB with a 49k vocabulary) is freed before the
+        # chosen half's graph exists, rather than stacked on top of it.
+        with torch.no_grad(), autocast():
+            rejected, n_r = sequence_logps(model, rejected_half)
+        with autocast():
+            chosen, n_c = sequence_logps(model, chosen_half)
+        # The loss on detached leaves gives the per-pair weights; the leaves keep the graph out of it.
+        c_leaf, r_leaf = chosen.detach().requires_grad_(), rejected.detach().requires_grad_()
+        with torch.enable_grad():
+            losses = self._pair_losses(batch, c_leaf, r_leaf, n_c, n_r)
+            w_chosen, w_rejected = torch.autograd.grad(losses.sum(), (c_leaf, r_leaf))
+        backward((w_chosen * chosen).sum())
+        del chosen  # its graph is freed by the backward above; the rejected half's graph is built next
+        with autocast():
+            rejected, _ = sequence_logps(model, rejected_half)
+        backward((w_rejected * rejected).sum())
+        return losses.sum().detach()
+
+    def _pair_losses(
+        self,
+        batch: dict[str, torch.Tensor],
+        chosen: torch.Tensor,
+        rejected: torch.Tensor,
+        n_c: torch.Tensor,
+        n_r: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-pair losses of the configured DPO-family loss; records the step's pair measurements."""
         losses, r_c, r_r = dpo_losses(
             self.cfg,
             chosen,
@@ -188,7 +241,12 @@ class PreferenceLoss(StepStats):
                 "logps_rejected": rejected.detach(),
             }
         )
-        return losses.sum(), batch["targets"].sum()
+        return losses
+
+
+def _half(batch: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The chosen (prefix "") or rejected ("rejected_") rows of a pair batch, each at its own width."""
+    return {key: batch[f"{prefix}{key}"] for key in ("input_ids", "attention_mask", "labels")}
 
 
 def last_token_scores(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -136,13 +137,13 @@ def test_cached_reference_equals_a_live_forward():
         assert float(live[0].detach()) == pytest.approx(cached[i], abs=1e-6) and int(n[0]) == counts[i]
 
 
-def _dpo_run(tmp_path, name, **kw):
+def _dpo_run(tmp_path, name, pair_backward="split", **kw):
     model = prepare_model(make_tiny_llama(VOCAB), FullMethod())
     data = _pairs()
     data.ref_chosen, _ = logps_of_rows(model, data.input_ids, data.labels, 0)
     data.ref_rejected, _ = logps_of_rows(model, data.rejected_ids, data.rejected_labels, 0)
     (tmp_path / name).mkdir(exist_ok=True)
-    loss = PreferenceLoss(DPOObjective(beta=0.5))
+    loss = PreferenceLoss(DPOObjective(beta=0.5, pair_backward=pair_backward))
     return train_loop(model, data, None, _cfg(save_every=100), 0, tmp_path / name, 0, loss_fn=loss, **kw)
 
 
@@ -161,6 +162,45 @@ def test_dpo_trains_and_resumes_exactly(tmp_path):
     _dpo_run(tmp_path, "cut", on_step=stop_at_2)
     _dpo_run(tmp_path, "cut", resume=True)
     assert full.steps == 6 and _losses(tmp_path / "cut") == pytest.approx(losses, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo", "hinge", "simpo", "orpo"])
+def test_split_backward_gives_the_joint_gradient_with_one_half_in_the_graph(loss):
+    model, data = make_tiny_llama(VOCAB), _pairs()
+    data.ref_chosen, _ = logps_of_rows(model, data.input_ids, data.labels, 0)
+    data.ref_rejected, _ = logps_of_rows(model, data.rejected_ids, data.rejected_labels, 0)
+    batch = data.collate(list(range(6)), 0)
+    with torch.no_grad():  # move the policy off the reference, so the weights differ between pairs
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+
+    def grads(**kw) -> tuple[float, list[torch.Tensor]]:
+        model.zero_grad()
+        loss_fn = PreferenceLoss(DPOObjective(loss=loss, beta=0.5, **kw))
+        if loss_fn.backward_in_parts:
+            total = loss_fn.backward_parts(model, batch, lambda t: t.backward(), nullcontext)
+        else:
+            total = loss_fn(model, batch)[0]
+            total.backward()
+        return float(total.detach()), [p.grad.clone() for p in model.parameters()]
+
+    rows_with_grad: list[int] = []
+    hook = model.model.embed_tokens.register_forward_hook(
+        lambda _m, args, _o: rows_with_grad.append(args[0].shape[0]) if torch.is_grad_enabled() else None
+    )
+    split_loss, split = grads()
+    hook.remove()
+    joint_loss, joint = grads(pair_backward="joint")
+    assert split_loss == pytest.approx(joint_loss, rel=1e-6)
+    for a, b in zip(split, joint, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert rows_with_grad == [6, 6]  # chosen, then rejected: never a graph over both halves (12 rows)
+
+
+def test_split_and_joint_dpo_train_the_same_losses(tmp_path):
+    _dpo_run(tmp_path, "split")
+    _dpo_run(tmp_path, "joint", pair_backward="joint")
+    assert _losses(tmp_path / "split") == pytest.approx(_losses(tmp_path / "joint"), abs=1e-5)
 
 
 class TinyTokenizer:

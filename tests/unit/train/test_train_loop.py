@@ -97,6 +97,25 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert _losses(run_dir) == pytest.approx(_losses(full_dir), abs=1e-6)
 
 
+def test_resume_keeps_the_precision_auto_picked_at_the_start(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _cfg(max_steps=6, save_every=100, precision="auto")
+    monkeypatch.setenv("TUNESMITH_CPU_BF16", "slow")  # auto -> fp32 at the start
+    _, _, full_dir = _run(tmp_path, "full", cfg)
+
+    def stop_at_2(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    _, _, run_dir = _run(tmp_path, "cut", cfg, on_step=stop_at_2)
+    # The probe now says bf16 (a busy machine timing it, or another CPU): the resumed run must not follow.
+    monkeypatch.setenv("TUNESMITH_CPU_BF16", "fast")
+    _run(tmp_path, "cut", cfg, resume=True)
+    assert _losses(run_dir) == pytest.approx(_losses(full_dir), abs=1e-6)
+    state = json.loads((run_dir / "checkpoints" / "step-000002" / "state.json").read_text())
+    assert state["train_state"]["precision"] == "no"
+
+
 def test_resume_with_lora_dropout(tmp_path):
     cfg = _cfg(max_steps=5, batch_size=8)
     method = LoraMethod(r=4, alpha=8, dropout=0.1)
