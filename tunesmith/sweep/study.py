@@ -30,6 +30,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from tunesmith.api import LoopHooks, train
 from tunesmith.config import RunConfig, config_from_dict, read_raw_config, set_path
@@ -39,6 +40,7 @@ from tunesmith.sweep.objective import default_direction, metric_value, validatio
 from tunesmith.sweep.options import PRUNERS, SAMPLERS, SweepOptions
 from tunesmith.sweep.space import Param, check_space, grid_size, read_space
 
+_STORAGE_TRIES = 5
 _COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 
 
@@ -92,7 +94,16 @@ def open_storage(storage: str | None, sweep_dir: Path) -> Any:
     url = storage or "sqlite:///" + str((sweep_dir / "study.db").resolve())
     # Workers sharing one SQLite file wait for each other's writes instead of failing with "locked".
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+    for attempt in range(_STORAGE_TRIES):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except SQLAlchemyError:
+            # Two workers starting on a new database both create its tables; the loser's CREATE fails
+            # ("table studies already exists"). A second look finds the tables the winner made.
+            if attempt == _STORAGE_TRIES - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class _GridSampler(optuna.samplers.GridSampler):

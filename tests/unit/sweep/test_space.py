@@ -178,3 +178,24 @@ def test_pruner_and_sampler_follow_the_options(base_config, tmp_path):
     assert isinstance(
         _sampler(resolve(SweepOptions(config, space, sampler="grid")), 0), optuna.samplers.GridSampler
     )
+
+
+def test_a_worker_that_loses_the_table_creation_race_looks_again(tmp_path, monkeypatch):
+    import optuna
+    from sqlalchemy.exc import OperationalError
+
+    from tunesmith.sweep import study as study_module
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(url, engine_kwargs=None):
+        calls.append(url)
+        if len(calls) == 1:  # what the second of two new workers sees while the first creates the tables
+            raise OperationalError("CREATE TABLE studies", {}, Exception("table studies already exists"))
+        return real(url, engine_kwargs=engine_kwargs)
+
+    monkeypatch.setattr(study_module.optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(study_module.time, "sleep", lambda s: None)
+    storage = study_module.open_storage(None, tmp_path)
+    assert calls == [f"sqlite:///{tmp_path.resolve() / 'study.db'}"] * 2
+    assert isinstance(storage, real) and (tmp_path / "study.db").exists()
