@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 import re
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import RunConfig
+from tunesmith.io import file_lock
 from tunesmith.runs import RunDir
 from tunesmith.tracking.common import flat_params, numbers, step_metrics
 
@@ -43,11 +45,14 @@ class MlflowTracker:
         self.run_dir = run
         self.uri = cfg.tracking_uri or default_uri(cfg)
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
         experiment = cfg.experiment or Path(cfg.output_dir).resolve().name
-        self.run_id = self.client.create_run(
-            self._experiment_id(cfg, experiment), run_name=cfg.name
-        ).info.run_id
+        # The client's first touch creates and migrates a new SQLite database. Two processes doing it at
+        # once (a sweep's workers) break each other's migrations ("duplicate column name"): take turns.
+        local = self.uri.startswith("sqlite:///")
+        with file_lock(self.uri.removeprefix("sqlite:///") + ".lock") if local else nullcontext():
+            self.client = MlflowClient(tracking_uri=self.uri)
+            experiment_id = self._experiment_id(cfg, experiment)
+        self.run_id = self.client.create_run(experiment_id, run_name=cfg.name).info.run_id
         params = flat_params(cfg.model_dump(mode="json"))
         self._batch(params=[(_key(k), v[:_MAX_PARAM]) for k, v in params.items()])
         self.client.set_tag(self.run_id, "tunesmith.run_dir", str(run.path.resolve()))
