@@ -15,6 +15,7 @@ from tunesmith.config import RunConfig, apply_overrides, config_from_dict, load_
 from tunesmith.pipelines import registry
 from tunesmith.pipelines.base import write_predictions
 from tunesmith.runs import read_run_config
+from tunesmith.train.hooks import LoopHooks
 
 
 def _as_config(config: RunConfig | str | Path | None, overrides: list[str] | None) -> RunConfig:
@@ -27,15 +28,19 @@ def _as_config(config: RunConfig | str | Path | None, overrides: list[str] | Non
 
 
 def train(
-    config: RunConfig | str | Path | None = None, overrides: list[str] | None = None, resume: bool = False
+    config: RunConfig | str | Path | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+    hooks: LoopHooks | None = None,
 ) -> dict[str, Any]:
     """Prepare data, evaluate the base, train, save, evaluate the tuned model, write the run directory.
 
     Returns the summary (also written to ``summary.json``). Ctrl-C saves a checkpoint; ``resume=True``
     continues. The run kind (lm, head, features, staged) is chosen by
-    :func:`tunesmith.pipelines.registry.kind_of`.
+    :func:`tunesmith.pipelines.registry.kind_of`. ``hooks`` see every metrics row and validation pass and
+    may stop the run (:class:`~tunesmith.train.hooks.LoopHooks`; ``tunesmith sweep`` prunes with them).
     """
-    return dict(registry.train(_as_config(config, overrides), resume))
+    return dict(registry.train(_as_config(config, overrides), resume, hooks))
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:
@@ -60,4 +65,4 @@ def predict(
     return registry.predict(run_dir, data, out, fmt, index=index, k=k)
 
 
-__all__ = ["evaluate", "predict", "read_run_config", "train", "write_predictions"]
+__all__ = ["LoopHooks", "evaluate", "predict", "read_run_config", "train", "write_predictions"]

@@ -5,6 +5,7 @@ tunesmith eval runs/lora-demo [--data FILE]
 tunesmith predict runs/lora-demo --data FILE --out FILE
 tunesmith chat runs/lora-demo
 tunesmith demo
+tunesmith sweep recipes/tweeteval-emotion-head.yaml --space recipes/spaces/emotion_head.yaml --trials 12
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tunesmith.jobs.cli import add_parser as add_jobs_parser
     from tunesmith.rag.cli import add_parser as add_rag_parser
     from tunesmith.serve.cli import add_parser as add_serve_parser
+    from tunesmith.sweep.cli import add_parser as add_sweep_parser
 
     add_data_parser(sub)
     add_evidence_parser(sub)  # cv, bias, drift, compare
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_jobs_parser(sub)
     add_rag_parser(sub)
     add_serve_parser(sub)
+    add_sweep_parser(sub)
     return parser
 
 

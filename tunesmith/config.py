@@ -428,6 +428,15 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     gates: GatesConfig = GatesConfig()
     """Quality gates; a violated gate marks the run failed and ``tunesmith train`` exits 3."""
+    tracking: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list)
+    """Experiment trackers the run feeds (none by default; both stay on this machine unless
+    ``tracking_uri`` names a server): ``mlflow`` gets the params, per-step and summary metrics, report.html
+    and the adapter; ``tensorboard`` gets event files in the run's ``tensorboard/`` folder."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI (``sqlite:///path.db``, ``http://host:5000``); None: ``sqlite:///`` +
+    ``output_dir/mlflow.db``, artifacts in ``output_dir/mlartifacts/``."""
+    experiment: str | None = None
+    """MLflow experiment the run is filed under; None: the name of ``output_dir`` (a sweep: its study)."""
     stages: list[StageConfig] | None = Field(None, min_length=1)
     """Sequential training: stage k starts from stage k-1's model; after each stage the validation sets of
     all stages so far are re-run into a forgetting matrix (tunesmith/pipelines/staged.py)."""
@@ -498,20 +507,30 @@ def _parse_value(text: str) -> Any:
     return value
 
 
+def set_path(raw: dict[str, Any], key: str, value: Any, what: str | None = None) -> dict[str, Any]:
+    """Set ``a.b.c`` in a raw config dict to ``value`` (sections created as needed); returns ``raw``.
+
+    ``what`` names the setting in errors (an override as typed, a sweep parameter).
+    """
+    label = what or repr(key)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{label}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+    return raw
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b=c`` overrides to a raw config dict (before validation, so the schema checks them)."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, text = item.split("=", 1)
-        node = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = _parse_value(text)
+        set_path(raw, key, _parse_value(text), f"override {item!r}")
     return raw
 
 
@@ -530,10 +549,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
     Relative data paths in the YAML stay relative to the current directory, as users type them.
     """
+    raw = read_raw_config(path, overrides)
+    return config_from_dict(raw, "<defaults>" if path is None else str(path))
+
+
+def read_raw_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The YAML mapping (``{}`` without a file) with ``overrides`` applied, not yet validated (a sweep
+    keeps it to write ``best.yaml`` as the user wrote the config)."""
     raw: dict[str, Any] = {}
-    source = "<defaults>"
     if path is not None:
-        source = str(path)
         try:
             loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -543,8 +567,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
         raw = loaded or {}
-    raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, source)
+    return apply_overrides(raw, overrides or [])
 
 
 def dump_config(cfg: RunConfig) -> str:

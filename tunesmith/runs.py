@@ -2,7 +2,7 @@
 
     runs/<name>/config.yaml data_report.json metrics.jsonl summary.json checkpoints/ adapter/|model/
                 report.html predictions_{base,tuned}_<split>.jsonl base_eval.json prepared/ stages/
-                classifier/
+                classifier/ tensorboard/
 
 Every other module asks :class:`RunDir` for a path (``RunDir(path).summary``) instead of spelling a file
 name. Loading a trained model goes through loaders registered by the methods (``tunesmith.methods``
@@ -44,6 +44,7 @@ STAGE_RECORD = "stage.json"
 STAGE_END = "end"
 STOP_REQUEST = "STOP"
 """Created by another process to stop the run at the next step boundary (checkpointed, resumable)."""
+TENSORBOARD = "tensorboard"
 
 
 class Summary(TypedDict, total=False):
@@ -103,6 +104,7 @@ class RunDir:
     stage_record = property(lambda self: self.path / STAGE_RECORD)
     stage_end = property(lambda self: self.path / STAGE_END)
     stop_request = property(lambda self: self.path / STOP_REQUEST)
+    tensorboard = property(lambda self: self.path / TENSORBOARD)
 
     def stage(self, k: int, name: str) -> RunDir:
         """Stage ``k`` (0-based) of a sequential run: ``stages/01-<name>/``."""

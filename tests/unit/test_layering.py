@@ -24,10 +24,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("runs",),  # the run directory: paths, files, typed Summary, loader registry
     ("report",),  # plots and report.html, read from a run directory
     ("methods",),  # prepare / save / load a model per method
-    ("train", "evaluate"),  # siblings: the loop and the metrics never import each other
+    ("train", "evaluate", "tracking"),  # siblings: the loop, the metrics, the trackers (MLflow, TensorBoard)
     ("pipelines",),  # one Pipeline shape, run kinds by name
     ("api",),
-    ("jobs",),  # the fine-tuning API's state and worker: calls the API, served by serve/
+    ("jobs", "sweep"),  # the fine-tuning API's jobs (served by serve/); sweeps (Optuna): both call the API
     ("serve", "export", "demo"),  # faces
     ("cli",),  # tunesmith/cli.py and every package's cli.py: parse, call the API, print
 ]

@@ -37,6 +37,8 @@ from tunesmith.methods import count_parameters
 from tunesmith.models.loading import load_tokenizer
 from tunesmith.report.html import write_report
 from tunesmith.runs import RunDir, Summary
+from tunesmith.tracking import start_tracking
+from tunesmith.train.hooks import LoopHooks
 from tunesmith.train.loop import TrainResult
 
 
@@ -95,6 +97,7 @@ def summarise(
     interrupted: bool = False,
     before_train: dict[str, Any] | None = None,
     after_train: dict[str, Any] | None = None,
+    status: str | None = None,
 ) -> Summary:
     """``summary.json``, built here for every run kind (key order is part of the file's format).
 
@@ -102,11 +105,12 @@ def summarise(
         params: (trainable, total) parameter counts.
         before_train: Kind-specific sections placed before ``train`` (multi-task: ``tasks``).
         after_train: Kind-specific sections placed after ``train`` (``best``, ``features``).
+        status: Overrides ``completed`` / ``interrupted`` (``pruned``: a sweep's pruner stopped the loop).
     """
     trainable, total = params
     summary: dict[str, Any] = {
         "name": cfg.name,
-        "status": "interrupted" if interrupted else "completed",
+        "status": status or ("interrupted" if interrupted else "completed"),
         "method": cfg.method.name,
         "model": cfg.model.name,
         "task": task,
@@ -155,6 +159,7 @@ def loop_summary(
         hashes=data_hashes(data),
         interrupted=result.interrupted,
         after_train={"best": best},
+        status="pruned" if result.pruned else None,
     )
 
 
@@ -232,6 +237,7 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
     task: str = "generation"
     before: Any = None  # what the baselines step returned
+    hooks: LoopHooks = field(default_factory=LoopHooks)  # the loop's observers: trackers, a sweep's pruner
 
 
 @dataclass
@@ -258,16 +264,31 @@ class Pipeline:
         """The config as this kind runs it (written to ``config.yaml``); e.g. a reward model's scalar head."""
         return cfg
 
-    def train(self, cfg: RunConfig, resume: bool = False) -> Summary:
-        """Run the kind end to end; returns the summary (also written to ``summary.json``)."""
+    def train(self, cfg: RunConfig, resume: bool = False, hooks: LoopHooks | None = None) -> Summary:
+        """Run the kind end to end; returns the summary (also written to ``summary.json``).
+
+        ``hooks`` observe the training loop (a sweep's pruner); the config's trackers are added to them.
+        """
         self.check(cfg)
         cfg = self.resolve(cfg)
         t_start = time.perf_counter()
         if self.seed_first:
             seed_everything(cfg.seed)
         run_dir = RunDir(cfg.run_dir).start(cfg)
-        tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
-        run = Run(cfg, run_dir, tokenizer, resume, t_start)
+        tracking = start_tracking(cfg, run_dir)
+        try:
+            tokenizer = load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+            run = Run(cfg, run_dir, tokenizer, resume, t_start)
+            run.hooks = LoopHooks(on_log=[tracking.log_row]).plus(hooks)
+            summary = self.run_steps(run)
+        except BaseException:
+            tracking.fail()
+            raise
+        tracking.finish(dict(summary))
+        return summary
+
+    def run_steps(self, run: Run) -> Summary:
+        """The steps in order, from the data to ``summary.json`` and ``report.html``."""
         data = self.prepare(run)
         model = self.start_model(run, data)
         t_eval = time.perf_counter()

@@ -161,6 +161,7 @@ class HeadPipeline(Pipeline):
             resume=run.resume,
             loss_fn=functools.partial(sequence_classification_loss, class_weights=weights),
             make_optimizer=optimizer_for(cfg.method),
+            hooks=run.hooks,
             val_metrics=head_val_metrics(val, data.label_names, pad_id, weights)
             if val is not None and len(val)
             else None,

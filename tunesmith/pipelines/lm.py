@@ -159,6 +159,7 @@ class LMPipeline(Pipeline):
             pad_id=run.tokenizer.pad_token_id,
             resume=run.resume,
             make_optimizer=optimizer_for(cfg.method),
+            hooks=run.hooks,
         )
         run.timings["train_s"] = result.train_seconds
         return Fit(model, result, result.interrupted)

@@ -102,6 +102,7 @@ class ObjectivePipeline(Pipeline):
             loss_fn=loss_fn,
             val_metrics=val_metrics if val is not None else None,
             make_optimizer=optimizer_for(cfg.method),
+            hooks=run.hooks,
         )
         run.timings["train_s"] = result.train_seconds
         return Fit(model, result, result.interrupted)

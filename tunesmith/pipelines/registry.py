@@ -19,6 +19,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.pipelines import features, head, lm, preference, reward, rl, staged
 from tunesmith.pipelines.base import Pipeline
 from tunesmith.runs import Summary, read_run_config
+from tunesmith.train.hooks import LoopHooks
 
 KINDS: dict[str, Pipeline] = {
     "lm": lm.LMPipeline(),
@@ -58,9 +59,10 @@ def kind_of(cfg: RunConfig) -> str:
     return KIND_BY_HEAD.get(cfg.model.head) or KIND_BY_METHOD.get(cfg.method.name) or "lm"
 
 
-def train(cfg: RunConfig, resume: bool = False) -> Summary:
-    """Train ``cfg`` as its kind; returns the summary (also written to ``summary.json``)."""
-    return KINDS[kind_of(cfg)].train(cfg, resume)
+def train(cfg: RunConfig, resume: bool = False, hooks: LoopHooks | None = None) -> Summary:
+    """Train ``cfg`` as its kind; returns the summary (also written to ``summary.json``). ``hooks`` observe
+    the training loop (:mod:`tunesmith.train.hooks`)."""
+    return KINDS[kind_of(cfg)].train(cfg, resume, hooks)
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None) -> dict[str, Any]:

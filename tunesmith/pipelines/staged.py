@@ -53,6 +53,7 @@ from tunesmith.pipelines.multitask import (
 )
 from tunesmith.runs import RunDir, Summary, save_trained
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.hooks import LoopHooks
 from tunesmith.train.loop import TrainResult, train_loop
 
 
@@ -193,7 +194,14 @@ def _combine_metrics(run_dir: RunDir, stages: list[Stage]) -> None:
 
 
 def _train_stage(
-    stage: Stage, k: int, model: Any, tokenizer: Any, rows: TokenData, cfg: RunConfig, resume: bool
+    stage: Stage,
+    k: int,
+    model: Any,
+    tokenizer: Any,
+    rows: TokenData,
+    cfg: RunConfig,
+    resume: bool,
+    hooks: LoopHooks | None = None,
 ) -> tuple[TrainResult | None, dict[str, Any] | None]:
     """(loop result, None), or for a stage finished earlier and ``resume``: (None, its stage.json)."""
     done = stage.dir.stage_record
@@ -212,6 +220,7 @@ def _train_stage(
         pad_id=tokenizer.pad_token_id,
         resume=resume,
         make_optimizer=optimizer_for(cfg.method),
+        hooks=hooks,
     )
     return result, None
 
@@ -265,7 +274,16 @@ class StagedPipeline(Pipeline):
             if stage.replay:
                 replayed = _replay_rows(earlier, stage.replay, cfg.seed + k)
             rows = TokenData(own.input_ids + replayed.input_ids, own.labels + replayed.labels)
-            stage_result, record = _train_stage(stage, k, model, tokenizer, rows, cfg, run.resume)
+            stage_result, record = _train_stage(
+                stage,
+                k,
+                model,
+                tokenizer,
+                rows,
+                cfg,
+                run.resume,
+                LoopHooks(on_log=run.hooks.on_log),  # trackers only: a stage's steps restart, no pruning
+            )
             earlier = TokenData(earlier.input_ids + own.input_ids, earlier.labels + own.labels)
             if record is None:
                 assert stage_result is not None

@@ -454,13 +454,34 @@ def render_report(run_dir: str | Path) -> str:
         if notes
         else ""
     )
+    return page(name, f"{_header(name, summary, config)}{notes_html}{body}")
+
+
+# ----------------------------------------------------------------------------- for other pages (sweeps)
+
+
+def page(title: str, body: str) -> str:
+    """A self-contained page (this report's style and Content-Security-Policy) around ready ``body`` HTML."""
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"{_CSP}\">"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>tunesmith report — {_esc(name)}</title><style>{_CSS}</style></head>\n<body>"
-        f"{_header(name, summary, config)}{notes_html}{body}</body></html>\n"
+        f"<title>tunesmith report — {_esc(title)}</title><style>{_CSS}</style></head>\n<body>"
+        f"{body}</body></html>\n"
     )
+
+
+def html_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """A table of plain values (escaped and formatted as in the run report; numbers right-aligned)."""
+    return _table([_esc(h) for h in headers], [[_cell(v) for v in row] for row in rows])
+
+
+def html_section(title: str, body: str) -> str:
+    return _section(title, body)
+
+
+def html_image(png: bytes, alt: str) -> str:
+    return _img(png, alt)
 
 
 def write_report(run_dir: str | Path) -> Path:

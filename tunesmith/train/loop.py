@@ -10,8 +10,9 @@ an atomic checkpoint that ``resume=True`` continues from exactly (weights, optim
 position). A ``STOP`` file in the run directory (``RunDir.stop_request``, written by another process: the
 jobs worker's pause) ends the run the same way, but only between steps, never inside one. With
 ``train.ema_decay`` the validation passes, the best snapshot and the final weights are an exponential moving
-average of the trained ones. Device and autocast come from accelerate, so the same code
-runs on CPU and CUDA.
+average of the trained ones. ``hooks`` (:mod:`tunesmith.train.hooks`) see every logged row and every
+validation pass, and may stop the run there (a sweep's pruner: ``result.pruned``). Device and autocast come
+from accelerate, so the same code runs on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from tunesmith.runs import RunDir
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.batching import batches_per_epoch, iter_batches
 from tunesmith.train.ema import WeightAverage
+from tunesmith.train.hooks import LoopHooks
 from tunesmith.train.monitor import MetricsLog, fix_mmap_threshold, peak_rss_mb
 from tunesmith.train.precision import pick_mixed_precision
 
@@ -50,7 +52,8 @@ ValMetrics = Callable[[Any, int], dict[str, float]]
 class TrainResult:
     steps: int
     total_steps: int
-    interrupted: bool = False
+    interrupted: bool = False  # Ctrl-C, or pruned: the run stopped before its end, nothing to evaluate
+    pruned: bool = False  # a validation hook stopped it (a sweep's pruner)
     stopped_early: bool = False
     restored_best: bool = False
     best_step: int | None = None
@@ -103,6 +106,7 @@ def train_loop(
     on_step: Callable[[int, float], None] | None = None,
     val_metrics: ValMetrics | None = None,
     make_optimizer: Callable[[Any, TrainConfig], torch.optim.Optimizer] | None = None,
+    hooks: LoopHooks | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; see the module docstring. ``on_step(step, loss)`` runs after each step.
 
@@ -114,6 +118,7 @@ def train_loop(
     ``{"val_loss": ..., "val_<score>": ...}`` from one pass (classification heads: macro-F1, accuracy), so
     ``train.best_metric`` can pick weights by a score rather than the loss. ``make_optimizer(model, cfg)``
     replaces plain AdamW over the trainable parameters (a method's own parameter groups, e.g. LoRA+).
+    ``hooks`` observe the metrics rows and validation passes (:mod:`tunesmith.train.hooks`).
     """
     if cfg.best_metric != "val_loss" and val_metrics is None:
         raise RunError(
@@ -151,7 +156,8 @@ def train_loop(
         if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
             state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
         print(f"tunesmith: resuming from {found[-1]} (step {state.step}/{total_steps})")
-    log = MetricsLog(RunDir(run_dir).metrics, truncate_after=state.step if resume else 0)
+    hooks = hooks or LoopHooks()
+    log = MetricsLog(RunDir(run_dir).metrics, truncate_after=state.step if resume else 0, on_write=hooks.log)
     result = TrainResult(steps=state.step, total_steps=total_steps)
     stream = _micro_batches(train_data, cfg, seed, pad_id, state)
     splits = 1  # each micro-batch runs in this many row chunks; doubled on CUDA out-of-memory
@@ -214,13 +220,14 @@ def train_loop(
                         result,
                         loss_fn,
                         val_metrics,
+                        hooks,
                     )
-                result.stopped_early = stop
+                result.stopped_early = stop and not result.pruned
             if cfg.save_every and state.step % cfg.save_every == 0:
                 ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged)
             if on_step is not None:
                 on_step(state.step, step_loss)
-            if result.stopped_early:
+            if result.stopped_early or result.pruned:
                 break
             if state.step < total_steps and stop_request.exists():
                 # Polled here, after the step's bookkeeping: a signal could land between the optimizer
@@ -430,8 +437,10 @@ def _evaluate_and_track(
     result: TrainResult,
     loss_fn: LossFn = causal_lm_loss,
     val_metrics: ValMetrics | None = None,
+    hooks: LoopHooks | None = None,
 ) -> bool:
-    """Validation pass, best-weights snapshot, patience. Returns True when training should stop early."""
+    """Validation pass, hooks, best-weights snapshot, patience. Returns True when training should stop:
+    early stopping, or a hook's say (then ``result.pruned`` and ``result.interrupted`` are set too)."""
     with accelerator.autocast():
         if val_metrics is not None:
             scores = val_metrics(model, cfg.batch_size)
@@ -444,6 +453,11 @@ def _evaluate_and_track(
     val_loss = scores["val_loss"]
     result.final_val_loss = val_loss
     log.write({"step": state.step, **scores, "val_ppl": math.exp(min(val_loss, 50.0))})
+    # The last pass is reported too, but stopping there would only skip the save and evaluation.
+    if hooks is not None and hooks.should_stop(state.step, scores) and state.step < result.total_steps:
+        print(f"\ntunesmith: stopped at step {state.step} by a validation hook (pruned)")
+        result.pruned = result.interrupted = True
+        return True
     # Oriented so higher is better: the loss is negated, scores are not.
     score = -val_loss if cfg.best_metric == "val_loss" else scores[f"val_{cfg.best_metric}"]
     improved = state.best_score is None or score > state.best_score + cfg.early_stopping.min_delta

@@ -8,6 +8,7 @@ import os
 import platform
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,14 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step or evaluation, flushed line by line.
 
     On resume, rows after the checkpoint's step are dropped first (they belong to the run that was cut off),
-    so the log reads as one uninterrupted run.
+    so the log reads as one uninterrupted run. ``on_write`` sees each new row (experiment trackers).
     """
 
-    def __init__(self, path: Path, truncate_after: int = 0) -> None:
+    def __init__(
+        self, path: Path, truncate_after: int = 0, on_write: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.path = path
+        self.on_write = on_write
         self.rows: list[dict[str, Any]] = []
         if path.exists() and truncate_after > 0:
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -38,6 +42,8 @@ class MetricsLog:
         self.rows.append(row)
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+        if self.on_write is not None:
+            self.on_write(row)
 
 
 def peak_rss_mb() -> float:

@@ -1,0 +1,32 @@
+"""What ``tunesmith sweep`` takes: kept apart from the study so the command line parser loads no Optuna."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SAMPLERS = ("tpe", "random", "grid")
+PRUNERS = ("median", "halving", "none")
+
+
+@dataclass
+class SweepOptions:
+    """What ``tunesmith sweep`` takes (see ``tunesmith sweep --help``)."""
+
+    config: str | Path
+    space: str | Path
+    trials: int | None = None
+    """The study's total trials; None: the grid's size (grid sampler) or 10."""
+    timeout: float | None = None
+    """Seconds for this worker; the trial in flight at the limit finishes."""
+    sampler: str = "tpe"
+    storage: str | None = None
+    objectives: list[str] = field(default_factory=lambda: ["val_loss"])
+    directions: list[str] | None = None
+    pruner: str = "median"
+    prune_after: int = 2
+    """Trials that finish before the pruner may stop one (its view of a typical trial)."""
+    out: str | Path | None = None
+    study_name: str | None = None
+    seed: int | None = None
+    overrides: list[str] = field(default_factory=list)
