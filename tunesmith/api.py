@@ -54,15 +54,17 @@ def predict(
     out: str | Path,
     fmt: str = "auto",
     index: str | Path | None = None,
-    k: int = 4,
+    k: int | None = None,
+    use_run_index: bool = True,
 ) -> Path:
     """One prediction per input row, in input order: generated text, or the label for classification.
 
     Inputs, formats (``auto``, ``jsonl``, ``text``, ``labels``) and rules: see
     :func:`tunesmith.pipelines.lm.predict` (generation and label-word runs); heads and feature extraction
-    have their own, with the same formats.
+    have their own, with the same formats. ``index``/``k``: retrieve into each prompt; without them a run
+    whose config names ``rag.index`` retrieves from it (``use_run_index=False`` turns that off).
     """
-    return registry.predict(run_dir, data, out, fmt, index=index, k=k)
+    return registry.predict(run_dir, data, out, fmt, index=index, k=k, use_run_index=use_run_index)
 
 
 __all__ = ["LoopHooks", "evaluate", "predict", "read_run_config", "train", "write_predictions"]

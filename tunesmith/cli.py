@@ -66,7 +66,15 @@ def _predict(args: argparse.Namespace) -> int:
     from tunesmith.api import predict  # deferred: `tunesmith --help` loads no model stack
 
     # auto: a .txt output is one label id per line (classification) or one answer per line; else JSONL
-    path = predict(args.run_dir, data=args.data, out=args.out, fmt=args.format, index=args.index, k=args.k)
+    path = predict(
+        args.run_dir,
+        data=args.data,
+        out=args.out,
+        fmt=args.format,
+        index=args.index,
+        k=args.k,
+        use_run_index=not args.no_index,
+    )
     print(f"tunesmith: predictions written to {path}")
     return 0
 
@@ -74,7 +82,13 @@ def _predict(args: argparse.Namespace) -> int:
 def _chat(args: argparse.Namespace) -> int:
     from tunesmith.serve.chat import chat_loop  # deferred: `tunesmith --help` loads no command
 
-    chat_loop(args.run_dir, max_new_tokens=args.max_new_tokens, index=args.index, k=args.k)
+    chat_loop(
+        args.run_dir,
+        max_new_tokens=args.max_new_tokens,
+        index=args.index,
+        k=args.k,
+        use_run_index=not args.no_index,
+    )
     return 0
 
 
@@ -88,6 +102,16 @@ def _demo(args: argparse.Namespace) -> int:
     if not isinstance(result.get("passed"), bool):  # no verdict is an error, never a pass
         raise RunError("the demo's result has no pass/fail verdict ('passed'); see demo_result.json")
     return 0 if result["passed"] else 1
+
+
+def _add_index_args(p: argparse.ArgumentParser, into: str) -> None:
+    p.add_argument(
+        "--index",
+        help=f"a `tunesmith rag index` to retrieve chunks into {into} (RAG / RAFT); default: the run's "
+        "rag.index, if its config names one",
+    )
+    p.add_argument("-k", type=int, help="chunks retrieved per question (default: the run's rag.k, 4)")
+    p.add_argument("--no-index", action="store_true", help="do not retrieve, even if the run names rag.index")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,15 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         "inside an answer written as \\n, backslashes as \\\\); jsonl: {'prediction': ...} rows, or "
         "labels with probabilities; auto: labels (classification) or text for a .txt --out, else jsonl",
     )
-    p.add_argument("--index", help="a `tunesmith rag index`: retrieve chunks into each prompt (RAG / RAFT)")
-    p.add_argument("-k", type=int, default=4, help="chunks retrieved per question with --index (default 4)")
+    _add_index_args(p, "each prompt")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("chat", help="chat with a run's model in the terminal")
     p.add_argument("run_dir")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--index", help="a `tunesmith rag index`: retrieve chunks into each question")
-    p.add_argument("-k", type=int, default=4, help="chunks retrieved per question with --index")
+    _add_index_args(p, "each question")
     p.set_defaults(func=_chat)
 
     p = sub.add_parser("demo", help="the store-assistant demo: generate data, LoRA-tune, show before/after")

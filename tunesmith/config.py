@@ -385,6 +385,15 @@ class GatesConfig(Strict):
     """Fail the run when tuned minus the best in-context baseline (primary metric, validation) is below it."""
 
 
+class RagConfig(Strict):
+    index: str | None = None
+    """A ``tunesmith rag index`` directory this run answers from (a RAFT run: the index its rows were built
+    on). ``predict``, ``chat`` and ``serve`` on the run retrieve from it unless given ``--index`` or
+    ``--no-index``; relative paths are read from the working directory, as ``data.train`` is."""
+    k: int = Field(4, ge=1)
+    """Chunks retrieved per question from ``rag.index`` (a ``-k`` / ``--rag-k`` on the command wins)."""
+
+
 class StageConfig(Strict):
     name: str
     """Stage name: its directory ``stages/<NN>-<name>/`` and its row and column in the forgetting matrix."""
@@ -426,6 +435,8 @@ class RunConfig(Strict):
     """What training optimises: sft, reward, dpo (+ variants) or grpo (tunesmith/objective.py)."""
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    rag: RagConfig = RagConfig()
+    """Retrieval at inference: the index the run belongs to (docs/raft.md)."""
     gates: GatesConfig = GatesConfig()
     """Quality gates; a violated gate marks the run failed and ``tunesmith train`` exits 3."""
     tracking: list[Literal["mlflow", "tensorboard"]] = Field(default_factory=list)

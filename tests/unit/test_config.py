@@ -97,3 +97,11 @@ def test_docs_config_reference_is_current():
     assert reference_markdown() in docs, (
         "regenerate the table in docs/config.md from tunesmith.config.reference_markdown()"
     )
+
+
+def test_the_rag_section_records_the_index_and_checks_k():
+    cfg = load_config(None, ["rag.index=work/idx", "rag.k=2"])
+    assert (cfg.rag.index, cfg.rag.k) == ("work/idx", 2)
+    assert load_config(None, []).rag.model_dump() == {"index": None, "k": 4}
+    with pytest.raises(ConfigError, match=r"rag\.k: Input should be greater than or equal to 1 \(got 0\)"):
+        load_config(None, ["rag.k=0"])

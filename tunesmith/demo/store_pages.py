@@ -12,7 +12,7 @@ import random
 import re
 from typing import Any
 
-from tunesmith.demo.catalogue import ATTRIBUTES, PRODUCT_TYPES, Catalogue, Product
+from tunesmith.demo.catalogue import ANSWER_TEMPLATES, ATTRIBUTES, PRODUCT_TYPES, Catalogue, Product
 
 PAGE = (
     "{name}\n\n"
@@ -71,4 +71,28 @@ def raft_source_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {"question": question, "answer": answer, "oracle": doc_id(str(product)), "value": row["value"]}
         )
+    return out
+
+
+def training_source_rows(chat_rows: list[dict[str, Any]], catalogue: Catalogue) -> list[dict[str, Any]]:
+    """``data raft`` source rows for the demo's training chats (``train.jsonl`` rows, which do not name their
+    product), so RAFT trains on exactly the questions SFT does: the product is the one whose name the
+    question contains; ``value`` is that fact's value (the answer sentence's attribute).
+
+    Raises:
+        ValueError: a question names no product or several (a replay row: generate with ``replay=False``).
+    """
+    out = []
+    for row in chat_rows:
+        question, answer = row["messages"][0]["content"], row["messages"][1]["content"]
+        named = [p for p in catalogue.products if p.name in question]
+        if len(named) != 1:
+            raise ValueError(f"{question!r} names {len(named)} products, not one")
+        product = named[0]
+        (value,) = [
+            product.values[a]
+            for a in ATTRIBUTES
+            if ANSWER_TEMPLATES[a].format(product=product.name, value=product.values[a]) == answer
+        ]
+        out.append({"question": question, "answer": answer, "oracle": doc_id(product.name), "value": value})
     return out

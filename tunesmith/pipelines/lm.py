@@ -35,6 +35,7 @@ from tunesmith.pipelines.base import (
     seed_everything,
     write_predictions,
 )
+from tunesmith.rag.retrieve import given_chunks
 from tunesmith.runs import RunDir, Summary, save_trained
 from tunesmith.train.loop import train_loop
 
@@ -266,7 +267,8 @@ def _predict_answers(
     if fmt == "labels":  # before loading and generating anything
         raise ConfigError(LABELS_NEED_CLASSIFICATION)
     inputs = read_prompts(data)  # bad rows stop here, before the model loads
-    retrieved: list[list[str] | None] = [None] * len(inputs)
+    # Inputs that already are retrieval prompts (`rag contexts`) name their chunks: rows report them too.
+    retrieved = [None if ex is None else given_chunks(ex) for ex in inputs]
     if index is not None:  # retrieval before the prefix: training rendered the RAFT prompt, then prefixed it
         # deferred: bm25s loads only for predictions that retrieve
         from tunesmith.rag.index import BM25Index
@@ -282,7 +284,7 @@ def _predict_answers(
     asked = [ex for ex in inputs if ex is not None]
     answers = iter(predict_texts(model, tokenizer, Split(asked, [], []), cfg) if asked else [])
     rows: list[dict[str, Any]] = [{"prediction": "" if ex is None else next(answers)} for ex in inputs]
-    if index is not None:
+    if index is not None or any(ids is not None for ids in retrieved):
         for row, ids in zip(rows, retrieved, strict=True):
             row["retrieved"] = ids or []
     return write_predictions(out, rows, fmt)

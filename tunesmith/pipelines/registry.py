@@ -18,6 +18,7 @@ from tunesmith.config import RunConfig
 from tunesmith.errors import ConfigError
 from tunesmith.pipelines import features, head, lm, preference, reward, rl, staged
 from tunesmith.pipelines.base import Pipeline
+from tunesmith.rag.retrieve import run_index
 from tunesmith.runs import Summary, read_run_config
 from tunesmith.train.hooks import LoopHooks
 
@@ -76,13 +77,17 @@ def predict(
     out: str | Path,
     fmt: str = "auto",
     index: str | Path | None = None,
-    k: int = 4,
+    k: int | None = None,
+    use_run_index: bool = True,
 ) -> Path:
     """One prediction per input row of ``data`` into ``out``, by the kind the run trained as; ``index``
-    (generation runs only) retrieves ``k`` chunks into each prompt first."""
-    kind_predict = PREDICT.get(kind_of(read_run_config(run_dir)))
+    (generation runs only; default the run's ``rag.index`` unless ``use_run_index`` is False) retrieves
+    ``k`` (default ``rag.k``) chunks into each prompt first."""
+    cfg = read_run_config(run_dir)
+    kind_predict = PREDICT.get(kind_of(cfg))
+    index, k = run_index(cfg, index, k, use_run_index)
     if index is None:
         return (kind_predict or lm.predict)(run_dir, data, out, fmt)
     if kind_predict is not None:
-        raise ConfigError("--index retrieves context for generation (lm) runs only")
+        raise ConfigError("--index (or rag.index) retrieves context for generation (lm) runs only")
     return lm.predict(run_dir, data, out, fmt, index=index, k=k)

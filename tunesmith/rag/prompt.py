@@ -7,6 +7,7 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from tunesmith.rag.chunk import Chunk
@@ -23,6 +24,17 @@ def render_rag_prompt(question: str, chunks: Sequence[Chunk]) -> str:
     """The user turn for ``question`` with ``chunks`` in the given order, each headed by its chunk id."""
     docs = "\n\n".join(f"[{c.id}]\n{c.text}" for c in chunks)
     return f"{INSTRUCTION}\n\n{docs}\n\nQuestion: {question.strip()}"
+
+
+def is_rag_prompt(text: str) -> bool:
+    """True when ``text`` is already a rendered retrieval prompt (``rag contexts`` writes them)."""
+    return text.startswith(f"{INSTRUCTION}\n\n") and "\n\nQuestion: " in text
+
+
+def chunk_ids_of(prompt: str) -> list[str]:
+    """The chunk ids a rendered retrieval prompt holds, in order (the ``[id]`` heading each chunk)."""
+    body = prompt[len(INSTRUCTION) : prompt.rfind("\n\nQuestion: ")]
+    return re.findall(r"\n\n\[([^\]\n]+)\]\n", body)
 
 
 def render_raft_answer(quote: str, answer: str) -> str:

@@ -75,9 +75,11 @@ class ServeSettings:
     """Requests per batched forward; 1 turns dynamic batching off."""
     batch_wait_ms: float = 5.0
     index: Any = None
-    """A loaded ``tunesmith.rag.index.BM25Index``: chat questions get its top ``rag_k`` chunks in the prompt
-    shape ``data raft`` trains on, and the response lists their ids under ``retrieved``."""
-    rag_k: int = 4
+    """A loaded ``tunesmith.rag.index.BM25Index`` (``--index``): chat questions to every model get its top
+    ``rag_k`` chunks in the prompt shape ``data raft`` trains on, and the response lists their ids under
+    ``retrieved``. Without it, a run whose config names ``rag.index`` retrieves from that one."""
+    rag_k: int | None = None
+    """Chunks per question; None: the served run's ``rag.k``."""
     jobs_workers: int = 1
     """Fine-tuning jobs trained at once (worker processes), when the jobs API is on."""
 
@@ -220,17 +222,20 @@ class _Api:
         return scores.probabilities
 
 
-def _retrieve_into(messages: list[dict[str, Any]], settings: ServeSettings) -> list[str] | None:
-    """With an index, replace the last user turn by the retrieval prompt; the retrieved chunk ids."""
-    if settings.index is None:
+def _retrieve_into(
+    messages: list[dict[str, Any]], settings: ServeSettings, served: ServedModel
+) -> list[str] | None:
+    """With an index (``--index``, else the run's ``rag.index``), replace the last user turn by the retrieval
+    prompt; the retrieved chunk ids."""
+    index = settings.index if settings.index is not None else served.index
+    if index is None:
         return None
-    from tunesmith.rag.index import retrieve_prompt  # deferred: bm25s loads only for a server with --index
+    from tunesmith.rag.index import retrieve_prompt  # deferred: bm25s loads only for a server that retrieves
 
+    k = served.rag_k if settings.rag_k is None else settings.rag_k
     for message in reversed(messages):
         if message.get("role") == "user":
-            message["content"], ids = retrieve_prompt(
-                settings.index, str(message.get("content") or ""), settings.rag_k
-            )
+            message["content"], ids = retrieve_prompt(index, str(message.get("content") or ""), k)
             return ids
     return []
 
@@ -244,7 +249,7 @@ def _chat_prompt(
     if not getattr(tokenizer, "chat_template", None):
         raise p.APIError(400, f"`{served.id}` has no chat template; use /v1/completions", param="model")
     messages = p.message_dicts(req.messages, served.system_prompt)
-    retrieved = _retrieve_into(messages, settings)
+    retrieved = _retrieve_into(messages, settings, served)
     try:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except Exception as err:  # jinja errors, unknown roles: the messages cannot be rendered

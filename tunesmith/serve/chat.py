@@ -6,19 +6,27 @@ from pathlib import Path
 
 from tunesmith.infer.generate import generate_texts
 from tunesmith.methods import load_trained
+from tunesmith.rag.retrieve import run_index
+from tunesmith.runs import read_run_config
 
 
 def chat_loop(
-    run_dir: str | Path, max_new_tokens: int = 128, index: str | Path | None = None, k: int = 4
+    run_dir: str | Path,
+    max_new_tokens: int = 128,
+    index: str | Path | None = None,
+    k: int | None = None,
+    use_run_index: bool = True,
 ) -> None:
     """Read a line, answer with the tuned model, keep the conversation; empty line or Ctrl-D ends.
 
-    With ``index`` each question is asked in the retrieval prompt over its top-``k`` chunks (the shape
-    ``data raft`` trains on) and the chunk ids are printed with the answer.
+    With ``index`` (default: the run's ``rag.index`` unless ``use_run_index`` is False) each question is
+    asked in the retrieval prompt over its top-``k`` (default ``rag.k``) chunks (the shape ``data raft``
+    trains on) and the chunk ids are printed with the answer.
     """
+    index, k = run_index(read_run_config(run_dir), index, k, use_run_index)
     loaded = None
-    if index is not None:
-        from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only with --index
+    if index is not None:  # loaded before the model: a wrong path should fail in milliseconds
+        from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only with an index
 
         loaded = BM25Index.load(index)
     model, tokenizer, cfg = load_trained(run_dir)

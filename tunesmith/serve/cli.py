@@ -45,9 +45,16 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--jobs-dir", help="database, uploads and job runs (default: <tunesmith home>/jobs)")
     p.add_argument("--jobs-workers", type=int, default=1, help="fine-tuning jobs trained at once")
     p.add_argument(
-        "--index", help="a `tunesmith rag index`: chat answers retrieve from it (ids in `retrieved`)"
+        "--index",
+        help="a `tunesmith rag index`: chat answers of every model retrieve from it (ids in `retrieved`); "
+        "default: each run's own rag.index, if its config names one",
     )
-    p.add_argument("--rag-k", type=int, default=4, help="chunks retrieved per chat question with --index")
+    p.add_argument(
+        "--rag-k", type=int, help="chunks retrieved per chat question (default: the run's rag.k, 4)"
+    )
+    p.add_argument(
+        "--no-index", action="store_true", help="do not retrieve from the index a run's rag.index names"
+    )
     p.set_defaults(func=run_serve)
 
 
@@ -86,7 +93,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only with --index
 
         index = BM25Index.load(args.index)
-    registry = load_registry(args.sources)
+    registry = load_registry(args.sources, use_run_index=not args.no_index)
     settings = ServeSettings(
         api_keys=keys,
         max_body_bytes=args.max_body_bytes,
@@ -99,7 +106,8 @@ def run_serve(args: argparse.Namespace) -> int:
         jobs_workers=args.jobs_workers,
     )
     for served in registry.models.values():
-        print(f"tunesmith: serving {served.id!r} ({served.kind}, {served.task}) from {served.source}")
+        rag = " (retrieves from its rag.index)" if served.index is not None and index is None else ""
+        print(f"tunesmith: serving {served.id!r} ({served.kind}, {served.task}) from {served.source}{rag}")
     print(f"tunesmith: {len(registry.bases)} model(s) in memory; API at http://{args.host}:{args.port}/v1")
     jobs_root = None
     if args.jobs:

@@ -61,6 +61,11 @@ class ServedModel:
     system_prompt: str | None = None
     label_prompt: str = "Classify the text.\nText: {text}\nLabel:"
     context_length: int = 2048
+    index: Any = None
+    """The run's ``rag.index`` loaded (a ``BM25Index``): chat questions retrieve from it unless the server
+    was given ``--index`` (which wins) or ``--no-index``."""
+    rag_k: int = 4
+    """The run's ``rag.k``: chunks per question unless ``--rag-k`` is given."""
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -152,11 +157,13 @@ def _attach_adapter(base: LoadedBase, adapter_dir: Path, run_id: str) -> str:
 
 
 class _Loader:
-    """Loads sources one by one, reusing bases already in memory."""
+    """Loads sources one by one, reusing bases already in memory; ``use_run_index``: load the index a run's
+    ``rag.index`` names."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, use_run_index: bool = True) -> None:
         self.registry = registry
         self.tokenizers: dict[str, Any] = {}
+        self.use_run_index = use_run_index
 
     def base(self, name: str, dtype: str = "auto", trust_remote_code: bool = False) -> LoadedBase:
         key = base_key(name)
@@ -218,7 +225,12 @@ class _Loader:
             system_prompt=cfg.data.system_prompt,
             label_prompt=cfg.data.label_prompt,
             context_length=context_length(base.model, tokenizer),
+            rag_k=cfg.rag.k,
         )
+        if cfg.rag.index and self.use_run_index:
+            from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only for runs that retrieve
+
+            served.index = BM25Index.load(cfg.rag.index)
         if task == "classification" and not served.label_names:
             raise RunError(f"{run_dir} is a classification run but data_report.json lists no label_names")
         self.registry.add(served)
@@ -238,12 +250,13 @@ def hot_load_run(registry: Registry, run_dir: Path, served_id: str) -> None:
         loader.add_run(run_dir, served_id)
 
 
-def load_registry(sources: list[str]) -> Registry:
+def load_registry(sources: list[str], use_run_index: bool = True) -> Registry:
     """Load every source once; runs on the same base share it (one copy in memory, one adapter each).
 
     Args:
         sources: run directories (``config.yaml`` + ``adapter/`` or ``model/``), exported model directories
             (``config.json`` + safetensors), or ``default``.
+        use_run_index: load the index each run's ``rag.index`` names (False: ``--no-index``).
 
     Raises:
         ConfigError: no sources, a missing path, or two sources with the same directory name.
@@ -252,7 +265,7 @@ def load_registry(sources: list[str]) -> Registry:
     if not sources:
         raise ConfigError("give at least one model to serve: a run directory, a model directory or `default`")
     registry = Registry()
-    loader = _Loader(registry)
+    loader = _Loader(registry, use_run_index)
     for source in sources:
         path = Path(source).expanduser()
         if source == DEFAULT_MODEL:

@@ -1,7 +1,7 @@
 """The store catalogue as a retrieval corpus: pages hold every value, decoys are near-named and wrong."""
 
-from tunesmith.demo.catalogue import ATTRIBUTES, build_catalogue
-from tunesmith.demo.store_pages import doc_id, raft_source_rows, store_documents
+from tunesmith.demo.catalogue import ATTRIBUTES, build_catalogue, generate_demo_data
+from tunesmith.demo.store_pages import doc_id, raft_source_rows, store_documents, training_source_rows
 from tunesmith.rag.chunk import chunk_documents
 from tunesmith.rag.index import BM25Index
 
@@ -42,3 +42,26 @@ def test_raft_source_rows_point_at_the_page_that_bm25_finds():
         "value": "v",
     }
     assert index.search(row["question"], k=1)[0][0].doc_id == row["oracle"]
+
+
+def test_training_chats_become_raft_source_rows_for_their_own_product(tmp_path):
+    import json
+
+    import pytest
+
+    catalogue = build_catalogue(seed=0, n_products=3)
+    paths = generate_demo_data(tmp_path, seed=0, n_products=3, replay=False)
+    chats = [json.loads(line) for line in paths.train.read_text().splitlines()]
+    rows = training_source_rows(chats, catalogue)
+    facts = {
+        (f["product"], f["answer"]): f["value"] for f in map(json.loads, paths.facts.read_text().splitlines())
+    }
+    assert len(rows) == len(chats)
+    for chat, row in zip(chats, rows, strict=True):
+        (product,) = [p for p in catalogue.products if p.name in chat["messages"][0]["content"]]
+        assert row["oracle"] == doc_id(product.name)
+        assert row["value"] == facts[(product.name, chat["messages"][1]["content"])]
+    with pytest.raises(ValueError, match="names 0 products, not one"):
+        training_source_rows(
+            [{"messages": [{"content": "Capital of France?"}, {"content": "Paris."}]}], catalogue
+        )

@@ -269,3 +269,101 @@ def test_predict_with_an_index_asks_the_raft_prompt_and_returns_chunk_ids(gen_ru
     assert row["retrieved"] == ["birch#0"]  # "aster" shares no term with the question
     # what the model was asked: the training shape of `data raft`, then the run's prefix, as in training
     assert row["prediction"] == PREFIX + render_rag_prompt("How much is the Birch lamp?", chunks[:1])
+
+
+def _with_rag(run_dir, tmp_path, index, k):
+    """A copy of ``run_dir`` whose config.yaml records ``rag.index`` and ``rag.k``, as a RAFT run's does."""
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "rag-run"
+    shutil.copytree(run_dir, copy)
+    cfg = yaml.safe_load((copy / "config.yaml").read_text())
+    assert cfg["rag"] == {"index": None, "k": 4}  # every run records the section, defaults written out
+    cfg["rag"] = {"index": str(index), "k": k}
+    (copy / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return copy
+
+
+def _two_indexes(tmp_path):
+    """`idx`: two store chunks (returned); `other`: one chunk of another document."""
+    from tunesmith.rag.chunk import Chunk
+    from tunesmith.rag.index import BM25Index
+
+    lamps = [Chunk("birch#0", "birch", "The Birch lamp costs 42 euros."), Chunk("aster#0", "aster", "Teal.")]
+    other = [Chunk("lamp-faq#0", "lamp-faq", "Every Birch lamp ships in a box.")]
+    BM25Index(lamps).save(tmp_path / "idx")
+    BM25Index(other).save(tmp_path / "other")
+    return lamps
+
+
+def test_predict_retrieves_from_the_index_the_run_records_unless_told_otherwise(gen_run, tmp_path, echo):
+    from tunesmith.rag.prompt import render_rag_prompt
+
+    lamps = _two_indexes(tmp_path)
+    run_dir = _with_rag(gen_run[0], tmp_path, tmp_path / "idx", 1)
+    question = "How much is the Birch lamp?"
+    data = _jsonl(tmp_path / "q.jsonl", [{"prompt": question}])
+
+    def ask(*args, **kwargs):
+        out = predict(run_dir, data, tmp_path / "a.jsonl", *args, **kwargs)
+        return [json.loads(x) for x in out.read_text().splitlines()]
+
+    # no --index: the run's rag.index with its rag.k (1)
+    assert ask() == [
+        {"prediction": PREFIX + render_rag_prompt(question, lamps[:1]), "retrieved": ["birch#0"]}
+    ]
+    # an explicit index wins over the recorded one; an explicit k over rag.k
+    assert ask(index=tmp_path / "other", k=3)[0]["retrieved"] == ["lamp-faq#0"]
+    assert ask(k=2)[0]["retrieved"] == ["birch#0"]  # "aster" shares no term with the question
+    # --no-index: closed-book, no `retrieved`
+    assert ask(use_run_index=False) == [{"prediction": PREFIX + question}]
+
+
+def test_prompts_that_already_hold_chunks_are_not_retrieved_into_again(gen_run, tmp_path, echo):
+    from tunesmith.rag.prompt import render_rag_prompt
+
+    lamps = _two_indexes(tmp_path)
+    run_dir = _with_rag(gen_run[0], tmp_path, tmp_path / "idx", 1)
+    given = render_rag_prompt("Aster colour?", lamps[::-1])  # what `rag contexts` writes: aster#0, birch#0
+    data = _jsonl(tmp_path / "q.jsonl", [{"messages": [_user(given)]}, {"prompt": "Birch lamp?"}])
+    expected = [
+        {"prediction": PREFIX + given, "retrieved": ["aster#0", "birch#0"]},
+        {"prediction": PREFIX + render_rag_prompt("Birch lamp?", lamps[:1]), "retrieved": ["birch#0"]},
+    ]
+    out = predict(run_dir, data, tmp_path / "a.jsonl")
+    assert [json.loads(x) for x in out.read_text().splitlines()] == expected
+    # without any index too: the chunk ids come from the prompt, so `rag compare` can score recall@k
+    out = predict(run_dir, data, tmp_path / "b.jsonl", use_run_index=False)
+    assert [json.loads(x) for x in out.read_text().splitlines()] == [
+        expected[0],
+        {"prediction": PREFIX + "Birch lamp?", "retrieved": []},
+    ]
+
+
+def test_chat_and_the_predict_command_use_the_recorded_index(gen_run, tmp_path, echo, monkeypatch, capsys):
+    import tunesmith.serve.chat as chat_module
+    from tunesmith.rag.prompt import render_rag_prompt
+
+    lamps = _two_indexes(tmp_path)
+    run_dir = _with_rag(gen_run[0], tmp_path, tmp_path / "idx", 1)
+    data = _jsonl(tmp_path / "q.jsonl", [{"prompt": "Birch lamp?"}])
+    for flags, retrieved in (
+        ([], ["birch#0"]),
+        (["--no-index"], None),
+        (["--index", str(tmp_path / "other")], ["lamp-faq#0"]),
+    ):
+        argv = ["predict", str(run_dir), "--data", str(data), "--out", str(tmp_path / "c.jsonl"), *flags]
+        args = cli.build_parser().parse_args(argv)
+        assert args.func(args) == 0
+        (row,) = [json.loads(x) for x in (tmp_path / "c.jsonl").read_text().splitlines()]
+        assert row.get("retrieved") == retrieved
+    lines = iter(["Birch lamp?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(lines))
+    asked = []
+    monkeypatch.setattr(chat_module, "generate_texts", lambda m, t, ids, **kw: asked.extend(ids) or ["42"])
+    chat_module.chat_loop(run_dir)
+    assert "[retrieved: birch#0]" in capsys.readouterr().out
+    tokenizer = load_trained(run_dir)[1]
+    assert render_rag_prompt("Birch lamp?", lamps[:1]) in tokenizer.decode(asked[0])

@@ -9,7 +9,15 @@ from tunesmith.cli import main
 from tunesmith.errors import DataError
 from tunesmith.rag.chunk import Chunk
 from tunesmith.rag.index import BM25Index, retrieve_prompt
-from tunesmith.rag.prompt import BEGIN_QUOTE, END_QUOTE, extract_quotes, question_of, render_rag_prompt
+from tunesmith.rag.prompt import (
+    BEGIN_QUOTE,
+    END_QUOTE,
+    chunk_ids_of,
+    extract_quotes,
+    is_rag_prompt,
+    question_of,
+    render_rag_prompt,
+)
 from tunesmith.rag.raft import RaftSettings, build_raft_rows
 
 NAMES = ["Velmora", "Quorrin", "Tavrin", "Fenwyr", "Caldris", "Zorvik"]
@@ -58,6 +66,14 @@ def test_the_training_prompt_is_the_inference_prompt_for_the_same_chunks():
     prompt, ids = retrieve_prompt(index, "What does the Tavrin jacket cost?", k=2)
     assert ids[0] == "tavrin#0"
     assert prompt == render_rag_prompt("What does the Tavrin jacket cost?", [index.chunk(i) for i in ids])
+
+
+def test_a_rendered_prompt_names_its_chunks_and_a_question_does_not():
+    prompt = render_rag_prompt("What does the Tavrin jacket cost?", [CORPUS[2], CORPUS[0]])
+    assert is_rag_prompt(prompt) and chunk_ids_of(prompt) == ["tavrin#0", "velmora#0"]
+    assert chunk_ids_of(render_rag_prompt("q?", [])) == []
+    assert not is_rag_prompt("What does the Tavrin jacket cost?")
+    assert not is_rag_prompt("Answer the question using the documents below.")  # no chunks, no question
 
 
 def test_quote_markers_round_trip():

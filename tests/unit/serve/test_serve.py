@@ -580,3 +580,46 @@ def test_chat_with_an_index_answers_from_the_raft_prompt_and_lists_chunk_ids(env
     assert status == 200 and resp["retrieved"] == ["birch#0"]
     asked = render_rag_prompt("Birch lamp price?", chunks[:1])
     assert resp["choices"][0]["message"]["content"].strip() == _reference_chat(env, "chat-run", asked, 8)
+
+
+def test_a_run_that_records_rag_index_retrieves_from_it_unless_the_server_says_otherwise(env, tmp_path):
+    import shutil
+
+    import yaml
+
+    from tunesmith.rag.chunk import Chunk
+    from tunesmith.rag.index import BM25Index
+    from tunesmith.rag.prompt import render_rag_prompt
+
+    run_dir = tmp_path / "raft-run"
+    shutil.copytree(env.runs / "chat-run", run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg["rag"] = {"index": str(tmp_path / "idx"), "k": 1}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    chunks = [
+        Chunk("birch#0", "birch", "The Birch lamp costs 42 euros."),
+        Chunk("oak#0", "oak", "Birch oak."),
+    ]
+    BM25Index(chunks).save(tmp_path / "idx")
+    registry = load_registry([str(run_dir)])
+    assert registry.models["raft-run"].rag_k == 1 and len(registry.models["raft-run"].index.chunks) == 2
+    assert load_registry([str(run_dir)], use_run_index=False).models["raft-run"].index is None
+    body = {"model": "raft-run", "messages": [{"role": "user", "content": "Birch lamp price?"}]}
+    body.update(max_tokens=8, temperature=0)
+    forced = BM25Index([Chunk("oak#0", "oak", "Birch oak.")])
+    answers = {}
+    for name, settings in (
+        ("run", ServeSettings(api_keys=(KEY,))),  # rag.index, rag.k = 1
+        ("k2", ServeSettings(api_keys=(KEY,), rag_k=2)),  # --rag-k wins over rag.k
+        ("forced", ServeSettings(api_keys=(KEY,), index=forced)),  # --index wins over rag.index
+    ):
+        with ServerThread(create_app(registry, settings), api_keys=(KEY,)) as server:
+            status, answers[name] = _http(server, "POST", "/v1/chat/completions", body)
+        assert status == 200
+    assert answers["run"]["retrieved"] == ["birch#0"]
+    assert answers["k2"]["retrieved"] == ["birch#0", "oak#0"]
+    assert answers["forced"]["retrieved"] == ["oak#0"]
+    asked = render_rag_prompt("Birch lamp price?", chunks[:1])
+    assert answers["run"]["choices"][0]["message"]["content"].strip() == _reference_chat(
+        env, "chat-run", asked, 8
+    )
