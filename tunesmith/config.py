@@ -564,17 +564,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config_from_dict(raw, "<defaults>" if path is None else str(path))
 
 
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """The parsed YAML of ``path``; a missing file or bad YAML is a ConfigError naming ``what``, the path."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
 def read_raw_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
     """The YAML mapping (``{}`` without a file) with ``overrides`` applied, not yet validated (a sweep
     keeps it to write ``best.yaml`` as the user wrote the config)."""
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        loaded = read_yaml_file(path, "config")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(loaded).__name__}")
         raw = loaded or {}

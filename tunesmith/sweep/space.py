@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from tunesmith.config import config_from_dict, format_errors, set_path
+from tunesmith.config import config_from_dict, format_errors, read_yaml_file, set_path
 from tunesmith.errors import ConfigError
 from tunesmith.schema import Strict
 
@@ -107,12 +106,7 @@ def grid_size(params: list[Param], space_file: str) -> int:
 def read_space(path: str | Path) -> list[Param]:
     """The parameters of a space file, in file order (not yet checked against a config: see
     :func:`check_space`)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"space file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_yaml_file(path, "space")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{path}: a space file maps config paths to distributions, e.g. train.lr: {{...}}")
     params = []
