@@ -17,26 +17,28 @@ class Tracker(Protocol):
         """The run raised: close the tracker's record as failed."""
 
 
-def numbers(tree: Any, prefix: str = "") -> dict[str, float]:
+def leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Every leaf of a JSON tree (nested dicts), keyed by its dotted path (``train.lr``)."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(leaves(value, f"{prefix}{key}."))
+    return out
+
+
+def numbers(tree: Any) -> dict[str, float]:
     """Every finite numeric leaf of a JSON tree, keyed by its dotted path (bools and strings left out)."""
-    if isinstance(tree, dict):
-        out: dict[str, float] = {}
-        for key, value in tree.items():
-            out.update(numbers(value, f"{prefix}{key}."))
-        return out
-    if isinstance(tree, bool) or not isinstance(tree, int | float) or not math.isfinite(tree):
-        return {}
-    return {prefix.rstrip("."): float(tree)}
+    return {
+        path: float(value)
+        for path, value in leaves(tree).items()
+        if not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    }
 
 
-def flat_params(tree: Any, prefix: str = "") -> dict[str, str]:
+def flat_params(tree: Any) -> dict[str, str]:
     """Every leaf of a config tree as text, keyed by its dotted path (``train.lr`` -> ``'0.0002'``)."""
-    if isinstance(tree, dict):
-        out: dict[str, str] = {}
-        for key, value in tree.items():
-            out.update(flat_params(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): str(tree)}
+    return {path: str(value) for path, value in leaves(tree).items()}
 
 
 def step_metrics(row: dict[str, Any]) -> tuple[int, dict[str, float]]:
