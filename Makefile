@@ -8,7 +8,7 @@ export TUNESMITH_HOME ?= $(CURDIR)/.tunesmith
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-bf16 test-all bench lint format clean
+.PHONY: demo test test-bf16 test-all chaos bench lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-bf16: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/pytest -q -m ''
+
+# The long fault-injection and soak variants (kill -9 at many points, server abuse): minutes, not seconds.
+chaos: $(STAMP)
+	$(BIN)/pytest -q -m chaos
 
 bench: $(STAMP)
 	# The TRL baseline for bench/bench_sft.py (optional group, not needed to use tunesmith).
