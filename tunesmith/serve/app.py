@@ -29,20 +29,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith.errors import DataError
 from tunesmith.serve import protocol as p
-from tunesmith.serve.batcher import (
-    Batcher,
-    Event,
-    Failed,
-    Finished,
-    Job,
-    SamplingParams,
-    Scores,
-    TextDelta,
-    classification_prompt,
-)
+from tunesmith.serve.batcher import Batcher, classification_prompt
 from tunesmith.serve.http import EventStream, Guard, Slots
 from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.models import Registry, ServedModel
+from tunesmith.serve.work import Event, Failed, Finished, Job, SamplingParams, Scores, TextDelta
 
 ROUTES = (
     "/v1/models",

@@ -1,221 +1,30 @@
-"""The model worker: one background thread owns every model and runs jobs in dynamic batches.
+"""The model worker: one background thread owns every model and runs every forward.
 
-Requests become jobs on a queue. The worker takes the oldest job, then waits up to ``wait_ms`` for more
-jobs for the SAME model id (another adapter means another set of weights, so never the same forward) and
-runs them as one left-padded ``model.generate``. While a batch runs, new requests queue up and form the next
-batch, so under load batches fill without any extra wait. On 2 CPU cores one forward at a time is also the
-fastest schedule: two concurrent forwards would only fight over the cores.
+Requests become jobs on a queue. Generation runs as continuous batching (:mod:`tunesmith.serve.decode`): the
+worker starts a decode batch with the oldest job plus, within ``wait_ms``, queued jobs for the SAME model id
+(another adapter means another set of weights, so never the same forward); between two decode steps it lets
+newly queued jobs of that model join, up to ``max_batch_size`` rows, and rows leave as they end. When the
+oldest queued job is for another model (or is a classification), nothing joins any more: the batch drains
+and that job goes next, so one busy model cannot starve the others. On 2 CPU cores one forward at a time is
+also the fastest schedule: two concurrent forwards would only fight over the cores.
 
-Each row of a batch keeps its own sampling settings: a logits processor draws every row's token with that
-row's temperature, top-p and seeded generator and hands ``generate`` a one-hot score, so its greedy step
-picks exactly that token. A stopping criterion sees each new token, streams the text, applies ``stop``
-strings and ``max_tokens``, and ends rows whose client went away.
+The model is activated (its adapter switched on) for each forward, not for the whole batch, so a hot-load on
+another thread waits one forward, not until a stream of requests ends.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from transformers import (
-    GenerationConfig,
-    LogitsProcessor,
-    LogitsProcessorList,
-    StoppingCriteria,
-    StoppingCriteriaList,
-)
 
 from tunesmith.data.formats import Example
 from tunesmith.data.render import render_prompt
-from tunesmith.infer.batching import collate
 from tunesmith.infer.generate import label_log_likelihoods, label_token_ids
+from tunesmith.serve.decode import DecodeBatch
 from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.models import ServedModel, activate
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    """0 means greedy."""
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-
-@dataclass
-class TextDelta:
-    text: str
-
-
-@dataclass
-class Finished:
-    finish_reason: str
-    """``stop`` (end of turn or a stop string), ``length`` (max_tokens) or ``cancelled``."""
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Scores:
-    probabilities: list[list[float]]
-
-
-@dataclass
-class Failed:
-    message: str
-
-
-Event = TextDelta | Finished | Scores | Failed
-
-
-@dataclass
-class Job:
-    """Work for the model thread; ``emit`` must be thread-safe (the app passes a call_soon_threadsafe)."""
-
-    served: ServedModel
-    emit: Callable[[Event], None]
-    prompt_ids: list[int] = field(default_factory=list)
-    params: SamplingParams | None = None
-    """Set for generation; None means classification: score the labels after each of ``prompts``."""
-    prompts: list[list[int]] = field(default_factory=list)
-    cancelled: bool = False
-
-    @property
-    def key(self) -> tuple[str, bool]:
-        return self.served.id, self.params is None
-
-
-class _Row:
-    """One generation in a batch: its sampler, its text so far and what has been streamed."""
-
-    def __init__(self, job: Job, eos_ids: set[int], on_done: Callable[[str, Finished], None]) -> None:
-        assert job.params is not None
-        self.job, self.params, self.eos_ids, self.on_done = job, job.params, eos_ids, on_done
-        seed = self.params.seed if self.params.seed is not None else random.getrandbits(63)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.ids: list[int] = []
-        self.text = ""
-        self.sent = 0
-        # A stop string may be half-generated at the end of the text: hold that much back from the stream.
-        self.hold = max((len(s) for s in self.params.stop), default=1) - 1
-        self.done: Finished | None = None
-
-    def pick(self, logits: torch.Tensor) -> int:
-        if self.params.temperature == 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits.float() / self.params.temperature, dim=-1)
-        ordered, order = probs.sort(descending=True)
-        # Nucleus: keep the most likely tokens until their mass reaches top_p (always at least one).
-        keep = (ordered.cumsum(0) - ordered) < self.params.top_p
-        choice = torch.multinomial(ordered * keep, 1, generator=self.generator)
-        return int(order[choice])
-
-    def push(self, token: int) -> None:
-        if self.job.cancelled:
-            self.finish("cancelled")
-            return
-        if token in self.eos_ids:
-            self.finish("stop")
-            return
-        self.ids.append(token)
-        self.text = self.job.served.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = min((i for i in (self.text.find(s) for s in self.params.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            self.text = self.text[:cut]
-            self.finish("stop")
-        elif len(self.ids) >= self.params.max_tokens:
-            self.finish("length")
-        else:
-            end = len(self.text) - self.hold
-            while end > self.sent and self.text[end - 1] == "\ufffd":  # an incomplete UTF-8 sequence
-                end -= 1
-            self._send(end)
-
-    def _send(self, end: int) -> None:
-        if end > self.sent:
-            self.job.emit(TextDelta(self.text[self.sent : end]))
-            self.sent = end
-
-    def finish(self, reason: str) -> None:
-        if self.done is not None:
-            return
-        self._send(len(self.text))
-        self.done = Finished(reason, self.text, len(self.job.prompt_ids), len(self.ids))
-        self.on_done(self.job.served.id, self.done)  # before the client hears of it: metrics stay consistent
-        self.job.emit(self.done)
-
-
-class _Sampler(LogitsProcessor):
-    """Draws each row's token with its own settings; returns scores whose argmax is that token."""
-
-    def __init__(self, rows: list[_Row]) -> None:
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        picks = [row.pick(scores[i]) if row.done is None else 0 for i, row in enumerate(self.rows)]
-        out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(len(picks)), torch.tensor(picks)] = 0.0
-        return out
-
-
-class _Stopper(StoppingCriteria):
-    """Feeds each row its newest token; a row is done at end of turn, a stop string, max_tokens or cancel."""
-
-    def __init__(self, rows: list[_Row]) -> None:
-        self.rows = rows
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        for row, token in zip(self.rows, input_ids[:, -1].tolist(), strict=True):
-            if row.done is None:
-                row.push(token)
-        return torch.tensor([row.done is not None for row in self.rows], device=input_ids.device)
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    return ids
-
-
-def _device(model: Any) -> torch.device:
-    param = next(iter(model.parameters()), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def run_generation(jobs: list[Job], on_done: Callable[[str, Finished], None] = lambda m, f: None) -> None:
-    """Generate for jobs of one model in a single left-padded ``generate``; emits events as tokens arrive.
-
-    ``on_done(model_id, finished)`` runs for each row as it finishes, just before its client is told.
-    """
-    served = jobs[0].served
-    tokenizer = served.tokenizer
-    with activate(served) as model:
-        rows = [_Row(job, _eos_ids(model, tokenizer), on_done) for job in jobs]
-        batch = collate([job.prompt_ids for job in jobs], None, tokenizer.pad_token_id, pad_left=True)
-        device = _device(model)
-        config = GenerationConfig(
-            max_new_tokens=max(row.params.max_tokens for row in rows),
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=sorted(rows[0].eos_ids) or None,
-        )
-        model.generate(
-            **{k: v.to(device) for k, v in batch.items()},
-            generation_config=config,
-            logits_processor=LogitsProcessorList([_Sampler(rows)]),
-            stopping_criteria=StoppingCriteriaList([_Stopper(rows)]),
-        )
-    for row in rows:
-        row.finish("cancelled" if row.job.cancelled else "length")
+from tunesmith.serve.work import Failed, Finished, Job, Scores
 
 
 def classification_prompt(served: ServedModel, text: str) -> list[int]:
@@ -240,12 +49,13 @@ def run_classification(jobs: list[Job]) -> None:
 
 
 class Batcher:
-    """Owns the models: one worker thread takes jobs off a queue and runs them in per-model batches.
+    """Owns the models: one worker thread takes jobs off a queue and runs them (generation continuously
+    batched).
 
     Args:
         metrics: where batch sizes, token counts and cancellations are recorded.
-        max_batch_size: most jobs per batch; 1 turns batching off.
-        wait_ms: how long the first job of a batch waits for company.
+        max_batch_size: most rows decoding together; 1 turns batching off.
+        wait_ms: how long the first job of a new batch waits for company.
     """
 
     def __init__(self, metrics: Metrics, max_batch_size: int = 8, wait_ms: float = 5.0) -> None:
@@ -256,6 +66,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._decoding: DecodeBatch | None = None
         metrics.queue_depth = lambda: len(self._pending)
 
     def start(self) -> None:
@@ -265,7 +76,8 @@ class Batcher:
             self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Ask the worker to exit after its current batch; queued jobs are failed, not left hanging."""
+        """Ask the worker to exit after its current forward; queued and running jobs are failed, not left
+        hanging."""
         with self._cond:
             self._stop = True
             left, self._pending = list(self._pending), deque()
@@ -280,6 +92,12 @@ class Batcher:
         with self._cond:
             self._pending.append(job)
             self._cond.notify_all()
+
+    def _take_live(self, jobs: list[Job]) -> list[Job]:
+        for job in jobs:
+            if job.cancelled:  # its client left while it waited
+                self.metrics.add_cancelled()
+        return [job for job in jobs if not job.cancelled]
 
     def _next_batch(self) -> list[Job]:
         """The oldest job plus, within the wait window, queued jobs for the same model (others keep order)."""
@@ -301,29 +119,65 @@ class Batcher:
                 if remaining <= 0 or self._stop:
                     break
                 self._cond.wait(remaining)
-            for job in batch:
-                if job.cancelled:  # its client left while it waited
-                    self.metrics.add_cancelled()
-            return [job for job in batch if not job.cancelled]
+            return self._take_live(batch)
+
+    def _joiners(self, decoding: DecodeBatch) -> list[Job]:
+        """Queued jobs that may join the running batch: same model, room left, and no other model waiting
+        at the head of the queue (then the batch drains instead)."""
+        with self._cond:
+            room = self.max_batch_size - len(decoding)
+            if room <= 0 or not self._pending or self._pending[0].key != decoding.key:
+                return []
+            joining = [job for job in self._pending if job.key == decoding.key][:room]
+            for job in joining:
+                self._pending.remove(job)
+        return self._take_live(joining)
 
     def _loop(self) -> None:
-        while not self._stop:
-            batch = self._next_batch()
-            if batch:
-                self._run(batch)
+        try:
+            while not self._stop:
+                if self._decoding is None:
+                    batch = self._next_batch()
+                    if not batch:
+                        continue
+                    if batch[0].params is None:
+                        self._classify(batch)
+                        continue
+                    self._decoding = DecodeBatch(batch[0].served, self._record)
+                    self._advance(batch)
+                else:
+                    self._advance(self._joiners(self._decoding))
+                if self._decoding is not None and not len(self._decoding):
+                    self._decoding = None
+        finally:
+            if self._decoding is not None:
+                self._decoding.fail("the server is shutting down")
+                self._decoding = None
 
     def _record(self, model_id: str, done: Finished) -> None:
         self.metrics.add_tokens(model_id, done.prompt_tokens, done.completion_tokens)
         if done.finish_reason == "cancelled":
             self.metrics.add_cancelled()
 
-    def _run(self, batch: list[Job]) -> None:
+    def _advance(self, joining: list[Job]) -> None:
+        """Splice ``joining`` into the running batch (one prefill), else run one decode step."""
+        decoding = self._decoding
+        assert decoding is not None
+        try:
+            with activate(decoding.served) as model:
+                if joining:
+                    self.metrics.observe_batch(decoding.admit(model, joining))
+                else:
+                    decoding.step(model)
+        except Exception as err:  # one bad batch must not kill the worker every other request depends on
+            for job in joining:
+                job.emit(Failed(f"{type(err).__name__}: {err}"))
+            decoding.fail(f"{type(err).__name__}: {err}")
+
+    def _classify(self, batch: list[Job]) -> None:
         self.metrics.observe_batch(len(batch))
         try:
-            if batch[0].params is None:
-                run_classification(batch)
-                return
-            run_generation(batch, self._record)
-        except Exception as err:  # one bad batch must not kill the worker every other request depends on
+            run_classification(batch)
+        except Exception as err:  # as in _advance: the worker outlives a bad batch
             for job in batch:
                 job.emit(Failed(f"{type(err).__name__}: {err}"))

@@ -39,7 +39,7 @@ class LoadedBase:
     model: Any
     adapters: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    """Held by a batch for its whole forward/generate and by an adapter load: attaching an adapter rewrites
+    """Held by the worker for each forward and by an adapter load: attaching an adapter rewrites
     the model's modules in place (PEFT injects LoRA layers), which a generation in flight must not see."""
 
 

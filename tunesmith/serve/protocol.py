@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from tunesmith.serve.batcher import Finished, SamplingParams
+from tunesmith.serve.work import Finished, SamplingParams
 
 MAX_STOP_SEQUENCES = 4
 

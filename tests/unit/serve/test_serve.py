@@ -3,7 +3,7 @@
 Served: a tiny random Llama base saved to disk, a chat LoRA run and a classification LoRA run on it (random,
 non-zero LoRA weights so each adapter changes the output). Greedy answers are compared with the reference
 path (``load_trained`` + ``generate_texts``), so a wrong adapter, template or padding shows up as a
-different text. Limits are tested against a slow fake model that the test releases token by token.
+different text. Limits are tested against a fake model that the test releases token by token.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny_llama
+from tests.unit.serve.fakes import FixedTokenModel
 from tunesmith.api import train
 from tunesmith.config import RunConfig, dump_config, load_config
 from tunesmith.errors import ConfigError
@@ -32,13 +33,14 @@ from tunesmith.models.loading import load_causal_lm
 from tunesmith.pipelines.scoring import reward_scorer
 from tunesmith.runs import load_trained
 from tunesmith.serve.app import ROUTES, ServeSettings, create_app
-from tunesmith.serve.batcher import Batcher, Finished, Job, SamplingParams, classification_prompt
+from tunesmith.serve.batcher import Batcher, classification_prompt
 from tunesmith.serve.cli import add_parser
 from tunesmith.serve.http import PUBLIC_ROUTES
 from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.models import LoadedBase, Registry, ServedModel, load_registry
 from tunesmith.serve.server import ServerThread, check_bind
 from tunesmith.serve.vllm import exec_vllm, vllm_command
+from tunesmith.serve.work import Finished, Job, SamplingParams
 
 KEY = "test-key-0123456789abcdef"
 LABELS = ["positive", "negative"]
@@ -457,28 +459,6 @@ def test_batcher_groups_same_model_jobs_and_left_pads_correctly(env):
     assert [done[i].text.strip() for i in range(3)] == expected
 
 
-class _SlowModel(torch.nn.Module):
-    """Emits one token at once, then one per ``gate`` release: the test decides when generation moves."""
-
-    def __init__(self, token: int) -> None:
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.config = SimpleNamespace(max_position_embeddings=512)
-        self.token, self.gate = token, threading.Event()
-
-    def generate(
-        self, input_ids, attention_mask, generation_config, logits_processor, stopping_criteria, **kw
-    ):
-        ids = input_ids
-        for step in range(generation_config.max_new_tokens):
-            if step and not self.gate.wait(timeout=30):
-                break
-            ids = torch.cat([ids, torch.full((ids.shape[0], 1), self.token)], dim=1)
-            if bool(stopping_criteria(ids, None).all()):
-                break
-        return ids
-
-
 def _wait_for(predicate, what):
     for _ in range(400):  # bounded: 20 s at most, normally a few milliseconds
         if predicate():
@@ -489,7 +469,7 @@ def _wait_for(predicate, what):
 
 def test_concurrency_cap_429_and_disconnect_frees_slot(default_tokenizer):
     token = default_tokenizer.encode("a", add_special_tokens=False)[0]
-    fake = _SlowModel(token)
+    fake = FixedTokenModel(token, gated=True)
     registry = Registry()
     registry.add(
         ServedModel("slow", "base", LoadedBase("slow", fake), default_tokenizer, "fake", context_length=512)
