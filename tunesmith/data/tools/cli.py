@@ -384,7 +384,13 @@ def _add_writing(sub: Any) -> None:
     p.add_argument("--keep-empty", action="store_true", help="do not drop rows with nothing to learn")
     p.add_argument("--min-chars", type=int, help="drop rows with fewer characters of text")
     p.add_argument("--max-chars", type=int, help="drop rows with more characters of text")
-    p.add_argument("--missing", choices=["drop", "fill"], default="drop", help="rows lacking a field")
+    p.add_argument(
+        "--missing",
+        choices=["drop", "fill"],
+        default="drop",
+        help='rows lacking a field: drop, or fill by field kind (prompt text "", metadata median / most '
+        "common; a missing answer or label always drops the row)",
+    )
     p.add_argument("--format", default="auto")
     p.set_defaults(func=_clean)
 
