@@ -56,6 +56,8 @@ MIN_FEEDBACK = 5
 BUCKETS = (60, 3600, 86400)
 """Trend bucket widths tried (seconds): the smallest that gives at most :data:`MAX_BUCKETS` buckets."""
 MAX_BUCKETS = 48
+_STAMP = {60: "%m-%d %H:%M", 3600: "%m-%d %H:00", 86400: "%Y-%m-%d"}
+"""How a bucket's start is written (UTC), per bucket width."""
 _REFUSAL = re.compile(
     r"\b(i\s*(?:can ?not|can't|cannot|won't|will not|am unable to|'m unable to|am not able to|'m not able to)"
     r"\s+(?:help|assist|provide|do|comply|share|answer|give)"
@@ -101,7 +103,7 @@ def trends(
     mean = lambda xs: round(float(np.mean(xs)), 4) if xs else None  # noqa: E731 - a local formatter
     return [
         {
-            "start": time.strftime("%Y-%m-%d %H:%M", time.gmtime(b * width)),
+            "start": time.strftime(_STAMP[width], time.gmtime(b * width)),
             "bucket_s": width,
             "requests": len(r["len"]),
             "input_tokens_mean": mean(r["len"]),
