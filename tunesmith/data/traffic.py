@@ -106,9 +106,12 @@ def _key(row: dict[str, Any]) -> tuple[str, int]:
 
 
 def _pairs(rated: list[tuple[dict[str, Any], float]]) -> list[tuple[str, str]]:
-    """(chosen, rejected) outputs among answers to one prompt: every good one against every bad one."""
-    good = [c["output"] for c, s in rated if s >= GOOD]
-    bad = [c["output"] for c, s in rated if s <= BAD]
+    """(chosen, rejected) outputs among answers to one prompt: every good one against every bad one.
+
+    An empty answer is no training signal (and preference readers refuse it): it pairs with nothing.
+    """
+    good = [c["output"] for c, s in rated if s >= GOOD and c["output"].strip()]
+    bad = [c["output"] for c, s in rated if s <= BAD and c["output"].strip()]
     return [(g, b) for g in dict.fromkeys(good) for b in dict.fromkeys(bad) if g != b]
 
 
@@ -137,7 +140,7 @@ def feedback_rows(
         correction = (row.get("correction") or "").strip()
         if correction:
             sft.append({"messages": [*messages, {"role": "assistant", "content": correction}]})
-            if correction != capture["output"]:
+            if correction != capture["output"] and capture["output"].strip():
                 prefs.append({"prompt": messages, "chosen": correction, "rejected": capture["output"]})
         prompt = json.dumps(messages, sort_keys=True, ensure_ascii=False)
         by_prompt.setdefault(prompt, []).append((capture, float(row["score"])))

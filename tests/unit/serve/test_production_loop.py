@@ -3,7 +3,7 @@
 in-distribution traffic is stable (exit 0), shifted traffic drifts (exit 4).
 
 Served: a tiny random Llama base and a chat LoRA run on it whose config names a training file of store
-questions. Greedy answers of the base and of the run differ, which gives two answers to one prompt to rate.
+questions. A greedy and a sampled answer to one question give two answers to one prompt to rate.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ import pytest
 
 from tests.unit.serve.tiny_runs import write_chat_run
 from tunesmith.cli import main
-from tunesmith.data.traffic import read_traffic
+from tunesmith.data.formats import read_source
+from tunesmith.data.preference_formats import read_preference_source
+from tunesmith.data.traffic import feedback_rows, rating_score, read_traffic
+from tunesmith.errors import DataError
 from tunesmith.serve.app import ServeSettings, create_app
 from tunesmith.serve.capture import Capture
 from tunesmith.serve.models import load_registry
@@ -66,9 +69,10 @@ def _post(server, path, body):
     return resp.status, data
 
 
-def _ask(client, model, question):
+def _ask(client, model, question, **sampling):
     messages = [{"role": "user", "content": question}]
-    return client.chat.completions.create(model=model, messages=messages, max_tokens=6, temperature=0)
+    sampling = sampling or {"temperature": 0}
+    return client.chat.completions.create(model=model, messages=messages, max_tokens=6, **sampling)
 
 
 def _serve_and_rate(loop, traffic):
@@ -78,8 +82,9 @@ def _serve_and_rate(loop, traffic):
     with ServerThread(create_app(registry, ServeSettings(capture=capture))) as server:
         client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60)
         same = "Is the kettle in stock? Mail me at jane.doe@example.com"
-        tuned, base = _ask(client, "shop-bot", same), _ask(client, "base", same)
-        assert tuned.choices[0].message.content != base.choices[0].message.content
+        tuned, base = _ask(client, "shop-bot", same), _ask(client, "shop-bot", same, temperature=1.0, seed=7)
+        texts = [tuned.choices[0].message.content, base.choices[0].message.content]
+        assert texts[0].strip() and texts[1].strip() and texts[0] != texts[1]
         others = [_ask(client, "shop-bot", q.format(i)) for q in QUESTIONS[:3] for i in ITEMS[:4]]
         status, plain = _post(
             server, "/v1/completions", {"model": "shop-bot", "prompt": ["a", "b"], "max_tokens": 3}
@@ -134,6 +139,9 @@ def test_capture_feedback_to_training_rows_and_metrics(loop, tmp_path):
             ]
         }
     ]
+    # Both files read back as training data: SFT chat rows and DPO pairs.
+    assert read_source(out / "sft.jsonl").counts["kept"] == 1
+    assert read_preference_source(out / "preference.jsonl", "preference").counts["kept"] == 2
     prefs = [json.loads(line) for line in (out / "preference.jsonl").read_text().splitlines()]
     asked = [{"role": "user", "content": "Is the kettle in stock? Mail me at [EMAIL]"}]
     assert prefs == [
@@ -224,3 +232,37 @@ def test_capture_rotates_caps_and_remembers_ids_across_restarts(tmp_path):
     assert again.feedback("chatcmpl-11", 4, correction="Call +1 415 555 2671") == 0.75
     (fb,) = read_traffic(tmp_path)[1]
     assert fb["correction"] == "Call [PHONE]" and fb["rating"] == 4
+
+
+def test_feedback_rows_skip_empty_answers_and_orphans():
+    asked = [{"role": "user", "content": "Hi"}]
+    captures = [
+        {"id": "a", "index": 0, "messages": asked, "output": "Hello!"},
+        {"id": "b", "index": 0, "messages": asked, "output": "  "},
+        {"id": "c", "index": 0, "prompt": "Hi", "output": "Go away."},
+    ]
+    feedback = [
+        {"id": "a", "index": 0, "score": 0.0},
+        {"id": "a", "index": 0, "score": 1.0},  # the latest rating of an answer wins
+        {"id": "b", "index": 0, "score": 0.0},  # an empty answer pairs with nothing
+        {"id": "c", "index": 0, "score": 0.25, "correction": "Hello, how can I help?"},
+        {"id": "gone", "index": 0, "score": 1.0},
+    ]
+    sft, prefs, counts = feedback_rows(captures, feedback)
+    fixed = [*asked, {"role": "assistant", "content": "Hello, how can I help?"}]
+    assert sft == [{"messages": fixed}]
+    # The completion prompt "Hi" is the same one-user-turn prompt as the chat: "Hello!" beats "Go away.".
+    assert prefs == [
+        {"prompt": asked, "chosen": "Hello, how can I help?", "rejected": "Go away."},
+        {"prompt": asked, "chosen": "Hello!", "rejected": "Go away."},
+    ]
+    assert counts == {
+        "responses": 3,
+        "feedback": 5,
+        "rated_responses": 3,
+        "orphaned": 1,
+        "sft_rows": 1,
+        "preference_rows": 2,
+    }
+    with pytest.raises(DataError, match="rating must be"):
+        rating_score(0)
