@@ -51,6 +51,8 @@ THRESHOLDS = {
     "bad_feedback_share": (0.3, 0.5),
 }
 """(drifting, retrain) levels per statistic, as in ``drift``."""
+MAX_TREND = 5000
+"""Latest answers embedded for the trends (each costs a forward pass); older ones are left out of them."""
 MIN_FEEDBACK = 5
 """Fewer ratings than this say nothing about quality: the feedback statistics are shown, never judged."""
 BUCKETS = (60, 3600, 86400)
@@ -159,6 +161,7 @@ def monitor_report(
         DataError: no capture in ``capture_dir``.
     """
     captures, feedback = read_traffic(capture_dir)
+    n_captured, captures = len(captures), captures[-MAX_TREND:]
     run_dir = Path(run_dir)
     model, tokenizer, cfg = load_trained(run_dir)
     labels = RunDir(run_dir).label_names()
@@ -186,7 +189,8 @@ def monitor_report(
         "reasons": reasons,
         "stats": stats,
         "n_train": len(train),
-        "n_traffic": len(captures),
+        "n_traffic": n_captured,
+        "n_trend": len(captures),
         "run": str(run_dir),
         "trends": trends(captures, feedback, lengths, ood),
     }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -327,6 +328,10 @@ def _capturer(
     def on_done(results: list[Finished]) -> None:
         latency = time.perf_counter() - start
         for i, done in enumerate(results):
+            write(i, done, latency)
+
+    def write(i: int, done: Finished, latency: float) -> None:
+        try:
             capture.record(
                 route=route,
                 model=model,
@@ -340,6 +345,8 @@ def _capturer(
                 messages=messages,
                 prompt=None if prompts is None else prompts[i],
             )
+        except OSError as err:  # a full disk must not turn an answered request into a 500
+            print(f"tunesmith: warning: capture write failed: {err}", file=sys.stderr)
 
     return on_done
 

@@ -37,7 +37,8 @@ class _Appender:
         self.path: Path | None = None
         self.count = 0
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any]) -> int:
+        """Append one row; the bytes written."""
         line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
         if self.path is None or self.path.stat().st_size + len(line) > self.rotate_bytes:
             self.count += 1
@@ -50,6 +51,7 @@ class _Appender:
             os.write(fd, line)
         finally:
             os.close(fd)
+        return len(line)
 
 
 class Capture:
@@ -65,6 +67,7 @@ class Capture:
         self.known: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.redacted: Counter[str] = Counter()
         self.deleted_files = 0
+        self.total_bytes = sum(p.stat().st_size for p in self.directory.glob(CAPTURE_GLOB))
         for path in sorted(
             self.directory.glob(CAPTURE_GLOB)
         ):  # feedback may name answers from before a restart
@@ -111,12 +114,15 @@ class Capture:
             row.update(output=self._redact(output), finish_reason=finish_reason)
             row.update(latency_s=round(latency_s, 4), prompt_tokens=prompt_tokens)
             row.update(completion_tokens=completion_tokens, redacted=sum(self.redacted.values()) - before)
-            self._captures.append(row)
+            self.total_bytes += self._captures.append(row)
             self._remember(response_id, index)
-            self._enforce_cap()
+            if self.total_bytes > self.max_bytes:  # a running total: the directory is listed only when over
+                self._enforce_cap()
 
     def _enforce_cap(self) -> None:
-        files = sorted(self.directory.glob(CAPTURE_GLOB), key=lambda p: p.name)
+        """Delete the oldest capture files (never the one being written) until the total fits the cap."""
+        # Oldest first: by last write, then by name (time-pid-count) for writes within one clock tick.
+        files = sorted(self.directory.glob(CAPTURE_GLOB), key=lambda p: (p.stat().st_mtime, p.name))
         total = sum(p.stat().st_size for p in files)
         for path in files:
             if total <= self.max_bytes or path == self._captures.path:
@@ -124,6 +130,7 @@ class Capture:
             total -= path.stat().st_size
             path.unlink()
             self.deleted_files += 1
+        self.total_bytes = total
 
     def is_known(self, response_id: str, index: int = 0) -> bool:
         with self._lock:
