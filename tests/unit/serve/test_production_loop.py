@@ -21,6 +21,7 @@ from tunesmith.data.formats import read_source
 from tunesmith.data.preference_formats import read_preference_source
 from tunesmith.data.traffic import feedback_rows, rating_score, read_traffic
 from tunesmith.errors import DataError
+from tunesmith.evaluate.monitor import is_refusal, trends
 from tunesmith.serve.app import ServeSettings, create_app
 from tunesmith.serve.capture import Capture
 from tunesmith.serve.models import load_registry
@@ -266,3 +267,43 @@ def test_feedback_rows_skip_empty_answers_and_orphans():
     }
     with pytest.raises(DataError, match="rating must be"):
         rating_score(0)
+
+
+@pytest.mark.parametrize(
+    ("answer", "refused"),
+    [
+        ("I can't help with that request.", True),
+        ("I'm sorry, but that is not something I can share.", True),
+        ("As an AI, I do not have opinions.", True),
+        ("I am unable to provide medical advice.", True),
+        ("The kettle costs 20 EUR; I can help you order it.", False),
+        ("Sorry for the wait! It is in stock.", False),
+    ],
+)
+def test_is_refusal(answer, refused):
+    assert is_refusal(answer) is refused
+
+
+def test_trends_bucket_by_the_smallest_width_that_fits():
+    day = 86_400
+    captures = [
+        {"time": t, "output": o} for t, o in [(0, "Yes."), (60, "I can't help with that."), (day, "No.")]
+    ]
+    feedback = [{"time": 30, "score": 1.0}, {"time": day + 5, "score": 0.0}, {"time": day + 9, "score": 0.5}]
+    rows = trends(captures, feedback, [4, 6, 10], [False, True, False])
+    # A one-day span: hour buckets (minute ones would be 1,440 > 48); only the two used ones are listed.
+    assert [(r["start"], r["requests"], r["ratings"]) for r in rows] == [
+        ("01-01 00:00", 2, 1),
+        ("01-02 00:00", 1, 2),
+    ]
+    assert rows[0] == {
+        "start": "01-01 00:00",
+        "bucket_s": 3600,
+        "requests": 2,
+        "input_tokens_mean": 5.0,
+        "ood_share": 0.5,
+        "refusal_share": 0.5,
+        "ratings": 1,
+        "rating_mean": 1.0,
+    }
+    assert rows[1]["rating_mean"] == 0.25
