@@ -97,6 +97,8 @@ def _env_defaults(p: argparse.ArgumentParser) -> None:
                 action.default = value.strip().lower() in TRUE
             else:
                 action.default = action.type(value) if action.type else value
+                if action.choices is not None and action.default not in action.choices:
+                    raise ValueError(value)  # argparse checks choices on the command line only
         except ValueError:
             flag = "/".join(action.option_strings) or "SOURCE"
             p.set_defaults(env_error=f"{name}={value!r} is not a valid value for {flag}")

@@ -27,6 +27,7 @@ def test_environment_sets_defaults_and_flags_win(monkeypatch):
     [
         ("TUNESMITH_SERVE_PORT", "eighty", "TUNESMITH_SERVE_PORT='eighty' is not a valid value for --port"),
         ("TUNESMITH_SERVE_JOBS", "maybe", "TUNESMITH_SERVE_JOBS='maybe' is not a valid value for --jobs"),
+        ("TUNESMITH_SERVE_ENGINE", "tgi", "TUNESMITH_SERVE_ENGINE='tgi' is not a valid value for --engine"),
     ],
 )
 def test_bad_environment_value_is_a_config_error_when_serving(monkeypatch, capsys, name, value, message):
