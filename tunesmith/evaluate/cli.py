@@ -4,6 +4,7 @@ for cv, in tunesmith/pipelines/cv.py). A face like tunesmith/cli.py: it may call
 tunesmith cv recipes/x.yaml --folds 5 [--group-column user] [--set train.max_steps=50]
 tunesmith bias runs/x [--data F] [--group-column group] [--lists my_pairs.json]
 tunesmith drift runs/x --data new.jsonl [--out DIR]      (exit 0 stable, 4 drifting, 5 retrain)
+tunesmith monitor traffic/ --run runs/x [--out DIR]      (served traffic vs training data; exit as drift)
 tunesmith compare runs/a runs/b ... [--out DIR]
 """
 
@@ -55,6 +56,18 @@ def _drift(args: argparse.Namespace) -> int:
     return DRIFT_EXIT_CODES[result["verdict"]]
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    from tunesmith.evaluate.monitor import monitor_report  # deferred: `tunesmith --help` loads no command
+
+    result = monitor_report(args.dir, args.run, args.out, args.max_examples)
+    stats = ", ".join(f"{k}={v}" for k, v in result["stats"].items())
+    print(f"tunesmith: monitor verdict: {result['verdict'].upper()} ({stats})")
+    for reason in result["reasons"]:
+        print(f"  {reason}")
+    print(f"tunesmith: report in {args.out or f'{args.dir}/monitor'}/monitor.html")
+    return DRIFT_EXIT_CODES[result["verdict"]]
+
+
 def _compare(args: argparse.Namespace) -> int:
     from tunesmith.evaluate.compare import compare_runs  # deferred: `tunesmith --help` loads no command
 
@@ -85,6 +98,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--out", help="output folder (default RUN_DIR/drift)")
     p.set_defaults(func=_drift)
+
+    p = sub.add_parser("monitor", help="captured traffic (serve --capture) vs a run's training data; trends")
+    p.add_argument("dir", help="the DIR of `tunesmith serve --capture DIR`")
+    p.add_argument("--run", required=True, help="the run whose training data is the reference")
+    p.add_argument("--out", help="output folder (default DIR/monitor)")
+    p.add_argument(
+        "--max-examples", type=int, default=512, help="latest prompts (and training inputs) compared"
+    )
+    p.set_defaults(func=_monitor)
 
     p = sub.add_parser("compare", help="one table and plot across finished runs")
     p.add_argument("run_dirs", nargs="+")

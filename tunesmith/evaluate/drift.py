@@ -112,10 +112,13 @@ def embedding_stats(train: np.ndarray, new: np.ndarray) -> dict[str, float]:
     return {"embedding_cosine": round(max(0.0, cosine), 6), "embedding_shift": round(shift, 6)}
 
 
-def verdict(stats: dict[str, float | None]) -> tuple[str, list[str]]:
-    """``stable`` / ``drifting`` / ``retrain`` and the statistics past their level, worst first."""
+def verdict(
+    stats: dict[str, Any], thresholds: dict[str, tuple[float, float]] | None = None
+) -> tuple[str, list[str]]:
+    """``stable`` / ``drifting`` / ``retrain`` and the statistics past their level (default
+    :data:`THRESHOLDS`), worst first."""
     reasons: list[tuple[int, str]] = []
-    for key, (warn, bad) in THRESHOLDS.items():
+    for key, (warn, bad) in (THRESHOLDS if thresholds is None else thresholds).items():
         value = stats.get(key)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
@@ -126,7 +129,8 @@ def verdict(stats: dict[str, float | None]) -> tuple[str, list[str]]:
     return ["stable", "drifting", "retrain"][worst], [r for _, r in sorted(reasons, key=lambda x: -x[0])]
 
 
-def _length_png(train: list[int], new: list[int]) -> bytes:
+def length_png(train: list[int], new: list[int]) -> bytes:
+    """Overlaid density histograms of training and new input lengths (tokens)."""
     fig = figure(7, 3.6)
     ax = fig.add_subplot()
     bins = np.histogram_bin_edges(train + new, bins=20)
@@ -190,5 +194,5 @@ def drift_report(
     lengths = [
         [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ts] for ts in (texts_t, texts_n)
     ]
-    write_bytes_atomic(out_dir / "drift.png", _length_png(*lengths))
+    write_bytes_atomic(out_dir / "drift.png", length_png(*lengths))
     return result

@@ -4,7 +4,12 @@ Generation metrics compare a prediction with one reference after :func:`normaliz
 normalisation, so "The Eiffel Tower." and "eiffel tower" count as the same answer::
 
     generation_metrics(["Paris.", "a cat"], ["paris", "the dog"])
-    # {"exact_match": 0.5, "token_f1": 0.5, "rouge_l": 0.5, "n": 2}
+    # {"exact_match": 0.5, "token_f1": 0.5, "rouge_l": 0.5, "bleu": 0.0, "n": 2}
+
+BLEU is the exception: it is sacrebleu's corpus BLEU over all pairs (its standard 13a tokenisation of the raw
+texts, case kept, exp smoothing), divided by 100 to sit in [0, 1] beside the others. It is the score
+translation and summarisation papers report, and it rewards word order (4-grams) where token F1 does not;
+short answers (under four words) score near 0 on it, so read it on long-form generation.
 
 Tokenization choices (shared by every generation metric, so their numbers are comparable):
 
@@ -121,6 +126,14 @@ def rouge_l(prediction: str, reference: str) -> float:
     return _f_measure(lcs_length(pred, ref), len(pred), len(ref))
 
 
+def corpus_bleu(predictions: list[str], references: list[str]) -> float:
+    """sacrebleu's corpus BLEU (13a tokenisation, exp smoothing) of paired texts, in [0, 1]."""
+    import sacrebleu  # deferred: its import costs ~0.3 s, and a classification run never needs it
+
+    # Clamped: sacrebleu returns 100.00000000000004 for identical texts.
+    return min(1.0, sacrebleu.corpus_bleu(predictions, [references]).score / 100.0)
+
+
 def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean exact match, token F1 and ROUGE-L over paired predictions and references.
 
@@ -129,7 +142,8 @@ def generation_metrics(predictions: list[str], references: list[str]) -> dict[st
         references: The expected text for each example, same order.
 
     Returns:
-        ``{"exact_match", "token_f1", "rouge_l", "n"}``; the first three are means in [0, 1].
+        ``{"exact_match", "token_f1", "rouge_l", "bleu", "n"}``; the first three are means in [0, 1],
+        ``bleu`` is corpus BLEU / 100.
 
     Raises:
         ValueError: The lists differ in length or are empty (a mean over no examples has no value).
@@ -144,6 +158,7 @@ def generation_metrics(predictions: list[str], references: list[str]) -> dict[st
         "exact_match": sum(exact_match(p, r) for p, r in pairs) / n,
         "token_f1": sum(token_f1(p, r) for p, r in pairs) / n,
         "rouge_l": sum(rouge_l(p, r) for p, r in pairs) / n,
+        "bleu": corpus_bleu(predictions, references),
         "n": n,
     }
 

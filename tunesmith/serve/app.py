@@ -5,7 +5,8 @@ uvicorn.run(app, host="127.0.0.1", port=8000)
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions`` (both with
 ``stream``), ``POST /v1/classify`` (classification runs), ``POST /v1/score`` (reward-model runs: the
-score of each answer to a conversation), ``GET /health``, ``GET /metrics`` (Prometheus).
+score of each answer to a conversation), ``POST /v1/feedback`` (a rating of an answer, with ``--capture``),
+``GET /health``, ``GET /metrics`` (Prometheus).
 Handlers only validate, tokenize and wait: every generating forward runs on the batching worker's thread
 (a reward model's scores on a worker thread of their own, outside the slots). A fixed
 number of slots bounds the work in progress; a request finding none free gets 429 at once instead of
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,6 +44,7 @@ ROUTES = (
     "/v1/completions",
     "/v1/classify",
     "/v1/score",
+    "/v1/feedback",
     "/health",
     "/metrics",
 )
@@ -73,6 +77,9 @@ class ServeSettings:
     """Chunks per question; None: the served run's ``rag.k``."""
     jobs_workers: int = 1
     """Fine-tuning jobs trained at once (worker processes), when the jobs API is on."""
+    capture: Any = None
+    """A :class:`tunesmith.serve.capture.Capture` (``--capture DIR``): every answer is written there,
+    redacted, and ``/v1/feedback`` is on. None: nothing is captured and feedback is refused."""
 
 
 class _Api:
@@ -136,9 +143,17 @@ class _Api:
         return results
 
     async def generate(
-        self, served: ServedModel, prompts: list[list[int]], params: SamplingParams, chunk: Callable
+        self,
+        served: ServedModel,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        chunk: Callable,
+        on_done: Callable[[list[Finished]], None] | None = None,
     ) -> Any:
-        """Run prompts; a JSON-ready list of :class:`Finished`, or (with ``chunk``) a streaming response."""
+        """Run prompts; a JSON-ready list of :class:`Finished`, or (with ``chunk``) a streaming response.
+
+        ``on_done`` gets every prompt's :class:`Finished` once all are done (streamed or not): the capture.
+        """
         release = self.slots.acquire()
         try:
             queue, jobs = self._submit(served, prompts, params)
@@ -152,26 +167,35 @@ class _Api:
             release()
 
         if chunk is not None:
-            return EventStream(self._stream(queue, len(prompts), chunk), close)
+            return EventStream(self._stream(queue, len(prompts), chunk, on_done), close)
         try:
-            return await self._results(queue, len(prompts))
+            results = await self._results(queue, len(prompts))
         finally:
             close()
+        self.metrics.count_responses(len(results))
+        if on_done is not None:
+            on_done(results)
+        return results
 
     async def _stream(
-        self, queue: asyncio.Queue[tuple[int, Event]], n: int, chunk: Callable
+        self,
+        queue: asyncio.Queue[tuple[int, Event]],
+        n: int,
+        chunk: Callable,
+        on_done: Callable[[list[Finished]], None] | None,
     ) -> AsyncIterator[bytes]:
         """SSE chunks as tokens arrive; ``chunk(index, text, finish, usage)`` builds the JSON."""
         first = chunk(0, None, None, None)
         if first is not None:
             yield p.sse(first)
         left, prompt_total, completion_total = n, 0, 0
+        finished: list[Any] = [None] * n
         while left:
             index, event = await queue.get()
             if isinstance(event, TextDelta):
                 yield p.sse(chunk(index, event.text, None, None))
             elif isinstance(event, Finished):
-                left -= 1
+                left, finished[index] = left - 1, event
                 prompt_total += event.prompt_tokens
                 completion_total += event.completion_tokens
                 yield p.sse(chunk(index, "", event.finish_reason, None))
@@ -179,6 +203,9 @@ class _Api:
                 yield p.sse(p.error_body(f"generation failed: {event.message}", "server_error"))
                 break
         if left == 0:
+            self.metrics.count_responses(n)
+            if on_done is not None:
+                on_done(finished)
             usage = chunk(0, None, None, p.usage(prompt_total, completion_total))
             if usage is not None:
                 yield p.sse(usage)
@@ -275,6 +302,46 @@ def _completion_chunks(cid: str, model: str, include_usage: bool) -> Callable[..
     return chunk
 
 
+def _capturer(
+    settings: ServeSettings,
+    route: str,
+    model: str,
+    cid: str,
+    messages: list[dict[str, Any]] | None = None,
+    prompts: list[str] | None = None,
+) -> Callable[[list[Finished]], None] | None:
+    """The ``on_done`` that writes each answered prompt to ``--capture`` (None when capture is off)."""
+    capture = settings.capture
+    if capture is None:
+        return None
+    start = time.perf_counter()
+
+    def on_done(results: list[Finished]) -> None:
+        latency = time.perf_counter() - start
+        for i, done in enumerate(results):
+            write(i, done, latency)
+
+    def write(i: int, done: Finished, latency: float) -> None:
+        try:
+            capture.record(
+                route=route,
+                model=model,
+                response_id=cid,
+                index=i,
+                output=done.text,
+                finish_reason=done.finish_reason,
+                latency_s=latency,
+                prompt_tokens=done.prompt_tokens,
+                completion_tokens=done.completion_tokens,
+                messages=messages,
+                prompt=None if prompts is None else prompts[i],
+            )
+        except OSError as err:  # a full disk must not turn an answered request into a 500
+            print(f"tunesmith: warning: capture write failed: {err}", file=sys.stderr)
+
+    return on_done
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error leaves in the OpenAI shape, whatever raised it."""
 
@@ -326,6 +393,7 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
     @app.post("/v1/chat/completions")
     async def chat(req: p.ChatRequest) -> Any:
         served = await api.served(req.model)
+        asked = p.message_dicts(req.messages, None) if settings.capture is not None else None
         ids, retrieved = _chat_prompt(served, req, settings)
         max_tokens = req.max_completion_tokens or req.max_tokens
         params = p.sampling_params(
@@ -337,10 +405,11 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
             settings.default_max_tokens,
         )
         cid = p.new_id("chatcmpl")
+        record = _capturer(settings, "chat", served.id, cid, messages=asked)
         if req.stream:
             include = bool((req.stream_options or {}).get("include_usage"))
-            return await api.generate(served, [ids], params, _chat_chunks(cid, served.id, include))
-        (done,) = await api.generate(served, [ids], params, None)
+            return await api.generate(served, [ids], params, _chat_chunks(cid, served.id, include), record)
+        (done,) = await api.generate(served, [ids], params, None, record)
         answer = p.chat_response(cid, served.id, done)
         if retrieved is not None:  # an extra field: OpenAI clients keep it in model_extra
             answer["retrieved"] = retrieved
@@ -349,9 +418,8 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
     @app.post("/v1/completions")
     async def completions(req: p.CompletionRequest) -> Any:
         served = await api.served(req.model)
-        prompts = [
-            list(served.tokenizer(t)["input_ids"]) for t in _inputs(req.prompt, "prompt", settings.max_inputs)
-        ]
+        texts = _inputs(req.prompt, "prompt", settings.max_inputs)
+        prompts = [list(served.tokenizer(t)["input_ids"]) for t in texts]
         if any(not ids for ids in prompts):
             raise p.APIError(400, "prompt is empty", param="prompt")
         longest = max(len(ids) for ids in prompts)
@@ -364,10 +432,13 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
             settings.default_max_tokens,
         )
         cid = p.new_id("cmpl")
+        record = _capturer(settings, "completion", served.id, cid, prompts=texts)
         if req.stream:
             include = bool((req.stream_options or {}).get("include_usage"))
-            return await api.generate(served, prompts, params, _completion_chunks(cid, served.id, include))
-        return p.completion_response(cid, served.id, await api.generate(served, prompts, params, None))
+            chunks = _completion_chunks(cid, served.id, include)
+            return await api.generate(served, prompts, params, chunks, record)
+        results = await api.generate(served, prompts, params, None, record)
+        return p.completion_response(cid, served.id, results)
 
     @app.post("/v1/classify")
     async def classify(req: p.ClassifyRequest) -> dict[str, Any]:
@@ -399,6 +470,30 @@ def _add_routes(app: FastAPI, api: _Api) -> None:
         scores = await asyncio.to_thread(scorer, answers, [item] * len(answers))
         data = [{"index": i, "score": s} for i, s in enumerate(scores)]
         return {"object": "list", "model": req.model, "data": data}
+
+
+def _add_feedback_route(app: FastAPI, api: _Api) -> None:
+    capture = api.settings.capture
+
+    @app.post("/v1/feedback")
+    async def feedback(req: p.FeedbackRequest) -> dict[str, Any]:
+        if capture is None:
+            raise p.APIError(
+                404,
+                "feedback is off: start the server with `--capture DIR` to keep answers and their feedback",
+                code="feedback_disabled",
+            )
+        if not capture.is_known(req.response_id, req.index):
+            raise p.APIError(
+                404,
+                f"no captured answer has the id {req.response_id!r} (index {req.index}); send the `id` of a "
+                "chat or completion response from this server",
+                param="response_id",
+                code="response_not_found",
+            )
+        score = capture.feedback(req.response_id, req.rating, req.index, req.correction, req.comment)
+        api.metrics.add_feedback(score)
+        return {"object": "feedback", "response_id": req.response_id, "index": req.index, "score": score}
 
 
 def create_app(
@@ -439,6 +534,7 @@ def create_app(
     )
     _add_error_handlers(app)
     _add_routes(app, api)
+    _add_feedback_route(app, api)
     if jobs is not None:
         jobs.add_routes(app)
     return app

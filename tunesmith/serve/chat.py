@@ -17,7 +17,8 @@ def chat_loop(
     k: int | None = None,
     use_run_index: bool = True,
 ) -> None:
-    """Read a line, answer with the tuned model, keep the conversation; empty line or Ctrl-D ends.
+    """Read a line, answer with the tuned model, keep the conversation; ``/reset`` forgets it (the system
+    prompt stays); an empty line or Ctrl-D ends.
 
     With ``index`` (default: the run's ``rag.index`` unless ``use_run_index`` is False) each question is
     asked in the retrieval prompt over its top-``k`` (default ``rag.k``) chunks (the shape ``data raft``
@@ -30,10 +31,11 @@ def chat_loop(
 
         loaded = BM25Index.load(index)
     model, tokenizer, cfg = load_trained(run_dir)
-    messages: list[dict[str, str]] = []
+    start: list[dict[str, str]] = []
     if cfg.data.system_prompt is not None:  # "" is a real (empty) system turn, as in training
-        messages.append({"role": "system", "content": cfg.data.system_prompt})
-    print(f"tunesmith chat with {run_dir} — empty line or Ctrl-D to quit")
+        start.append({"role": "system", "content": cfg.data.system_prompt})
+    messages = list(start)
+    print(f"tunesmith chat with {run_dir} — /reset forgets the conversation, empty line or Ctrl-D quits")
     while True:
         try:
             line = input("you> ").strip()
@@ -42,6 +44,10 @@ def chat_loop(
             return
         if not line:
             return
+        if line == "/reset":
+            messages = list(start)
+            print("(conversation forgotten)")
+            continue
         retrieved: list[str] = []
         if loaded is not None:
             from tunesmith.rag.index import retrieve_prompt

@@ -3,6 +3,12 @@
 tunesmith serve runs/support-bot runs/triage default          # two adapters and their base, one copy
 curl -s localhost:8000/v1/models
 tunesmith serve runs/support-bot --host 0.0.0.0 --api-key-file ~/.tunesmith-keys   # reachable by others
+tunesmith serve runs/support-bot --capture traffic/     # keep answers (redacted) + POST /v1/feedback
+TUNESMITH_SERVE_PORT=9000 TUNESMITH_SERVE_SOURCES="runs/a runs/b" tunesmith serve   # settings from the env
+
+Every flag can come from an environment variable ``TUNESMITH_SERVE_<FLAG>`` (``--max-tokens-cap`` ->
+``TUNESMITH_SERVE_MAX_TOKENS_CAP``; switches take 1/true/yes or 0/false/no; SOURCES is space-separated); a
+flag on the command line wins. That is how a container (Dockerfile) is configured.
 
 Registered on the main parser by ``tunesmith.cli`` with :func:`add_parser`; imports nothing heavy until a
 server starts.
@@ -26,7 +32,7 @@ def add_parser(subparsers: Any) -> None:
         description="Serve runs over an OpenAI-compatible API (/v1/models, /v1/chat/completions, "
         "/v1/completions, /v1/classify, /health, /metrics). Runs that share a base share one copy of it.",
     )
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="run dir, model dir, or `default`")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="run dir, model dir, or `default`")
     p.add_argument("--host", default="127.0.0.1", help="address to bind; non-loopback needs --api-key-file")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-file", help="file with one API key per line; clients send `Bearer KEY`")
@@ -55,7 +61,47 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--no-index", action="store_true", help="do not retrieve from the index a run's rag.index names"
     )
+    p.add_argument(
+        "--capture",
+        metavar="DIR",
+        help="append every request and answer (redacted by `data pii`) to rotating JSONL files in DIR and "
+        "accept POST /v1/feedback; off by default (docs/production.md)",
+    )
+    p.add_argument("--capture-max-mb", type=float, default=1024.0, help="capture size cap; oldest go first")
+    p.add_argument("--capture-rotate-mb", type=float, default=8.0, help="start a new capture file past this")
     p.set_defaults(func=run_serve)
+    _env_defaults(p)
+
+
+ENV_PREFIX = "TUNESMITH_SERVE_"
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _env_defaults(p: argparse.ArgumentParser) -> None:
+    """Defaults from ``TUNESMITH_SERVE_<DEST>`` variables, converted as the flag would convert them.
+
+    A bad value is reported when ``serve`` runs (as a ConfigError), not while the parser is built: a broken
+    variable must not break ``tunesmith --help`` or other commands.
+    """
+    for action in list(p._actions):  # argparse has no public iterator over its arguments
+        value = os.environ.get(ENV_PREFIX + action.dest.upper())
+        if value is None or action.dest in ("help", "func"):
+            continue
+        name = ENV_PREFIX + action.dest.upper()
+        try:
+            if action.nargs == "*":
+                action.default = value.split()
+            elif isinstance(action, argparse._StoreTrueAction):
+                if value.strip().lower() not in TRUE + FALSE:
+                    raise ValueError(value)
+                action.default = value.strip().lower() in TRUE
+            else:
+                action.default = action.type(value) if action.type else value
+                if action.choices is not None and action.default not in action.choices:
+                    raise ValueError(value)  # argparse checks choices on the command line only
+        except ValueError:
+            flag = "/".join(action.option_strings) or "SOURCE"
+            p.set_defaults(env_error=f"{name}={value!r} is not a valid value for {flag}")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -64,6 +110,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for name in ("max_concurrent", "max_tokens_cap", "max_body_bytes", "max_batch_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.capture_max_mb <= 0 or args.capture_rotate_mb <= 0:
+        raise ConfigError("--capture-max-mb and --capture-rotate-mb must be positive")
     if args.batch_wait_ms < 0:
         raise ConfigError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
 
@@ -73,6 +121,13 @@ def run_serve(args: argparse.Namespace) -> int:
     # deferred: `tunesmith --help` loads no command
     from tunesmith.serve.server import check_bind, read_api_keys
 
+    if getattr(args, "env_error", None):
+        raise ConfigError(args.env_error)
+    if not args.sources:
+        raise ConfigError(
+            "serve needs at least one SOURCE (a run dir, a model dir or `default`), on the command line or "
+            f"in {ENV_PREFIX}SOURCES"
+        )
     keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
     check_bind(args.host, keys)  # before loading anything: a refused bind should fail in milliseconds
     _check_numbers(args)
@@ -93,6 +148,12 @@ def run_serve(args: argparse.Namespace) -> int:
         from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only with --index
 
         index = BM25Index.load(args.index)
+    capture = None
+    if args.capture:
+        from tunesmith.serve.capture import Capture  # deferred: `tunesmith --help` loads no command
+
+        capture = Capture(args.capture, int(args.capture_rotate_mb * 2**20), int(args.capture_max_mb * 2**20))
+        print(f"tunesmith: capturing requests and answers (redacted) to {args.capture}; POST /v1/feedback on")
     registry = load_registry(args.sources, use_run_index=not args.no_index)
     settings = ServeSettings(
         api_keys=keys,
@@ -104,6 +165,7 @@ def run_serve(args: argparse.Namespace) -> int:
         index=index,
         rag_k=args.rag_k,
         jobs_workers=args.jobs_workers,
+        capture=capture,
     )
     for served in registry.models.values():
         rag = " (retrieves from its rag.index)" if served.index is not None and index is None else ""

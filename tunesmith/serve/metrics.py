@@ -64,6 +64,9 @@ class Metrics:
         self.batch_sizes = Histogram(BATCH_BUCKETS)
         self.in_flight = 0
         self.cancelled = 0
+        self.responses = 0
+        self.feedback = 0
+        self.feedback_score_sum = 0.0
         self.queue_depth: Callable[[], int] = lambda: 0
 
     def route_label(self, path: str) -> str:
@@ -90,6 +93,30 @@ class Metrics:
     def add_in_flight(self, delta: int) -> None:
         with self._lock:
             self.in_flight += delta
+
+    def count_responses(self, n: int) -> None:
+        """Answers finished (one per prompt): the denominator of the feedback rate."""
+        with self._lock:
+            self.responses += n
+
+    def add_feedback(self, score: float) -> None:
+        """One rating on the 0-1 scale (up = 1, down = 0, stars (n - 1) / 4)."""
+        with self._lock:
+            self.feedback += 1
+            self.feedback_score_sum += score
+
+    def _quality_lines(self) -> list[str]:
+        rate = self.feedback / self.responses if self.responses else 0.0
+        mean = self.feedback_score_sum / self.feedback if self.feedback else float("nan")
+        lines = _block("tunesmith_responses_total", "counter", "Answers finished (one per prompt).")
+        lines.append(f"tunesmith_responses_total {self.responses}")
+        lines += _block("tunesmith_feedback_total", "counter", "Ratings received on /v1/feedback.")
+        lines.append(f"tunesmith_feedback_total {self.feedback}")
+        lines += _block("tunesmith_feedback_rate", "gauge", "Ratings per finished answer.")
+        lines.append(f"tunesmith_feedback_rate {rate:.6f}")
+        lines += _block("tunesmith_feedback_score_mean", "gauge", "Mean rating, 0-1 (up = 1, down = 0).")
+        lines.append(f"tunesmith_feedback_score_mean {'NaN' if mean != mean else f'{mean:.6f}'}")
+        return lines
 
     def add_cancelled(self) -> None:
         with self._lock:
@@ -120,6 +147,7 @@ class Metrics:
             lines.append(f"tunesmith_queued_jobs {self.queue_depth()}")
             lines += _block("tunesmith_cancelled_total", "counter", "Generations stopped by a disconnect.")
             lines.append(f"tunesmith_cancelled_total {self.cancelled}")
+            lines += self._quality_lines()
         return "\n".join(lines) + "\n"
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tunesmith.serve.work import Finished, SamplingParams
 
@@ -87,6 +87,20 @@ class ScoreRequest(_Lenient):
     model: str
     input: str | list[str]
     messages: list[ChatMessage] = []
+
+
+class FeedbackRequest(BaseModel):
+    """``/v1/feedback``: a rating of one answer, by the ``id`` its response carried (strict: a typo in a field
+    name should be an error, not a silently lost correction)."""
+
+    model_config = ConfigDict(extra="forbid")
+    response_id: str
+    index: int = 0
+    """Which choice of a multi-prompt /v1/completions response; 0 for chat."""
+    rating: Literal["up", "down"] | Annotated[int, Field(ge=1, le=5, strict=True)]
+    correction: str | None = None
+    """The answer the model should have given: becomes an SFT row (``tunesmith data from-feedback``)."""
+    comment: str | None = None
 
 
 def message_dicts(messages: list[ChatMessage], system_prompt: str | None) -> list[dict[str, str]]:

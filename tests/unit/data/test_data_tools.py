@@ -476,9 +476,91 @@ def test_clean_file_counts_per_reason(tmp_path):
 
     filled = clean_file(src, tmp_path / "fill.jsonl", CleanOptions(missing="fill", drop_empty=False))
     out = read_jsonl(tmp_path / "fill.jsonl")
-    assert filled["rows_out"] == 6 and filled["changed"]["filled_field"] == 5  # every row lacking "input"
-    assert out[2] == {"instruction": "No output key", "output": "", "input": ""}
-    assert out[1]["output"] == ""
+    # A missing answer is never filled (the row goes); every kept row lacking "input" gets "".
+    assert filled["rows_out"] == 5 and filled["changed"]["filled_field"] == 4
+    assert filled["dropped"] == {"missing_field": 1}
+    assert out[1] == {"instruction": "Empty answer", "output": "", "input": ""}
+
+
+def test_clean_fill_rule_per_field_kind(tmp_path):
+    rows = [
+        {
+            "prompt": "Q1",
+            "completion": "A1",
+            "tier": "gold",
+            "stars": 4,
+            "tags": ["x"],
+            "id": "r1",
+            "ok": True,
+        },
+        {
+            "prompt": None,
+            "completion": "A2",
+            "tier": "free",
+            "stars": 2,
+            "tags": None,
+            "id": "r2",
+            "ok": None,
+        },
+        {"prompt": "Q3", "completion": "A3", "tier": "", "stars": None, "id": "r3", "ok": True},
+        {
+            "prompt": "Q4",
+            "completion": "A4",
+            "tier": "free",
+            "stars": 5,
+            "tags": ["y"],
+            "id": None,
+            "ok": False,
+        },
+        {"prompt": "Q5", "completion": None, "tier": "gold", "stars": 1, "tags": [], "id": "r5", "ok": True},
+    ]
+    src = write_jsonl(tmp_path / "m.jsonl", rows)
+    report = clean_file(src, tmp_path / "out.jsonl", CleanOptions(missing="fill"))
+    out = read_jsonl(tmp_path / "out.jsonl")
+    # Stars 4, 2, 5, 1 -> lower median 2; tier: "gold" and "free" tie at 2, "gold" seen first;
+    # ids stay missing.
+    assert out[1] == {
+        "prompt": "",
+        "completion": "A2",
+        "tier": "free",
+        "stars": 2,
+        "tags": [],
+        "id": "r2",
+        "ok": True,
+    }
+    assert out[2] == {
+        "prompt": "Q3",
+        "completion": "A3",
+        "tier": "gold",
+        "stars": 2,
+        "id": "r3",
+        "ok": True,
+        "tags": [],
+    }
+    assert out[3]["id"] is None and len(out) == 4  # Q5 has no answer: dropped
+    assert report["details"]["fill_rules"] == {
+        "tier": "most common 'gold'",
+        "stars": "median 2",
+        "tags": "empty list",
+        "id": "not filled (every value differs: an id or free text)",
+        "ok": "most common True",
+    }
+    assert report["dropped"] == {"missing_field": 1} and report["changed"]["filled_field"] == 2
+    hi = {"role": "user", "content": "Hi"}
+    chat = [
+        {
+            "messages": [{"role": "system", "content": None}, hi, {"role": "assistant", "content": "Yo"}],
+            "n": "3",
+        },
+        {"messages": [hi, {"role": "assistant", "content": "Hey"}], "n": ""},
+        {"messages": [hi, {"role": "assistant", "content": "Ho"}], "n": "10"},
+    ]
+    clean_file(
+        write_jsonl(tmp_path / "c.jsonl", chat), tmp_path / "c.out.jsonl", CleanOptions(missing="fill")
+    )
+    filled_chat = read_jsonl(tmp_path / "c.out.jsonl")
+    assert filled_chat[0]["messages"][0] == {"role": "system", "content": ""}
+    assert filled_chat[1]["n"] == "3"  # numeric strings: the lower median of "3" and "10" by value
 
 
 CALL = [{"type": "function", "function": {"name": "now", "arguments": "{}"}}]

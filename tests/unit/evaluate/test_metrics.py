@@ -8,6 +8,7 @@ import pytest
 
 from tunesmith.evaluate.metrics import (
     classification_metrics,
+    corpus_bleu,
     exact_match,
     generation_metrics,
     lcs_length,
@@ -101,6 +102,19 @@ def test_generation_metrics_means() -> None:
     assert result["token_f1"] == pytest.approx((1.0 + 0.4 + 1.0) / 3)
     # rouge per example: 1.0; LCS([x,x,x],[x,y]) = 1 -> P 1/3 R 1/2 -> 0.4; 1/3
     assert result["rouge_l"] == pytest.approx((1.0 + 0.4 + 1 / 3) / 3)
+    assert set(result) == {"exact_match", "token_f1", "rouge_l", "bleu", "n"}
+
+
+def test_bleu_is_corpus_bleu_by_hand() -> None:
+    # n-gram precisions of "the cat sat on the mat" against "the cat sat on a mat": 5/6, 3/5, 2/4, 1/3;
+    # equal lengths, so no brevity penalty: BLEU = geometric mean.
+    expected = (5 / 6 * 3 / 5 * 2 / 4 * 1 / 3) ** 0.25
+    assert corpus_bleu(["the cat sat on the mat"], ["the cat sat on a mat"]) == pytest.approx(
+        expected, abs=1e-9
+    )
+    assert generation_metrics(["a b c d e"], ["a b c d e"])["bleu"] == 1.0
+    # Half as long as the reference (same words): brevity penalty exp(1 - 8/4) times perfect precisions.
+    assert corpus_bleu(["w x y z"], ["w x y z w x y z"]) == pytest.approx(2.718281828**-1, abs=1e-6)
 
 
 def test_generation_metrics_rejects_bad_input() -> None:

@@ -34,6 +34,7 @@ from tunesmith.pipelines.scoring import reward_scorer
 from tunesmith.runs import load_trained
 from tunesmith.serve.app import ROUTES, ServeSettings, create_app
 from tunesmith.serve.batcher import Batcher, classification_prompt
+from tunesmith.serve.capture import Capture
 from tunesmith.serve.cli import add_parser
 from tunesmith.serve.http import PUBLIC_ROUTES
 from tunesmith.serve.metrics import Metrics
@@ -46,6 +47,8 @@ KEY = "test-key-0123456789abcdef"
 LABELS = ["positive", "negative"]
 SYSTEM = "You are terse."
 CAP = 64
+FEEDBACK_TARGET = {"route": "chat", "model": "base", "response_id": "chatcmpl-rated", "index": 0}
+FEEDBACK_TARGET |= {"messages": [{"role": "user", "content": "Hi"}], "completion_tokens": 1}
 BODY_LIMIT = 16_000
 
 
@@ -87,8 +90,17 @@ def env(tmp_path_factory, default_tokenizer):
     triage = _write_run(root, "triage", base_dir, default_tokenizer, 2, "classification")
     reward = _train_reward_run(root, base_dir)
     registry = load_registry([str(chat_run), str(triage), str(base_dir), str(reward)])
+    capture = Capture(
+        root / "traffic"
+    )  # every test's traffic is captured; one answer to rate for the auth test
+    capture.record(**FEEDBACK_TARGET, output="Hi", finish_reason="stop", latency_s=0.1, prompt_tokens=3)
     settings = ServeSettings(
-        api_keys=(KEY,), max_body_bytes=BODY_LIMIT, max_tokens_cap=CAP, max_concurrent=4, batch_wait_ms=2
+        api_keys=(KEY,),
+        max_body_bytes=BODY_LIMIT,
+        max_tokens_cap=CAP,
+        max_concurrent=4,
+        batch_wait_ms=2,
+        capture=capture,
     )
     server = ServerThread(create_app(registry, settings), api_keys=(KEY,)).start()
     client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
@@ -267,6 +279,7 @@ AUTH_REQUESTS = {
     "/v1/completions": ("post", {"model": "base", "prompt": "Hi", "max_tokens": 1}),
     "/v1/classify": ("post", {"model": "triage", "input": "x"}),
     "/v1/score": ("post", {"model": "judge", "input": "red"}),
+    "/v1/feedback": ("post", {"response_id": "chatcmpl-rated", "rating": "up"}),
     "/metrics": ("get", None),
 }
 NO_KEY = {"headers": {"Authorization": openai.Omit()}}

@@ -7,9 +7,33 @@ ligatures), control characters (``\\r\\n`` becomes ``\\n``; NUL, escape codes, z
 whitespace (runs of spaces collapse to one, trailing spaces go, at most one blank line in a row; indentation
 and anything inside triple-backtick fences is left alone so code in chat answers survives).
 
-Then each row is checked: missing fields of its format (``drop`` the row, or ``fill`` them with ""), empty
-rows (nothing to learn from: blank text, blank answer), and character-length bounds. Every change and every
-drop is counted by reason::
+Then each row is checked: missing fields (``drop`` the row, or ``fill`` them by the rule below), empty rows
+(nothing to learn from: blank text, blank answer), and character-length bounds. Every change and every drop
+is counted by reason.
+
+``--missing fill`` fills by field kind (a field is missing when absent or null; a metadata value also when
+``""``, as an empty CSV cell reads):
+
+=====================  ==================================================  =================================
+field kind             fields                                              fill
+=====================  ==================================================  =================================
+context                ``input`` of instruction rows                       ``""`` (no extra context)
+prompt                 ``instruction``, ``prompt``; a chat turn's          ``""``
+                       ``content`` before the last one
+answer                 ``output``, ``completion``, ``text``; the last      never: the row is dropped
+                       chat turn's ``content`` (unless it calls a tool)    (``missing_field``): a model
+                                                                           must not learn to say nothing
+label                  ``label`` of classification rows                    never: the row is dropped
+metadata, numbers      any other column whose values are all numbers       the median (lower middle value)
+                       (or numeric strings)                                of the present values
+metadata, categories   other columns of strings or booleans                the most common value (first
+                                                                           seen on ties)
+metadata, ids          string columns whose values are all different       never filled (left missing)
+metadata, lists/dicts  columns of lists or objects                         ``[]`` / ``{}``
+=====================  ==================================================  =================================
+
+The metadata rules need the whole column, so ``fill`` reads the file twice. The fills used are in the report
+(``details.fill_rules``)::
 
     report = clean_file("raw.jsonl", "clean.jsonl", CleanOptions(unicode="NFKC", min_chars=10))
     report["dropped"]   # {"empty": 3, "missing_field": 1, "too_short": 12}
@@ -27,7 +51,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from tunesmith.data.formats import FORMATS, detect_format
+from tunesmith.data.formats import FORMATS, detect_format, iter_rows
+from tunesmith.data.tools.fill import column_fills, fill_row
 from tunesmith.data.tools.stream import transform_file
 from tunesmith.data.tools.textfields import map_text, text_fields
 from tunesmith.errors import DataError
@@ -66,8 +91,8 @@ class CleanOptions:
     max_chars: int | None = None
     """Drop rows whose text fields together have more characters (after cleaning)."""
     missing: Literal["drop", "fill"] = "drop"
-    """Rows lacking a field of their format: ``drop`` them, or ``fill`` missing text fields with "".
-    A missing classification label cannot be filled; such rows are always dropped."""
+    """Rows lacking a field: ``drop`` them, or ``fill`` by field kind (the module's table); a missing answer
+    or classification label is never filled: such rows are always dropped."""
     format: str = "auto"
     """Row format; ``auto`` takes the first row's format for the whole file."""
 
@@ -197,6 +222,7 @@ class _CleanStep:
         self.options = options
         self.source = source
         self.format = None if options.format == "auto" else options.format
+        self.fills: dict[str, Any] = {}
 
     def _fields(self, row: dict[str, Any], line: int) -> tuple[dict[str, Any] | None, list[str]]:
         """Apply the missing-field policy."""
@@ -207,12 +233,10 @@ class _CleanStep:
                 raise DataError(f"{self.source}:{line}: {err}; pass the format explicitly") from None
         fmt = self.format
         missing = [k for k in REQUIRED_FIELDS[fmt] if row.get(k) is None]
-        if self.options.missing == "drop" or "label" in missing:
+        unfillable = {"label", "messages", _ANSWER_FIELD.get(fmt)}
+        if self.options.missing == "drop" or unfillable & set(missing):
             return (None, ["missing_field"]) if missing else (row, [])
-        missing += [k for k in OPTIONAL_FIELDS.get(fmt, ()) if row.get(k) is None]
-        if not missing:
-            return row, []
-        return {**row, **{k: ([] if k == "messages" else "") for k in missing}}, ["filled_field"]
+        return fill_row(row, fmt, self.fills)
 
     def __call__(self, row: dict[str, Any], line: int) -> tuple[dict[str, Any] | None, list[str]]:
         filled, reasons = self._fields(row, line)
@@ -260,11 +284,16 @@ def clean_file(
     """
     options = options or CleanOptions()
     step = _CleanStep(options, Path(src))
+    rules: dict[str, str] = {}
+    if options.missing == "fill":
+        # A first pass over the column values; unreadable rows are left to the real pass to stop at or count.
+        step.fills, rules = column_fills(row for _, row in iter_rows(src, "skip"))
 
     def details() -> dict[str, Any]:
-        return {
+        found = {
             "format": step.format,
             "options": {k: getattr(options, k) for k in options.__dataclass_fields__},
         }
+        return found | ({"fill_rules": rules} if options.missing == "fill" else {})
 
     return transform_file(src, dst, step, name="clean", details=details, on_bad_row=on_bad_row)

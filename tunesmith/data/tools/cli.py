@@ -12,6 +12,7 @@
     tunesmith data split work/aug.jsonl --out splits/ --ratios 0.8,0.1,0.1  # augmented rows stay in train
     tunesmith data leakage splits/train.jsonl --eval splits/validation.jsonl --out splits/train.noleak.jsonl
     tunesmith data contamination splits/test.jsonl --train splits/train.jsonl
+    tunesmith data from-feedback traffic/ --out feedback/   # served answers + ratings -> SFT, preference rows
 
 Every step that writes a file takes ``--out`` and appends its report to ``--report`` (default:
 ``data_report.json`` beside the output), and ``--on-bad-row stop|skip`` (``data.on_bad_row``: stop at an
@@ -383,7 +384,13 @@ def _add_writing(sub: Any) -> None:
     p.add_argument("--keep-empty", action="store_true", help="do not drop rows with nothing to learn")
     p.add_argument("--min-chars", type=int, help="drop rows with fewer characters of text")
     p.add_argument("--max-chars", type=int, help="drop rows with more characters of text")
-    p.add_argument("--missing", choices=["drop", "fill"], default="drop", help="rows lacking a field")
+    p.add_argument(
+        "--missing",
+        choices=["drop", "fill"],
+        default="drop",
+        help='rows lacking a field: drop, or fill by field kind (prompt text "", metadata median / most '
+        "common; a missing answer or label always drops the row)",
+    )
     p.add_argument("--format", default="auto")
     p.set_defaults(func=_clean)
 
@@ -435,6 +442,27 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output JSONL file")
     p.set_defaults(func=_synth)
+
+    p = sub.add_parser(
+        "from-feedback", help="captured answers + /v1/feedback -> SFT rows (corrections) and preference pairs"
+    )
+    p.add_argument("dir", help="the DIR of `tunesmith serve --capture DIR`")
+    p.add_argument("--out", required=True, help="folder for sft.jsonl, preference.jsonl, from_feedback.json")
+    p.set_defaults(func=_from_feedback)
+
+
+def _from_feedback(args: argparse.Namespace) -> int:
+    from tunesmith.data.traffic import from_feedback  # deferred: keeps `tunesmith --help` fast
+
+    report = from_feedback(args.dir, args.out)
+    print(
+        f"tunesmith: {report['feedback']} rating(s) on {report['responses']} captured answer(s) -> "
+        f"{report['sft_rows']} SFT row(s) in {args.out}/sft.jsonl, {report['preference_rows']} preference "
+        f"row(s) in {args.out}/preference.jsonl"
+    )
+    if report["orphaned"]:
+        print(f"  skipped {report['orphaned']} rating(s) of answers no longer in the capture (rotated away)")
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from tunesmith.data.formats import (
 )
 from tunesmith.data.render import IGNORE_INDEX, render_example
 from tunesmith.data.tools.dedup import normalize_for_match, row_digest
+from tunesmith.data.tools.diversity import DiversityTally
 from tunesmith.data.tools.inspect_preference import (
     format_preference_inspect,
     inspect_preference_file,
@@ -267,10 +268,12 @@ def inspect_file(
     start = time.perf_counter()
     stream = ExampleStream(path, fmt, label_names, max_listed)
     tally = _Tally(max_length, max_listed)
+    diversity = DiversityTally()
     for line, row, example in stream:
         if example is None:
             continue
         tally.duplicate(line, row)
+        diversity.add(example)
         if example.kind == "classification" and example.label is not None:
             names = stream.label_names
             tally.labels[names[example.label] if names else str(example.label)] += 1
@@ -293,6 +296,7 @@ def inspect_file(
         "render_error_rows": tally.render_error_rows,
         "tokens": tokens,
         "labels": dict(tally.labels.most_common()) if stream.kind == "classification" else None,
+        "diversity": diversity.report(tally.lengths, dict(tally.labels) or None),
         "example": tally.example,
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -340,6 +344,31 @@ def _problem_lines(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def _diversity_lines(div: dict[str, Any]) -> list[str]:
+    if not div["sampled_rows"]:
+        return []
+    openings = ", ".join(f'"{o["opening"]}" {100 * o["share"]:.0f}%' for o in div["top_openings"])
+    out = [
+        f"  diversity (first {div['sampled_rows']} rows): near-duplicates "
+        f"{100 * div['near_duplicate_share']:.1f}%, answer distinct-1 {div['distinct_1']:.2f} / distinct-2 "
+        f"{div['distinct_2']:.2f}; prompts open with {openings or '-'}"
+    ]
+    if "length_spread" in div:
+        spread = div["length_spread"]
+        out.append(
+            f"  length spread: p10 {spread['p10']:g} - p90 {spread['p90']:g} tokens, cv {spread['cv']:.2f}, "
+            f"longest {spread['max_over_p50']:g}x the median"
+        )
+    if "label_balance" in div:
+        bal = div["label_balance"]
+        out.append(
+            f"  label balance: largest/smallest {bal['imbalance_ratio']:g}, "
+            f"evenness {bal['entropy']:.2f} (1 = even)"
+        )
+    out += [f"  warning: {w}" for w in div["warnings"]]
+    return out
+
+
 def format_inspect(report: dict[str, Any], color: bool = False) -> str:
     """The inspect report as text for a terminal.
 
@@ -369,6 +398,7 @@ def format_inspect(report: dict[str, Any], color: bool = False) -> str:
         total = sum(report["labels"].values()) or 1
         shares = ", ".join(f"{k}={v} ({100 * v / total:.1f}%)" for k, v in report["labels"].items())
         out.append(f"  labels: {shares}")
+    out += _diversity_lines(report["diversity"])
     example = report["example"]
     if example is not None:
         legend = "green" if color else "[[...]]"
@@ -449,6 +479,11 @@ def inspect_html(report: dict[str, Any]) -> str:
         )
     if report["labels"]:
         parts.append("<h2>Labels</h2>" + _table(list(report["labels"].items())))
+    div = report["diversity"]
+    if div["sampled_rows"]:
+        shown = {k: v for k, v in div.items() if k not in ("warnings", "top_openings")}
+        parts.append("<h2>Diversity</h2>" + _table([(k, v) for k, v in shown.items()]))
+        parts += [f"<p><b>Warning:</b> {esc(w)}</p>" for w in div["warnings"]]
     example = report["example"]
     if example is not None:
         parts.append(_example_html(f"Example (line {example['line']})", example))
