@@ -32,10 +32,12 @@ class MetricsLog:
         self.rows: list[dict[str, Any]] = []
         if path.exists() and truncate_after > 0:
             for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
+                try:
                     row = json.loads(line)
-                    if row.get("step", 0) <= truncate_after:
-                        self.rows.append(row)
+                except ValueError:  # blank, or the last line torn by a kill mid-append: not a row
+                    continue
+                if row.get("step", 0) <= truncate_after:
+                    self.rows.append(row)
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def write(self, row: dict[str, Any]) -> None:
