@@ -28,7 +28,7 @@ from tunesmith.train import checkpoint as ckpt
 
 def _reference(tmp_path, model_dir, make_config) -> kill9.Trainer:
     ref = kill9.Trainer(tmp_path / "ref", make_config(_mkdir(tmp_path / "ref"), model_dir, "run"))
-    ref.finish()
+    ref.run_in_process()
     return ref
 
 
@@ -41,13 +41,12 @@ def _mkdir(path):
     return path
 
 
-def test_kill_9_mid_step_mid_save_and_mid_eval_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
+def test_kill_9_mid_save_and_mid_eval_then_resume_equals_uninterrupted(tmp_path, tiny_model_dir):
     ref = _reference(tmp_path, tiny_model_dir, kill9.lm_config)
     run = _crashed(tmp_path, tiny_model_dir, kill9.lm_config)
-    run.kill_at("step.backward@3")  # inside step 3: step-000002 is on disk
-    run.kill_at("checkpoint.after_optimizer@1")  # inside the save of step 4: a temp dir with 2 of 4 files
+    run.kill_at("checkpoint.after_optimizer@2")  # inside the save of step 4: a temp dir with 2 of 4 files
     assert [p.name for p in (run.run_dir / "checkpoints").glob("step-*")] == ["step-000002"]
-    run.kill_at("eval.batch@1")  # inside a validation pass
+    run.kill_at("eval.batch@1")  # resumed from step 2, killed inside step 3's validation pass
     run.finish()
     assert kill9.assert_same_run(run.run_dir, ref.run_dir) == 6 + 2  # 6 steps, 2 validation passes
     assert not list((run.run_dir / "checkpoints").glob(".step-*"))  # no temp dir left behind
