@@ -149,8 +149,9 @@ class Trainer:
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         exited = proc.poll()
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if exited is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
         assert marker.exists() and exited is None, (
             f"{fault} was never reached (exit {exited})\n{self.output()}"
         )

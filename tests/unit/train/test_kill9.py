@@ -191,20 +191,22 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, uninterrupted):
 
 # ---- make chaos: every fault point, every run kind, random moments -------------------------------------
 
+# In kill order: each later point must be reachable from where the earlier kills leave the run
+# (6 steps, checkpoints at 2, 4, 6, validation at 3 and 6). The run goes back at most to its last checkpoint.
 LM_POINTS = [
     "step.backward@1",  # mid-step 1: nothing on disk yet, the resume starts over
     "step.logged@2",  # step 2's row written, its checkpoint not
-    "checkpoint.after_trainable@1",
+    "step.saved@1",  # step-000002 written and verified
+    "step.backward@2",  # resumed at 2: mid-step 4, after step 3's validation
+    "checkpoint.after_rng@2",  # resumed at 2: step-000004 saved, killed inside the save of step 6
+    "eval.batch@1",  # resumed at 4: inside step 6's validation pass
+    "eval.logged@1",  # its row written, the step's checkpoint not
+    "checkpoint.after_trainable@1",  # then inside the save of step 6, file after file
     "checkpoint.after_optimizer@1",
     "checkpoint.after_rng@1",
     "checkpoint.after_state@1",
     "checkpoint.after_manifest@1",  # complete in the temp dir, not renamed
-    "checkpoint.after_rename@1",  # renamed, not yet verified nor pruned
-    "step.saved@1",
-    "eval.batch@1",  # mid-validation
-    "eval.logged@1",  # validation row written, the step's checkpoint not
-    "step.backward@3",
-    "checkpoint.after_rng@2",
+    "checkpoint.after_rename@1",  # renamed, not yet verified nor pruned; the random kills come after
 ]
 
 
@@ -215,7 +217,7 @@ def _sweep(tmp_path, model_dir, make_config, points, random_kills=0) -> kill9.Tr
         run.kill_at(point)
     chance = random.Random(23)
     for _ in range(random_kills):
-        run.kill_after(chance.uniform(3.0, 12.0))  # start-up, a step, an evaluation or a save
+        run.kill_after(chance.uniform(3.0, 20.0))  # start-up, a step, an evaluation, a save, the end
     run.finish()
     rows = kill9.assert_same_run(run.run_dir, ref.run_dir)
     print(f"\n{make_config.__name__}: {len(run.log)} kills, {rows} loss rows equal at 1e-6")
@@ -231,7 +233,8 @@ def test_chaos_lm_every_fault_point_and_random_kills(tmp_path, tiny_model_dir):
 
 @pytest.mark.chaos
 def test_chaos_staged_run(tmp_path, tiny_model_dir):
-    points = ["step.backward@3", "checkpoint.after_manifest@2", "eval.batch@3", "step.saved@3"]
+    # stage 1 mid-step 3; stage 2's first save; stage 2's validation; stage 2's last save done
+    points = ["step.backward@3", "checkpoint.after_manifest@2", "eval.batch@3", "step.saved@1"]
     _sweep(tmp_path, tiny_model_dir, kill9.staged_config, points)
 
 
@@ -243,5 +246,5 @@ def test_chaos_dpo_run(tmp_path, tiny_model_dir):
 
 @pytest.mark.chaos
 def test_chaos_grpo_run(tmp_path, tiny_model_dir):
-    points = ["step.backward@2", "checkpoint.after_trainable@1", "step.logged@3", "checkpoint.after_state@2"]
+    points = ["step.backward@2", "checkpoint.after_trainable@1", "step.logged@3", "checkpoint.after_state@1"]
     _sweep(tmp_path, tiny_model_dir, kill9.grpo_config, points)
