@@ -418,13 +418,7 @@ class StageConfig(Strict):
 
 class RunConfig(Strict):
     name: str = "run"
-    """Run name: the run directory is ``output_dir/name`` (a plain name, so the run stays inside it)."""
-
-    @field_validator("name")
-    @classmethod
-    def _run_name(cls, value: str) -> str:
-        return _plain_name(value)
-
+    """Run name: the run directory is ``output_dir/name``."""
     output_dir: str = "runs"
     """Parent directory of run directories."""
     seed: int = 0

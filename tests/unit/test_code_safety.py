@@ -104,7 +104,7 @@ def test_trust_remote_code_is_never_implied():
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "..", ".hidden", "/abs"])
 def test_a_run_name_cannot_leave_output_dir(name):
-    with pytest.raises(ConfigError, match="must be a plain name"):
+    with pytest.raises(ConfigError, match="must be a plain directory name"):
         load_config(None, [f"name={name}"])
 
 
