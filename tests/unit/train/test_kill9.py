@@ -248,3 +248,36 @@ def test_chaos_dpo_run(tmp_path, tiny_model_dir):
 def test_chaos_grpo_run(tmp_path, tiny_model_dir):
     points = ["step.backward@2", "checkpoint.after_trainable@1", "step.logged@3", "checkpoint.after_state@1"]
     _sweep(tmp_path, tiny_model_dir, kill9.grpo_config, points)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.5 MiB tmpfs (root only: skipped where mounting is not allowed), unmounted afterwards."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.chaos
+def test_chaos_a_real_full_disk_mid_save_then_space_returns(small_disk, uninterrupted):
+    import subprocess
+
+    cfg = CFG.model_copy(update={"keep_last": 1})
+    with pytest.raises(RunError) as info:
+        _run(small_disk, "cut", cfg)  # ~0.9 MB a checkpoint: the 2nd one fills the disk
+    assert "No space left on device (os error 28)" in str(info.value) or "(errno 28)" in str(info.value)
+    root = small_disk / "cut" / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step-000002"] and ckpt.verify_checkpoint(
+        root / "step-000002"
+    ) is None
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)  # space is back
+    _, res, _ = _run(small_disk, "cut", CFG, resume=True)
+    assert res.steps == 6 and _losses(small_disk / "cut") == pytest.approx(uninterrupted, abs=1e-6)
+    print(f"\nreal ENOSPC: {info.value}")
