@@ -24,6 +24,7 @@ from tests.unit.train.test_train_loop import _cfg, _losses, _run
 from tunesmith.errors import RunError
 from tunesmith.faults import fault_point
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.monitor import MetricsLog
 
 
 def _reference(tmp_path, model_dir, make_config) -> kill9.Trainer:
@@ -187,6 +188,14 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume(tmp_path, uninterrupted):
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4, 5, 6]
     assert _losses(tmp_path / "cut") == pytest.approx(uninterrupted, abs=1e-6)
+
+
+def test_a_metrics_row_that_cannot_be_written_names_the_file(tmp_path):
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    (tmp_path / "metrics.jsonl").unlink()
+    (tmp_path / "metrics.jsonl").mkdir()  # any OSError on append: here EISDIR
+    with pytest.raises(RunError, match=r"could not append to .*metrics\.jsonl: Is a directory \(errno 21\)"):
+        log.write({"step": 1, "train_loss": 1.0})
 
 
 # ---- make chaos: every fault point, every run kind, random moments -------------------------------------
