@@ -157,15 +157,24 @@ class Trainer:
         )
         self.log.append(f"{fault}: {marker.read_text().strip()}")
 
-    def kill_after(self, seconds: float) -> None:
-        """Start, SIGKILL after ``seconds`` wherever it is (start-up, a step, an evaluation, a save)."""
+    def kill_in_training(self, seconds: float) -> None:
+        """Start, wait until the loop has begun (it rewrites metrics.jsonl first), SIGKILL ``seconds`` later,
+        wherever it is then: a step, a validation pass, a save, or past the last step."""
+        metrics = self.run_dir / "metrics.jsonl"
+        before = metrics.stat().st_mtime_ns if metrics.exists() else None
         proc = self.start()
+        deadline = time.monotonic() + WAIT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            if metrics.exists() and metrics.stat().st_mtime_ns != before:
+                break
+            time.sleep(0.02)
         try:
             proc.wait(seconds)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-        self.log.append(f"after {seconds:.1f}s: exit {proc.returncode}")
+        rows = len(metric_rows(self.run_dir)) if metrics.exists() else 0
+        self.log.append(f"{seconds:.2f}s into training: exit {proc.returncode}, {rows} metrics rows on disk")
 
     def output(self) -> str:
         return (self.root / f"{self.cfg['name']}.out").read_text(errors="replace")[-4000:]
