@@ -12,6 +12,7 @@ with a warning, the previous one used) and a disk that is full or read-only mid-
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import random
 
@@ -239,11 +240,14 @@ def test_chaos_lm_every_fault_point(tmp_path, tiny_model_dir):
 
 @pytest.mark.chaos
 def test_chaos_lm_kills_at_random_moments_of_training(tmp_path, tiny_model_dir):
-    ref = _reference(tmp_path, tiny_model_dir, kill9.lm_config)
-    run = _crashed(tmp_path, tiny_model_dir, kill9.lm_config)
+    # 24 steps (a few seconds here), so a kill timed from the start of training lands inside it
+    longer = functools.partial(kill9.lm_config, max_steps=24, save_every=4, eval_every=10)
+    longer.__name__ = "lm_config_24_steps"
+    ref = _reference(tmp_path, tiny_model_dir, longer)
+    run = _crashed(tmp_path, tiny_model_dir, longer)
     chance = random.Random(23)
     for _ in range(5):
-        run.kill_in_training(chance.uniform(0.0, 1.0))  # 6 steps take ~2 s here
+        run.kill_in_training(chance.uniform(0.0, 0.5))  # ~10 steps/s on an idle 2-core CPU
     run.finish()
     rows = kill9.assert_same_run(run.run_dir, ref.run_dir)
     print(f"\nrandom moments: {len(run.log)} kills, {rows} loss rows equal at 1e-6")
