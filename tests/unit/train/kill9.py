@@ -157,24 +157,26 @@ class Trainer:
         )
         self.log.append(f"{fault}: {marker.read_text().strip()}")
 
-    def kill_in_training(self, seconds: float) -> None:
-        """Start, wait until the loop has begun (it rewrites metrics.jsonl first), SIGKILL ``seconds`` later,
-        wherever it is then: a step, a validation pass, a save, or past the last step."""
+    def kill_after_rows(self, rows: int, seconds: float) -> None:
+        """Start, wait until metrics.jsonl holds ``rows`` rows (a resume first cuts it back to its
+        checkpoint), SIGKILL ``seconds`` later: inside the next step, validation pass or save, whatever the
+        machine's speed."""
         metrics = self.run_dir / "metrics.jsonl"
-        before = metrics.stat().st_mtime_ns if metrics.exists() else None
         proc = self.start()
         deadline = time.monotonic() + WAIT_S
         while proc.poll() is None and time.monotonic() < deadline:
-            if metrics.exists() and metrics.stat().st_mtime_ns != before:
+            if metrics.exists() and metrics.read_text().count("\n") >= rows:
                 break
-            time.sleep(0.02)
+            time.sleep(0.005)
         try:
             proc.wait(seconds)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-        rows = len(metric_rows(self.run_dir)) if metrics.exists() else 0
-        self.log.append(f"{seconds:.2f}s into training: exit {proc.returncode}, {rows} metrics rows on disk")
+        on_disk = len(metric_rows(self.run_dir)) if metrics.exists() else 0
+        self.log.append(
+            f"{seconds * 1000:.0f} ms after row {rows}: exit {proc.returncode}, {on_disk} rows on disk"
+        )
 
     def output(self) -> str:
         return (self.root / f"{self.cfg['name']}.out").read_text(errors="replace")[-4000:]

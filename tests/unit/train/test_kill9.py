@@ -240,14 +240,14 @@ def test_chaos_lm_every_fault_point(tmp_path, tiny_model_dir):
 
 @pytest.mark.chaos
 def test_chaos_lm_kills_at_random_moments_of_training(tmp_path, tiny_model_dir):
-    # 24 steps (a few seconds here), so a kill timed from the start of training lands inside it
+    # 24 steps; each kill lands a random few ms after a random metrics row (step or validation)
     longer = functools.partial(kill9.lm_config, max_steps=24, save_every=4, eval_every=10)
     longer.__name__ = "lm_config_24_steps"
     ref = _reference(tmp_path, tiny_model_dir, longer)
     run = _crashed(tmp_path, tiny_model_dir, longer)
     chance = random.Random(23)
     for _ in range(5):
-        run.kill_in_training(chance.uniform(0.0, 0.5))  # ~10 steps/s on an idle 2-core CPU
+        run.kill_after_rows(chance.randint(1, 20), chance.uniform(0.0, 0.05))
     run.finish()
     rows = kill9.assert_same_run(run.run_dir, ref.run_dir)
     print(f"\nrandom moments: {len(run.log)} kills, {rows} loss rows equal at 1e-6")
