@@ -62,9 +62,13 @@ class PythonGrader(Strict):
     name: str = "python"
     source: str
     """Python source defining ``def grade(sample: dict, item: dict) -> float``; run in a separate process
-    with no network, killed after ``timeout_s``; an exception or timeout scores 0 with the reason logged."""
+    with no network and at most ``memory_mb`` of memory, killed after ``timeout_s``; an exception or timeout
+    scores 0 with the reason logged."""
     timeout_s: float = Field(5.0, gt=0)
     """Deadline per sample, in seconds: a sample past it scores 0; the rest of the batch is still graded."""
+    memory_mb: int = Field(2048, ge=64)
+    """Address-space limit of the grader process (POSIX ``RLIMIT_AS``): past it an allocation raises
+    ``MemoryError``, which scores that sample 0, instead of the grader eating the training run's memory."""
 
 
 class ScoreModelGrader(Strict):

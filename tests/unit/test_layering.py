@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "tunesmith"
 LAYERS: list[tuple[str, ...]] = [
     ("tunesmith",),  # the package root: __version__ only
     ("errors",),
-    ("io",),
+    ("io", "faults"),  # faults: test-only fault-injection points (the crash tests)
     ("schema",),  # the Strict base of every config section
     ("objective",),  # objective and grader schemas
     ("config",),

@@ -5,7 +5,8 @@ stdin; uses the standard library only, so it starts in tens of milliseconds and 
 
 Protocol (one JSON object per line on the *original* stdout; the user's own prints go to stderr):
 
-* stdin: ``{"source": str, "samples": [{"output_text": str}, ...], "items": [dict, ...]}``
+* stdin: ``{"source": str, "samples": [{"output_text": str}, ...], "items": [dict, ...],
+  "memory_mb": int | null}`` (the address-space limit set before the source runs)
 * first line: ``{"ready": true}`` once the source has run, or ``{"fatal": "<reason>"}`` if it failed;
 * then one line per sample, in order: ``{"score": float}`` or ``{"error": "<Type>: <message> (line N)"}``.
 
@@ -77,8 +78,25 @@ def _send(out: TextIO, message: dict[str, Any]) -> None:
     out.flush()  # the parent's per-sample deadline starts when this line arrives
 
 
+def limit_memory(memory_mb: int | None) -> None:
+    """Cap this process's address space at ``memory_mb`` MiB (POSIX ``RLIMIT_AS``; elsewhere a no-op), so a
+    runaway grader gets ``MemoryError`` instead of taking the machine's memory from the training run."""
+    if memory_mb is None:
+        return
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return
+    limit = memory_mb * 2**20
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
 def main() -> None:
     request = json.load(sys.stdin)
+    limit_memory(request.get("memory_mb"))
     # Keep the protocol channel to ourselves: fd 1 now points at stderr, so a print() in the user's code
     # (or a C library writing to fd 1) cannot corrupt the result lines.
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")

@@ -301,7 +301,7 @@ def _build_python(cfg: PythonGrader, _: ScoreModelLoader | None) -> GraderFn:
     check_source(cfg.source, cfg.name)
 
     def grade(completions: list[str], items: list[Item]) -> list[Grade]:
-        results = run_python_grader(cfg.source, completions, items, cfg.timeout_s)
+        results = run_python_grader(cfg.source, completions, items, cfg.timeout_s, cfg.memory_mb)
         return [Grade(score, error) for score, error in results]
 
     return grade

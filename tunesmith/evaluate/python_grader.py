@@ -14,6 +14,9 @@ start, and the rest of the batch is still graded. Starting the child and running
 
 Never raises for problems in the user's code: exceptions, non-numeric returns, timeouts and a crashed
 process all come back as ``(0.0, reason)``.
+
+Memory: the child's address space is capped at ``memory_mb`` (``RLIMIT_AS``, POSIX); a grader that
+allocates past it gets ``MemoryError`` in its own code, which scores that sample 0 like any exception.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ machine takes seconds); only paid in full when the child hangs before grading an
 
 Result = tuple[float, str | None]
 """``(score, None)`` or ``(0.0, reason)``."""
+
+DEFAULT_MEMORY_MB = 2048
+"""The child's address-space limit unless the grader sets ``memory_mb``: room for numpy and friends (whose
+thread pools reserve address space), not for a runaway list."""
 
 _EOF = object()
 
@@ -68,7 +75,11 @@ def check_source(source: str, name: str) -> None:
 
 
 def run_python_grader(
-    source: str, completions: list[str], items: list[dict[str, Any]], timeout_s: float
+    source: str,
+    completions: list[str],
+    items: list[dict[str, Any]],
+    timeout_s: float,
+    memory_mb: int | None = DEFAULT_MEMORY_MB,
 ) -> list[Result]:
     """Score each completion with ``grade({"output_text": completion}, item)`` from ``source``.
 
@@ -77,6 +88,7 @@ def run_python_grader(
         completions: The texts graded, one per item.
         items: The data rows (JSON-serialisable; other values are sent as ``str()``).
         timeout_s: Deadline per sample, in seconds (see the module docstring).
+        memory_mb: Address-space limit of the child (``RLIMIT_AS``, POSIX); None: no limit.
 
     Returns:
         One ``(score, error)`` per completion, in order; ``error`` is None when ``grade`` returned a
@@ -86,15 +98,20 @@ def run_python_grader(
     while len(results) < len(completions):
         # Each child grades at least one sample (or fails all the rest), so this loop always ends.
         start = len(results)
-        results.extend(_run_child(source, completions[start:], items[start:], timeout_s))
+        results.extend(_run_child(source, completions[start:], items[start:], timeout_s, memory_mb))
     return results
 
 
 def _run_child(
-    source: str, completions: list[str], items: list[dict[str, Any]], timeout_s: float
+    source: str, completions: list[str], items: list[dict[str, Any]], timeout_s: float, memory_mb: int | None
 ) -> list[Result]:
     """One child process over the batch; returns the results up to the first timeout or crash."""
-    request = {"source": source, "samples": [{"output_text": c} for c in completions], "items": items}
+    request = {
+        "source": source,
+        "samples": [{"output_text": c} for c in completions],
+        "items": items,
+        "memory_mb": memory_mb,
+    }
     with tempfile.TemporaryDirectory(prefix="tunesmith-grader-") as tmp:
         # The request goes through a file, not a pipe: no deadlock however large the batch, no writer thread.
         request_path, log_path = Path(tmp) / "request.json", Path(tmp) / "stderr.txt"

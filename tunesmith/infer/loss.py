@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunesmith.faults import fault_point
 from tunesmith.infer.batching import TokenData, iter_eval_batches
 
 LossFn = Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
@@ -98,5 +99,6 @@ def evaluate_loss(
         loss_sum, n = loss_fn(model, batch)
         total += float(loss_sum)
         count += int(n)
+        fault_point("eval.batch")  # test-only: the crash tests kill a run here, mid-evaluation
     model.train(was_training)
     return total / max(count, 1)

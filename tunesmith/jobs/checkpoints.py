@@ -14,18 +14,15 @@ from safetensors.torch import load_file, save_file
 
 from tunesmith.io import atomic_dir
 from tunesmith.runs import RunDir
+from tunesmith.train.checkpoint import list_checkpoints
 
 SERVED = "served"
 WEIGHTS = "adapter_model.safetensors"
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
-    """Steps of the complete checkpoints on disk, oldest first."""
-    steps = []
-    for path in sorted((run_dir / "checkpoints").glob("step-*")):
-        if (path / "state.json").exists():
-            steps.append(int(path.name.removeprefix("step-")))
-    return steps
+    """Steps of the complete checkpoints on disk (those with a manifest), oldest first."""
+    return [int(p.name.removeprefix("step-")) for p in list_checkpoints(run_dir / "checkpoints")]
 
 
 def served_dir(run_dir: Path, step: int) -> Path:

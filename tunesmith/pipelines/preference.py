@@ -29,6 +29,7 @@ from tunesmith.data.preference import (
     UnpairedSplit,
     render_preference_prompt,
 )
+from tunesmith.faults import fault_point
 from tunesmith.infer.batching import PairData, TokenData, UnpairedData, model_device
 from tunesmith.infer.generate import generate_texts
 from tunesmith.infer.logprobs import logps_of_rows
@@ -126,6 +127,7 @@ def loss_pass(model: Any, data: TokenData, loss_fn: Any, batch_size: int) -> dic
         batch = data.collate(list(range(start, min(start + batch_size, len(data)))), PAD)
         loss_sum, _ = loss_fn(model, {k: v.to(device) for k, v in batch.items()})
         total += float(loss_sum)
+        fault_point("eval.batch")  # test-only: the crash tests kill a run here, mid-evaluation
     model.train(was_training)
     return {"loss": round(total / max(len(data), 1), 6), **loss_fn.pop_stats()}
 

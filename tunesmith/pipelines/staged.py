@@ -274,6 +274,11 @@ class StagedPipeline(Pipeline):
             if stage.replay:
                 replayed = _replay_rows(earlier, stage.replay, cfg.seed + k)
             rows = TokenData(own.input_ids + replayed.input_ids, own.labels + replayed.labels)
+            if k > 0:
+                # A stage's randomness (dropout, ...) depends on the seed and the stage alone, not on what
+                # ran before it in this process: a resumed run reloads finished stages instead of training
+                # and evaluating them, and must start the next one where the uninterrupted run did.
+                seed_everything(cfg.seed + k)
             stage_result, record = _train_stage(
                 stage,
                 k,

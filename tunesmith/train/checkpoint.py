@@ -6,24 +6,40 @@ A checkpoint directory ``checkpoints/step-000120/`` holds:
   rng.safetensors        torch CPU (and CUDA) generator states
   ema.safetensors        the averaged weights, when ``train.ema_decay`` is set
   state.json             step, data position, scheduler state, optimizer hyper-parameters, Python/NumPy RNG
-Written into a temp dir and renamed, so a crash mid-save leaves the previous checkpoint intact.
+  manifest.json          every other file's sha256 and size, written last (and fsynced with them)
+Written into a temp dir and renamed, so a crash mid-save leaves the previous checkpoint intact. The manifest
+guards against what a rename cannot: a file torn by a power loss before the OS flushed it, a disk that
+corrupted it, a hand that edited it. :func:`latest_checkpoint` checks it and falls back to the previous
+checkpoint (with a warning naming the bad one); :func:`load_checkpoint` refuses a checkpoint that fails it.
+Retention never deletes an older checkpoint before the new one has been re-read and verified.
+
+Disk full or read-only mid-save raises a :class:`RunError` naming the path (the previous checkpoint is
+untouched, the run resumable once space returns). The ``fault_point`` calls are test-only hooks
+(:mod:`tunesmith.faults`): the crash tests SIGKILL the process at each of them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tunesmith.errors import RunError
+from tunesmith.faults import fault_point
 from tunesmith.io import atomic_dir
+
+MANIFEST = "manifest.json"
 
 
 @dataclass
@@ -129,32 +145,130 @@ def save_checkpoint(
     averaged: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``ckpt_root/step-NNNNNN`` atomically and prune all but the newest ``keep_last``;
-    ``averaged``: the weight average's tensors (``train.ema_decay``), saved beside the weights."""
+    ``averaged``: the weight average's tensors (``train.ema_decay``), saved beside the weights.
+
+    Raises:
+        RunError: The disk is full or not writable (names the path; earlier checkpoints are intact).
+    """
     target = ckpt_root / f"step-{state.step:06d}"
     opt_tensors, opt_meta = _optimizer_tensors(optimizer)
-    with atomic_dir(target) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
-        if averaged is not None:
-            save_file(cpu_copies(averaged), str(tmp / "ema.safetensors"))
-        meta = {
-            "train_state": asdict(state),
-            "scheduler": scheduler.state_dict(),
-            "optimizer": opt_meta,
-            "rng": _python_rng(),
-        }
-        (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+    tensors = {
+        "trainable": trainable_state(model),
+        "optimizer": opt_tensors,
+        "rng": _rng_tensors(),
+        **({"ema": cpu_copies(averaged)} if averaged is not None else {}),
+    }
+    meta = {
+        "train_state": asdict(state),
+        "scheduler": scheduler.state_dict(),
+        "optimizer": opt_meta,
+        "rng": _python_rng(),
+    }
+    for stale in ckpt_root.glob(".step-*"):  # a killed save's temp dir (one writer per run at a time)
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        with atomic_dir(target) as tmp:
+            for name, group in tensors.items():
+                save_file(group, str(tmp / f"{name}.safetensors"))
+                fault_point(f"checkpoint.after_{name}")
+            (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
+            fault_point("checkpoint.after_state")
+            _write_manifest(tmp)
+            fault_point("checkpoint.after_manifest")  # complete, not yet renamed into place
+        _fsync_dir(ckpt_root)
+    except (OSError, SafetensorError) as exc:  # safetensors reports its own I/O errors (ENOSPC) as this
+        reason = f"{exc.strerror} (errno {exc.errno})" if isinstance(exc, OSError) else str(exc)
+        raise RunError(
+            f"could not write checkpoint {target}: {reason}; free disk space or make {ckpt_root} "
+            "writable, then continue with --resume (earlier checkpoints are intact)"
+        ) from exc
+    fault_point("checkpoint.after_rename")
+    problem = verify_checkpoint(target)
+    if problem is not None:  # written but unreadable: keep every older checkpoint
+        raise RunError(f"checkpoint {target} failed verification right after writing: {problem}")
     for old in list_checkpoints(ckpt_root)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    """Hash and fsync every file of ``folder``, then write (and fsync) ``manifest.json`` listing them."""
+    files = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        with path.open("rb") as fh:
+            os.fsync(fh.fileno())  # on disk before the rename publishes it (a power loss keeps whole files)
+        files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+    manifest = folder / MANIFEST
+    with manifest.open("w", encoding="utf-8") as fh:
+        json.dump({"files": files}, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when every file listed in ``path``'s manifest is there with its size and sha256; else what is
+    wrong, in words (a missing manifest counts: the save did not finish)."""
+    try:
+        files = json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (the save did not finish)"
+    except (ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    for name, want in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != want["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {want['bytes']}"
+        if _sha256(file) != want["sha256"]:
+            return f"{name} does not match its sha256 in the manifest"
+    if "state.json" not in files:
+        return f"state.json is not in {MANIFEST}"
+    return None
+
+
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temp dirs of an interrupted save are ignored)."""
+    """Finished checkpoints (with a manifest), oldest first; temp dirs of an interrupted save are ignored.
+    Their contents are not verified here: :func:`latest_checkpoint` does that."""
     if not ckpt_root.is_dir():
         return []
-    return sorted(p for p in ckpt_root.glob("step-*") if (p / "state.json").exists())
+    return sorted(p for p in ckpt_root.glob("step-*") if (p / MANIFEST).exists())
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path | None:
+    """The newest checkpoint that passes :func:`verify_checkpoint`; each newer one that fails is skipped
+    with a warning on stderr naming it and why. None when there is none."""
+    candidates = sorted(ckpt_root.glob("step-*")) if ckpt_root.is_dir() else []
+    for path in reversed(candidates):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        print(
+            f"tunesmith: warning: skipping checkpoint {path}: {problem}; using an older one", file=sys.stderr
+        )
+    return None
 
 
 def saved_precision(path: Path) -> str | None:
@@ -169,9 +283,18 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     averaged: dict[str, torch.Tensor] | None = None,
+    verified: bool = False,
 ) -> TrainState:
     """Restore model, optimizer, scheduler, RNG (and, in place, the weight average's ``averaged``
-    tensors) from ``path``; return the saved TrainState."""
+    tensors) from ``path``; return the saved TrainState. ``verified``: the caller has just checked the
+    manifest (:func:`latest_checkpoint`), so the files are not hashed a second time.
+
+    Raises:
+        RunError: The checkpoint fails its manifest check, or does not match the model.
+    """
+    problem = None if verified else verify_checkpoint(path)
+    if problem is not None:
+        raise RunError(f"checkpoint {path} is damaged: {problem}; resume from an earlier one or start over")
     meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
     load_trainable_state(model, load_file(str(path / "trainable.safetensors")))
     _restore_optimizer(optimizer, load_file(str(path / "optimizer.safetensors")), meta["optimizer"])

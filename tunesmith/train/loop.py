@@ -33,6 +33,7 @@ from transformers import get_scheduler
 
 from tunesmith.config import TrainConfig
 from tunesmith.errors import RunError
+from tunesmith.faults import fault_point
 from tunesmith.infer.batching import TokenData, count_targets, count_tokens
 from tunesmith.infer.loss import LossFn, causal_lm_loss, evaluate_loss
 from tunesmith.models.memory import fit_micro_batch, plan_memory
@@ -126,8 +127,8 @@ def train_loop(
         )
     fix_mmap_threshold()  # RSS that tracks live tensors instead of growing step after step (see there)
     ckpt_root = RunDir(run_dir).checkpoints
-    found = ckpt.list_checkpoints(ckpt_root) if resume else []
-    precision = run_precision(cfg.precision, found[-1] if found else None)
+    found = ckpt.latest_checkpoint(ckpt_root) if resume else None  # verified; a torn one is skipped
+    precision = run_precision(cfg.precision, found)
     accelerator = make_accelerator(precision)
     model = model.to(accelerator.device)
     if cfg.gradient_checkpointing:
@@ -150,12 +151,12 @@ def train_loop(
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     averaged = ema.shadow if ema is not None else None  # what checkpoints save and restore of it
     state = ckpt.TrainState(precision=precision)
-    if found:
-        state = ckpt.load_checkpoint(found[-1], model, optimizer, scheduler, averaged)
+    if found is not None:
+        state = ckpt.load_checkpoint(found, model, optimizer, scheduler, averaged, verified=True)
         state.precision = precision
         if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
             state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
-        print(f"tunesmith: resuming from {found[-1]} (step {state.step}/{total_steps})")
+        print(f"tunesmith: resuming from {found} (step {state.step}/{total_steps})")
     hooks = hooks or LoopHooks()
     log = MetricsLog(RunDir(run_dir).metrics, truncate_after=state.step if resume else 0, on_write=hooks.log)
     result = TrainResult(steps=state.step, total_steps=total_steps)
@@ -204,6 +205,7 @@ def train_loop(
                         **extra,
                     }
                 )
+            fault_point("step.logged")  # test-only hooks (tunesmith.faults): the crash tests kill here
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tok_s:.0f}")
             if val_data is not None and _should_eval(state.step, total_steps, cfg):
@@ -225,6 +227,7 @@ def train_loop(
                 result.stopped_early = stop and not result.pruned
             if cfg.save_every and state.step % cfg.save_every == 0:
                 ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged)
+                fault_point("step.saved")
             if on_step is not None:
                 on_step(state.step, step_loss)
             if result.stopped_early or result.pruned:
@@ -327,6 +330,7 @@ def _optimizer_step(
                 loss_sum, _ = loss_fn(model, batch)
             loss = backward(loss_sum)
         step_loss += float(loss)  # a CPU-GPU sync per micro-batch; cheap next to the step itself
+        fault_point("step.backward")  # mid-step: gradients accumulated, the optimizer not yet stepped
     if cfg.max_grad_norm is not None:
         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
@@ -453,6 +457,7 @@ def _evaluate_and_track(
     val_loss = scores["val_loss"]
     result.final_val_loss = val_loss
     log.write({"step": state.step, **scores, "val_ppl": math.exp(min(val_loss, 50.0))})
+    fault_point("eval.logged")
     # The last pass is reported too, but stopping there would only skip the save and evaluation.
     if hooks is not None and hooks.should_stop(state.step, scores) and state.step < result.total_steps:
         print(f"\ntunesmith: stopped at step {state.step} by a validation hook (pruned)")

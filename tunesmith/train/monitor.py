@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from tunesmith.errors import RunError
 from tunesmith.io import write_text_atomic
 
 
@@ -32,16 +33,25 @@ class MetricsLog:
         self.rows: list[dict[str, Any]] = []
         if path.exists() and truncate_after > 0:
             for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
+                try:
                     row = json.loads(line)
-                    if row.get("step", 0) <= truncate_after:
-                        self.rows.append(row)
+                except ValueError:  # blank, or the last line torn by a kill mid-append: not a row
+                    continue
+                if row.get("step", 0) <= truncate_after:
+                    self.rows.append(row)
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
     def write(self, row: dict[str, Any]) -> None:
+        """Append ``row``; a full or read-only disk raises :class:`RunError` naming the file."""
         self.rows.append(row)
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except OSError as exc:
+            raise RunError(
+                f"could not append to {self.path}: {exc.strerror or exc} (errno {exc.errno}); free disk "
+                "space or make the run directory writable, then continue with --resume"
+            ) from exc
         if self.on_write is not None:
             self.on_write(row)
 

@@ -163,6 +163,16 @@ def test_python_grader_timeout_costs_one_sample_and_the_rest_are_graded():
     assert grades == [Grade(1.0), Grade(0.0, "timeout after 0.5s"), Grade(1.0)]
 
 
+def test_python_grader_memory_limit_fails_that_sample_only():
+    source = (
+        "def grade(sample, item):\n"
+        "    size = int(sample['output_text'])\n"
+        "    return len(bytearray(size * 2**20)) / 2**20\n"
+    )
+    grades = build_grader(PythonGrader(source=source, memory_mb=256))(["8", "1024", "16"], [{}] * 3)
+    assert grades == [Grade(8.0), Grade(0.0, "MemoryError:  (line 3)"), Grade(16.0)]
+
+
 @pytest.mark.parametrize(
     ("source", "message"),
     [
