@@ -541,7 +541,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, text = item.split("=", 1)
-        set_path(raw, key, _parse_value(text), f"override {item!r}")
+        try:
+            value = _parse_value(text)
+        except (yaml.YAMLError, ValueError, RecursionError) as err:  # ValueError: a date like 2024-13-01
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {_first_line(err)}") from None
+        set_path(raw, key, value, f"override {item!r}")
     return raw
 
 
@@ -570,8 +574,18 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{what} file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8") from None
+    except OSError as err:  # a directory, no permission
+        raise ConfigError(f"cannot read the {what} file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except (ValueError, RecursionError) as err:  # a date like 2024-13-01, nesting too deep for the parser
+        raise ConfigError(f"{path}: not valid YAML: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def read_raw_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
