@@ -28,6 +28,8 @@ LONG = 3000
 
 CASES: Counter[str] = Counter()
 """Cases run per target in this session (summed over tests that share a target)."""
+OUTCOMES: Counter[str] = Counter()
+"""How the cases ended, per target (``"server /v1/classify 4xx"``): shows the fuzzer got past validation."""
 
 
 def profile(max_examples: int) -> settings:

@@ -575,7 +575,9 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
     except FileNotFoundError:
         raise ConfigError(f"{what} file not found: {path}") from None
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8"
+        ) from None
     except OSError as err:  # a directory, no permission
         raise ConfigError(f"cannot read the {what} file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:

@@ -5,6 +5,7 @@ a config that validates survives ``dump_config`` -> ``load_config`` unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz import CASES, FAST, LONG, run_counted
-from tunesmith.config import ConfigError, dump_config, load_config, reference_markdown, set_path
+from tests.fuzz import CASES, FAST, LONG, OUTCOMES, run_counted
+from tunesmith.config import ConfigError, RunConfig, dump_config, load_config, reference_markdown, set_path
 
 
 def _key_paths() -> list[str]:
@@ -32,11 +33,14 @@ ODD_VALUES = [
 ]  # fmt: skip
 keys = st.sampled_from(KEY_PATHS) | st.text(max_size=10) | st.sampled_from(["", ".", "a..b", "train.", "=x"])
 values = st.sampled_from(ODD_VALUES) | st.text(max_size=12) | st.integers().map(str)
-overrides = st.lists(
-    st.tuples(keys, values).map("=".join) | st.text(max_size=10), max_size=4
-)
+overrides = st.lists(st.tuples(keys, values).map("=".join) | st.text(max_size=10), max_size=4)
 yaml_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.sampled_from(ODD_VALUES),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=8)
+    | st.sampled_from(ODD_VALUES),
     lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=5), inner, max_size=2),
     max_leaves=4,
 )
@@ -45,16 +49,21 @@ yaml_values = st.recursive(
 @st.composite
 def yaml_files(draw: st.DrawFn) -> bytes | None:
     """None (no file), a mapping over real key paths dumped as YAML, or raw text and bytes."""
-    kind = draw(st.sampled_from(["none", "mapping", "mapping", "text", "bytes"]))
+    kind = draw(st.sampled_from(["none", "defaults", "defaults", "mapping", "text", "bytes"]))
     if kind == "none":
         return None
+    if kind == "defaults":  # the full default config with 0-3 values changed: mostly valid, near misses
+        raw = yaml.safe_load(dump_config(RunConfig()))
+        for key in draw(st.lists(st.sampled_from(KEY_PATHS), max_size=3)):
+            value = draw(st.sampled_from(ODD_VALUES) | yaml_values | st.integers(-2, 100) | st.floats(-1, 2))
+            with contextlib.suppress(ConfigError):  # a scalar already sits where this key needs a section
+                set_path(raw, key, value)
+        return yaml.safe_dump(raw).encode()
     if kind == "mapping":
         raw: dict[str, Any] = {}
         for key, value in draw(st.lists(st.tuples(st.sampled_from(KEY_PATHS), yaml_values), max_size=5)):
-            try:
+            with contextlib.suppress(ConfigError):
                 set_path(raw, key, value)
-            except ConfigError:
-                pass  # a scalar already sits where this key needs a section
         return yaml.safe_dump(raw).encode()
     if kind == "text":
         return draw(st.sampled_from(["- a\n", "a: [\n", "x: 2024-13-01\n", "\t:\n", "[" * 3000]) | st.text())
@@ -69,10 +78,12 @@ def _check(directory: Path, content: bytes | str | None, sets: list[str]) -> Non
     try:
         cfg = load_config(path, sets)
     except ConfigError as err:
+        OUTCOMES["config ConfigError"] += 1
         message = str(err)
         # The message points at what to fix: the file (with the key path), or the override as typed.
         assert (path is not None and str(path) in message) or "override" in message or "<defaults>" in message
         return
+    OUTCOMES["config valid"] += 1
     again = directory / "dumped.yaml"
     again.write_text(dump_config(cfg))
     assert load_config(again) == cfg

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.fuzz import CASES, FAST, LONG, run_counted
+from tests.fuzz import CASES, FAST, LONG, OUTCOMES, run_counted
 from tunesmith.data.formats import FORMATS, read_source
 from tunesmith.data.preference_formats import SHAPES, read_preference_source
 from tunesmith.errors import DataError
@@ -33,7 +33,9 @@ KEYS = [
 ]  # fmt: skip
 ROLES = ["system", "user", "assistant", "tool", "bot", "", "USER"]
 
-texts = st.one_of(st.sampled_from(["", " ", "hi", "2", "²", "٣", "joy", "-1", "\x00", "a\nb"]), st.text(max_size=12))
+texts = st.one_of(
+    st.sampled_from(["", " ", "hi", "2", "²", "٣", "joy", "-1", "\x00", "a\nb"]), st.text(max_size=12)
+)
 scalars = st.one_of(
     st.none(),
     st.booleans(),
@@ -44,7 +46,9 @@ scalars = st.one_of(
 )
 json_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS) | texts, inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(KEYS) | texts, inner, max_size=3)
+    ),
     max_leaves=8,
 )
 tool_calls = st.lists(
@@ -56,7 +60,9 @@ messages = st.lists(
     st.fixed_dictionaries(
         {"role": st.sampled_from(ROLES) | json_values},
         optional={
-            "content": texts | json_values | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts})),
+            "content": texts
+            | json_values
+            | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": texts})),
             "tool_calls": tool_calls,
             "weight": st.sampled_from([0, 1, 2, "1", None]),
         },
@@ -82,7 +88,8 @@ rows = st.one_of(
     _row({"prompt": texts | messages, "completion": replies}),
     _row({"text": texts, "label": st.integers(-1, 3) | texts | st.booleans() | json_values}),
     _row({"text": texts}),
-    _row({"input": st.fixed_dictionaries({"messages": messages}), "preferred_output": replies, "non_preferred_output": replies}),
+    _row({"input": st.fixed_dictionaries({"messages": messages}), "preferred_output": replies,
+          "non_preferred_output": replies}),
     _row({"prompt": texts | messages, "chosen": replies, "rejected": replies}),
     _row({"chosen": messages, "rejected": messages}),
     _row({"prompt": texts | messages, "completion": replies, "label": st.booleans() | json_values}),
@@ -175,8 +182,10 @@ def _read_both(directory: Path, case: Any, fmt: str, shape: str, on_bad_row: str
     try:
         source = read_source(path, fmt, on_bad_row, names)
     except DataError as err:
+        OUTCOMES["data readers DataError"] += 1
         _check_error(err, directory)
     else:
+        OUTCOMES[f"data readers {'examples' if source.examples else 'no examples'}"] += 1
         counts = source.counts
         assert counts["rows_read"] == counts["kept"] + counts["malformed_skipped"] + counts["empty_dropped"]
         assert counts["kept"] == len(source.examples) and all(ex.line >= 1 for ex in source.examples)
@@ -199,7 +208,8 @@ def _fuzz(tmp_path: Path, n: int) -> int:
         fmt=st.sampled_from(("auto", *FORMATS)),
         shape=st.sampled_from(("auto", *SHAPES)),
         on_bad_row=st.sampled_from(["stop", "skip"]),
-        names=st.none() | st.lists(st.sampled_from(["joy", "anger", "2", "0"]), min_size=1, max_size=3, unique=True),
+        names=st.none()
+        | st.lists(st.sampled_from(["joy", "anger", "2", "0"]), min_size=1, max_size=3, unique=True),
     )
     def prop(case: Any, fmt: str, shape: str, on_bad_row: str, names: Any) -> None:
         CASES["data readers"] += 1
