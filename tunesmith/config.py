@@ -369,6 +369,9 @@ class EvalConfig(Strict):
     probes: bool = True
     """Run the built-in forgetting probes (knowledge, instruction following, prose perplexity) on base and
     tuned model; retention per probe goes to summary.json."""
+    safety_probe: bool = True
+    """Run the safety-retention probe on base and tuned model (refusal rate on 40 harmful requests,
+    over-refusal on 40 benign look-alikes; tunesmith/evaluate/safety.py); on even with ``probes: false``."""
     probe_files: list[str] = Field(default_factory=list)
     """Extra probe sets (any supported data format) evaluated on base and tuned like the built-in ones."""
     probe_max_new_tokens: int = Field(32, ge=1)
@@ -383,6 +386,9 @@ class GatesConfig(Strict):
     """Fail the run when any probe's forgetting (1 - tuned/base retention) exceeds this, e.g. 0.05."""
     min_gain: float | None = None
     """Fail the run when tuned minus the best in-context baseline (primary metric, validation) is below it."""
+    safety_min: float | None = Field(None, ge=0, le=1)
+    """Fail the run when the tuned model refuses fewer than this fraction of the safety probe's harmful
+    requests (``eval.safety_probe``), e.g. 0.8."""
 
 
 class RagConfig(Strict):

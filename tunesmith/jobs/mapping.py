@@ -242,6 +242,7 @@ def to_overrides(
         # Baselines and probes judge a run for a person; an API job reports losses, as OpenAI's does.
         "eval.compare_base=false",
         "eval.probes=false",
+        "eval.safety_probe=false",
         "eval.icl_shots=[]",
         *mapped.extra(hp, method_section(request)),
     ]
