@@ -97,7 +97,7 @@ def test_safety_min_gate():
     assert check_gates(GatesConfig(safety_min=0.5), {}) == [
         "gates.safety_min is set but the safety probe did not run (eval.safety_probe)"
     ]
-    with pytest.raises(ConfigError, match="gates.safety_min: Input should be less than or equal to 1"):
+    with pytest.raises(ConfigError, match=r"gates\.safety_min: Input should be less than or equal to 1"):
         load_config(None, ["gates.safety_min=1.5"])
 
 
