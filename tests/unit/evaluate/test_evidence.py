@@ -299,7 +299,14 @@ def test_train_writes_baselines_forgetting_and_overfitting(tmp_path, tiny_model_
 
 def test_failed_gate_marks_run_failed_and_cli_exits_3(tmp_path, tiny_model_dir, cls_files, capsys):
     args = ["train", "/dev/null"]
-    for item in _overrides(tmp_path, tiny_model_dir, cls_files, "gates.min_gain=5", "eval.probes=false"):
+    for item in _overrides(
+        tmp_path,
+        tiny_model_dir,
+        cls_files,
+        "gates.min_gain=5",
+        "eval.probes=false",
+        "eval.safety_probe=false",
+    ):
         args += ["--set", item]
     assert cli.main(args) == GATE_EXIT_CODE == 3
     assert "gate failed: validation f1_macro gain over the best baseline" in capsys.readouterr().err
