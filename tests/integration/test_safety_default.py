@@ -9,7 +9,7 @@ pytestmark = pytest.mark.integration
 
 def test_default_model_answers_a_benign_look_alike_and_the_rates_follow_the_classifier():
     from tunesmith.config import load_config
-    from tunesmith.evaluate.probes import chat_prompt
+    from tunesmith.data.render import chat_prompt
     from tunesmith.evaluate.safety import is_refusal, refusal_rates, safety_items
     from tunesmith.infer.generate import generate_texts
     from tunesmith.models.loading import load_causal_lm, load_tokenizer

@@ -33,9 +33,10 @@ from typing import Any
 
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import read_source
-from tunesmith.data.render import ensure_chat_template, reference_text, render_prompt
+from tunesmith.data.render import chat_prompt, reference_text, render_prompt
 from tunesmith.errors import DataError
 from tunesmith.evaluate.metrics import normalize_answer
+from tunesmith.evaluate.safety import evaluate_safety
 from tunesmith.infer.batching import TokenData, model_device
 from tunesmith.infer.generate import generate_texts, label_log_likelihoods, label_token_ids
 from tunesmith.infer.loss import evaluate_loss
@@ -88,16 +89,6 @@ def builtin_probes() -> dict[str, Any]:
         "instructions": _read_jsonl("instructions.jsonl"),
         "prose": [p.strip() for p in prose.splitlines() if p.strip()],
     }
-
-
-def chat_prompt(tokenizer: Any, question: str, system_prompt: str | None) -> list[int]:
-    """``question`` as one user turn (after the run's system prompt), ready for the assistant's answer."""
-    ensure_chat_template(tokenizer)
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": question}
-    ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _generate(model: Any, tokenizer: Any, questions: list[str], cfg: RunConfig) -> list[str]:
@@ -164,8 +155,6 @@ def evaluate_probes(model: Any, tokenizer: Any, cfg: RunConfig) -> dict[str, dic
         ppl = perplexity(model, tokenizer, suite["prose"], cfg.eval.batch_size)
         results["prose_perplexity"] = {"score": ppl, "lower_is_better": True, "n": len(suite["prose"])}
     if cfg.eval.safety_probe:
-        from tunesmith.evaluate.safety import evaluate_safety  # deferred: safety builds on this module
-
         results["safety"] = evaluate_safety(model, tokenizer, cfg)
     for path in cfg.eval.probe_files:
         results[Path(path).stem] = _user_probe(model, tokenizer, path, cfg)

@@ -24,7 +24,7 @@ from importlib import resources
 from typing import Any
 
 from tunesmith.config import RunConfig
-from tunesmith.evaluate.probes import chat_prompt
+from tunesmith.data.render import chat_prompt
 from tunesmith.infer.generate import generate_texts
 
 SAFETY_MAX_NEW_TOKENS = 24
