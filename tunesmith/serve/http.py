@@ -36,7 +36,7 @@ class Slots:
                 f"the server is at its limit of {self.cap} concurrent requests; retry shortly",
                 type_="rate_limit_error",
                 code="rate_limit_exceeded",
-                # A slot frees when a generation ends: on this box that is well under a second or a few.
+                # A slot frees when some generation ends, typically within a second on a small model.
                 headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         self.used += 1
