@@ -60,3 +60,15 @@ def tiny_model_dir(tmp_path_factory, default_tokenizer):
     make_tiny_llama(len(default_tokenizer)).save_pretrained(path, safe_serialization=True)
     default_tokenizer.save_pretrained(path)
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Fuzz cases run per target (tests/fuzz.py), for docs/robustness.md."""
+    from tests.fuzz import CASES, OUTCOMES
+
+    if CASES:
+        cases = ", ".join(f"{target} {n}" for target, n in sorted(CASES.items()))
+        terminalreporter.write_line(f"fuzz cases run: {cases} (total {sum(CASES.values())})")
+        terminalreporter.write_line(
+            "fuzz outcomes: " + ", ".join(f"{k} {n}" for k, n in sorted(OUTCOMES.items()))
+        )

@@ -369,6 +369,9 @@ class EvalConfig(Strict):
     probes: bool = True
     """Run the built-in forgetting probes (knowledge, instruction following, prose perplexity) on base and
     tuned model; retention per probe goes to summary.json."""
+    safety_probe: bool = True
+    """Run the safety-retention probe on base and tuned model (refusal rate on 40 harmful requests,
+    over-refusal on 40 benign look-alikes; tunesmith/evaluate/safety.py); on even with ``probes: false``."""
     probe_files: list[str] = Field(default_factory=list)
     """Extra probe sets (any supported data format) evaluated on base and tuned like the built-in ones."""
     probe_max_new_tokens: int = Field(32, ge=1)
@@ -383,6 +386,9 @@ class GatesConfig(Strict):
     """Fail the run when any probe's forgetting (1 - tuned/base retention) exceeds this, e.g. 0.05."""
     min_gain: float | None = None
     """Fail the run when tuned minus the best in-context baseline (primary metric, validation) is below it."""
+    safety_min: float | None = Field(None, ge=0, le=1)
+    """Fail the run when the tuned model refuses fewer than this fraction of the safety probe's harmful
+    requests (``eval.safety_probe``), e.g. 0.8."""
 
 
 class RagConfig(Strict):
@@ -541,7 +547,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, text = item.split("=", 1)
-        set_path(raw, key, _parse_value(text), f"override {item!r}")
+        try:
+            value = _parse_value(text)
+        except (yaml.YAMLError, ValueError, RecursionError) as err:  # ValueError: a date like 2024-13-01
+            raise ConfigError(f"override {item!r}: the value is not valid YAML: {_first_line(err)}") from None
+        set_path(raw, key, value, f"override {item!r}")
     return raw
 
 
@@ -570,8 +580,20 @@ def read_yaml_file(path: str | Path, what: str) -> Any:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{what} file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); re-save it as UTF-8"
+        ) from None
+    except OSError as err:  # a directory, no permission
+        raise ConfigError(f"cannot read the {what} file {path}: {err.strerror}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except (ValueError, RecursionError) as err:  # a date like 2024-13-01, nesting too deep for the parser
+        raise ConfigError(f"{path}: not valid YAML: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0]
 
 
 def read_raw_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:

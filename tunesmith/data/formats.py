@@ -78,6 +78,16 @@ class _RowError(ValueError):
     """A problem with one row; :func:`to_example` prefixes it with ``path:line:``."""
 
 
+def _json_problem(err: ValueError | RecursionError) -> str:
+    """What json.loads objected to: a syntax error with its column, an integer too long to convert (Python's
+    4300-digit limit, a ValueError) or nesting too deep for the parser (a RecursionError)."""
+    if isinstance(err, json.JSONDecodeError):
+        return f"{err.msg} (column {err.colno})"
+    if isinstance(err, RecursionError):
+        return "nested too deeply"
+    return str(err)
+
+
 def _json_type(value: Any) -> str:
     names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
@@ -93,8 +103,8 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict | DataError]]:
                 continue
             try:
                 row = json.loads(text)
-            except json.JSONDecodeError as err:
-                yield lineno, DataError(f"{path}:{lineno}: invalid JSON: {err.msg} (column {err.colno})")
+            except (ValueError, RecursionError) as err:
+                yield lineno, DataError(f"{path}:{lineno}: invalid JSON: {_json_problem(err)}")
                 continue
             if not isinstance(row, dict):
                 yield lineno, DataError(f"{path}:{lineno}: expected a JSON object, got {_json_type(row)}")
@@ -122,9 +132,9 @@ def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, dict | DataEr
         line = text.count("\n", 0, pos) + 1
         try:
             row, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as err:
+        except (ValueError, RecursionError) as err:
             # One broken item breaks the rest of the array, so this stops even with on_bad_row=skip.
-            raise invalid(err.pos, f"{err.msg} (column {err.colno})") from None
+            raise invalid(getattr(err, "pos", pos), _json_problem(err)) from None
         if isinstance(row, dict):
             yield line, row
         else:
@@ -181,11 +191,14 @@ def _iter_parquet(path: Path) -> Iterator[tuple[int, dict | DataError]]:
     except (pa.ArrowException, OSError) as err:
         raise DataError(f"{path}: not a readable Parquet file: {err}") from None
     number = 0
-    # Row-group batches keep memory bounded on large files; rows are numbered from 1.
-    for batch in parquet.iter_batches(batch_size=1024):
-        for row in batch.to_pylist():
-            number += 1
-            yield number, row
+    try:
+        # Row-group batches keep memory bounded on large files; rows are numbered from 1.
+        for batch in parquet.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
+    except (pa.ArrowException, OSError) as err:  # a damaged row group after a readable footer
+        raise DataError(f"{path}: row {number + 1}: unreadable Parquet data: {err}") from None
 
 
 def _iter_txt(path: Path) -> Iterator[tuple[int, dict | DataError]]:
@@ -194,7 +207,8 @@ def _iter_txt(path: Path) -> Iterator[tuple[int, dict | DataError]]:
         for lineno, text in enumerate(fh, 1):
             row: dict[str, Any] = {"text": text.rstrip("\r\n")}
             if labels is not None:
-                row["label"] = int(labels[lineno - 1]) if labels[lineno - 1].isdigit() else labels[lineno - 1]
+                label = labels[lineno - 1]
+                row["label"] = int(label) if label.isdecimal() else label  # "²".isdigit(), int() refuses it
             yield lineno, row
 
 
@@ -398,8 +412,8 @@ def _chat_messages(row: dict) -> list[dict[str, Any]]:
     if isinstance(messages, str):  # CSV cells hold the conversation as JSON text
         try:
             messages = json.loads(messages)
-        except json.JSONDecodeError as err:
-            raise _RowError(f"key 'messages' is a string but not valid JSON: {err.msg}") from None
+        except (ValueError, RecursionError) as err:
+            raise _RowError(f"key 'messages' is a string but not valid JSON: {_json_problem(err)}") from None
     if messages is None:
         _string(row, "messages")  # raises the uniform "missing key" message
     clean = message_list(messages, "messages")
@@ -451,7 +465,7 @@ def _text(row: dict, label_names: list[str] | None) -> Example | None:
 
 def _is_id(value: Any) -> bool:
     if isinstance(value, str):
-        return value.strip().isdigit()
+        return value.strip().isdecimal()
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -467,7 +481,7 @@ def _label_id(value: Any, label_names: list[str] | None) -> int:
         name = value.strip()
         if label_names is not None and name in label_names:
             return label_names.index(name)
-        if not name.isdigit():
+        if not name.isdecimal():
             if label_names is None:
                 raise _RowError(f"label {value!r} is a name but no label names are known; set data.labels")
             raise _RowError(f"unknown label {value!r} (labels: {', '.join(label_names)})")
@@ -598,7 +612,10 @@ def read_source(
     if fmt == "auto":
         fmt = _first_format(path, rows, on_bad_row)
     if KIND_OF_FORMAT[fmt] == "classification" and label_names is None:
-        label_names = infer_label_names(row.get("label") for _, row in rows if isinstance(row, dict))
+        try:
+            label_names = infer_label_names(row.get("label") for _, row in rows if isinstance(row, dict))
+        except DataError as err:
+            raise DataError(f"{path}: {err}") from None
     counts = {"rows_read": len(rows), "malformed_skipped": 0, "empty_dropped": 0, "kept": 0}
     examples: list[Example] = []
     for line, row in rows:

@@ -49,6 +49,16 @@ def ensure_chat_template(tokenizer: Any) -> None:
         tokenizer.chat_template = CHATML_TEMPLATE
 
 
+def chat_prompt(tokenizer: Any, question: str, system_prompt: str | None) -> list[int]:
+    """``question`` as one user turn (after the run's system prompt), ready for the assistant's answer."""
+    ensure_chat_template(tokenizer)
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+        {"role": "user", "content": question}
+    ]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def _template_text(tokenizer: Any) -> str:
     template = tokenizer.chat_template
     return template if isinstance(template, str) else json.dumps(template)

@@ -97,12 +97,14 @@ def demo_config(
             "log_every": 5,
         },
         # Answers are <= 14 tokens. The demo's own general check (below) stands in for the probe suite, and
-        # the base is scored zero-shot only: the 15-minute budget on 2 cores has no room for more.
+        # the base is scored zero-shot only: the 15-minute budget on 2 cores has no room for more. The
+        # safety probe (eval.safety_probe, on by default) stays: base vs tuned refusals in summary.json.
         "eval": {"max_new_tokens": 16, "batch_size": 48, "icl_shots": [0], "probes": False},
     }
     if quick:
         raw["train"].update({"epochs": 1, "max_steps": 2})
         raw["eval"]["max_examples"] = 8
+        raw["eval"]["safety_probe"] = False  # 160 generations: the quick check (a test) has no time for them
     return config_from_dict(raw, "demo")
 
 

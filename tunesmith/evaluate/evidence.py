@@ -92,7 +92,7 @@ def before_training(
             cache_key(cfg, _data_hashes(data)),
             _base_as_zero_shot(run_dir, task) if cfg.eval.compare_base else None,
         )
-    if cfg.eval.probes or cfg.eval.probe_files:
+    if cfg.eval.probes or cfg.eval.probe_files or cfg.eval.safety_probe:
         print("tunesmith: forgetting probes on the base model")
         out["probes"] = _cached_probes(
             run_dir / "probes_base.json", _probe_key(cfg), lambda: evaluate_probes(model, tokenizer, cfg)

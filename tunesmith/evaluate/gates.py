@@ -1,4 +1,5 @@
-"""Quality gates: a run that forgets too much or gains too little is marked failed.
+"""Quality gates: a run that forgets too much, gains too little or stops refusing harmful requests is
+marked failed.
 
 ``tunesmith train`` then exits with :data:`GATE_EXIT_CODE`, so a pipeline cannot promote the run::
 
@@ -43,4 +44,13 @@ def check_gates(gates: GatesConfig, summary: dict[str, Any]) -> list[str]:
                     f"{split} {row['metric']} gain over the best baseline ({row['best_baseline']}) is "
                     f"{row['gain']:.4f} < gates.min_gain {gates.min_gain}"
                 )
+    if gates.safety_min is not None:
+        safety = (summary.get("forgetting") or {}).get("safety")
+        if safety is None:
+            reasons.append("gates.safety_min is set but the safety probe did not run (eval.safety_probe)")
+        elif safety["tuned"] < gates.safety_min:
+            reasons.append(
+                f"the tuned model refuses {safety['tuned']:.0%} of the safety probe's harmful requests < "
+                f"gates.safety_min {gates.safety_min:.0%} (base {safety['base']:.0%})"
+            )
     return reasons

@@ -5,7 +5,9 @@ The built-in suite ships in ``tunesmith/evaluate/probes/`` and was written for t
 * ``knowledge.jsonl`` — short general-knowledge questions; an answer counts when one of the accepted
   answers appears as whole words in the (SQuAD-normalised) generation;
 * ``instructions.jsonl`` — simple instruction-following checks verified by code (:data:`CHECKS`);
-* ``prose.txt`` — general-purpose paragraphs scored by perplexity (lower is better).
+* ``prose.txt`` — general-purpose paragraphs scored by perplexity (lower is better);
+* ``safety.jsonl`` — harmful requests the model should refuse and benign look-alikes it should answer
+  (:mod:`tunesmith.evaluate.safety`; ``eval.safety_probe``, on even with ``eval.probes: false``).
 
 Users add probe sets with ``eval.probe_files`` (any supported data format): chat/instruction rows are
 scored like knowledge questions against their reference answer, classification rows by label accuracy,
@@ -31,9 +33,10 @@ from typing import Any
 
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import read_source
-from tunesmith.data.render import ensure_chat_template, reference_text, render_prompt
+from tunesmith.data.render import chat_prompt, reference_text, render_prompt
 from tunesmith.errors import DataError
 from tunesmith.evaluate.metrics import normalize_answer
+from tunesmith.evaluate.safety import evaluate_safety
 from tunesmith.infer.batching import TokenData, model_device
 from tunesmith.infer.generate import generate_texts, label_log_likelihoods, label_token_ids
 from tunesmith.infer.loss import evaluate_loss
@@ -88,17 +91,8 @@ def builtin_probes() -> dict[str, Any]:
     }
 
 
-def _chat_prompt(tokenizer: Any, question: str, system_prompt: str | None) -> list[int]:
-    ensure_chat_template(tokenizer)
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": question}
-    ]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def _generate(model: Any, tokenizer: Any, questions: list[str], cfg: RunConfig) -> list[str]:
-    prompts = [_chat_prompt(tokenizer, q, cfg.data.system_prompt) for q in questions]
+    prompts = [chat_prompt(tokenizer, q, cfg.data.system_prompt) for q in questions]
     return generate_texts(
         model, tokenizer, prompts, cfg.eval.probe_max_new_tokens, cfg.eval.batch_size, desc="probes"
     )
@@ -160,6 +154,8 @@ def evaluate_probes(model: Any, tokenizer: Any, cfg: RunConfig) -> dict[str, dic
         results["instructions"] = _instructions(model, tokenizer, suite["instructions"], cfg)
         ppl = perplexity(model, tokenizer, suite["prose"], cfg.eval.batch_size)
         results["prose_perplexity"] = {"score": ppl, "lower_is_better": True, "n": len(suite["prose"])}
+    if cfg.eval.safety_probe:
+        results["safety"] = evaluate_safety(model, tokenizer, cfg)
     for path in cfg.eval.probe_files:
         results[Path(path).stem] = _user_probe(model, tokenizer, path, cfg)
     return results
@@ -184,4 +180,7 @@ def retention_table(base: dict[str, dict[str, Any]], tuned: dict[str, dict[str, 
             "retention": None if retention is None else round(retention, 6),
             "forgetting": None if retention is None else round(max(0.0, 1.0 - retention), 6),
         }
+        if "over_refusal" in b and "over_refusal" in t:  # the safety probe: benign look-alikes refused
+            table[name]["over_refusal_base"] = round(b["over_refusal"], 6)
+            table[name]["over_refusal_tuned"] = round(t["over_refusal"], 6)
     return table

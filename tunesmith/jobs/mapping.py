@@ -152,6 +152,43 @@ def _check_score_model(path: str) -> Any:
     return lambda completions, items: [0.0] * len(completions)
 
 
+_FIELD_TYPES: dict[str, tuple[type, str]] = {
+    "model": (str, "a string"),
+    "training_file": (str, "a file id"),
+    "validation_file": (str, "a file id"),
+    "suffix": (str, "a string"),
+    "seed": (int, "an integer"),
+    "metadata": (dict, "an object of strings"),
+    "method": (dict, "an object"),
+    "hyperparameters": (dict, "an object"),
+}
+
+
+def _check_type(value: Any, kind: type, what: str, param: str) -> None:
+    if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        raise RequestError(f"{param} must be {what}, got {type(value).__name__}", param)
+
+
+def check_shape(request: Any) -> None:
+    """Refuse a request whose fields have the wrong JSON types before anything reads them.
+
+    Raises:
+        RequestError: Not an object, or a field (``method.<type>.hyperparameters`` too) of the wrong type.
+    """
+    if not isinstance(request, dict):
+        raise RequestError(f"the request body must be a JSON object, got {type(request).__name__}", "body")
+    for key, (kind, what) in _FIELD_TYPES.items():
+        _check_type(request.get(key), kind, what, key)
+    if any(not isinstance(v, str) for v in (request.get("metadata") or {}).values()):
+        raise RequestError("metadata must be an object of strings", "metadata")
+    method = request.get("method") or {}
+    _check_type(method.get("type"), str, "a string", "method.type")
+    kind = method.get("type", "supervised")
+    _check_type(method.get(kind), dict, "an object", f"method.{kind}")
+    section = method.get(kind) or {}
+    _check_type(section.get("hyperparameters"), dict, "an object", f"method.{kind}.hyperparameters")
+
+
 def check_request(request: dict[str, Any]) -> None:
     """Refuse what would fail only in the worker: unknown method, bad hyperparameters, a bad grader.
 
@@ -205,6 +242,7 @@ def to_overrides(
         # Baselines and probes judge a run for a person; an API job reports losses, as OpenAI's does.
         "eval.compare_base=false",
         "eval.probes=false",
+        "eval.safety_probe=false",
         "eval.icl_shots=[]",
         *mapped.extra(hp, method_section(request)),
     ]

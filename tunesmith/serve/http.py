@@ -18,6 +18,8 @@ from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.protocol import APIError, error_body
 
 PUBLIC_ROUTES = frozenset({"/health"})
+RETRY_AFTER_S = 1
+"""The ``Retry-After`` (seconds) of a 429: clients that honour it (the openai SDK does) come back then."""
 
 
 class Slots:
@@ -34,6 +36,8 @@ class Slots:
                 f"the server is at its limit of {self.cap} concurrent requests; retry shortly",
                 type_="rate_limit_error",
                 code="rate_limit_exceeded",
+                # A slot frees when some generation ends, typically within a second on a small model.
+                headers={"Retry-After": str(RETRY_AFTER_S)},
             )
         self.used += 1
         self.metrics.add_in_flight(1)

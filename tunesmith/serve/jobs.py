@@ -23,6 +23,7 @@ from tunesmith.jobs.checkpoints import served_dir
 from tunesmith.jobs.mapping import (
     RequestError,
     check_request,
+    check_shape,
     method_of,
     method_section,
     resolved_hyperparameters,
@@ -166,7 +167,11 @@ class JobsApi:
             raise p.APIError(404, f"No fine-tuning job with id {jid}", param="fine_tuning_job_id")
         return row
 
-    def create_job(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create_job(self, body: Any) -> dict[str, Any]:
+        try:
+            check_shape(body)
+        except RequestError as err:
+            raise p.APIError(400, str(err), param=err.param) from None
         model = body.get("model")
         bases = {s.id: s.source for s in self.registry.models.values() if s.kind == "base"}
         if model not in bases:
@@ -245,7 +250,11 @@ class JobsApi:
 
         @app.post("/v1/fine_tuning/jobs")
         async def create(request: Request) -> dict[str, Any]:
-            return self.create_job(await request.json())
+            try:
+                body = json.loads(await request.body())
+            except (ValueError, RecursionError):  # ValueError: bad JSON, bad UTF-8, an integer too long
+                raise p.APIError(400, "the request body is not valid JSON", param="body") from None
+            return self.create_job(body)
 
         @app.get("/v1/fine_tuning/jobs")
         async def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict[str, Any]:

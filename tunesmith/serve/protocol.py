@@ -5,6 +5,7 @@ stream-chunk builders. No model code here, so the shapes can be read (and checke
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -26,9 +27,11 @@ class APIError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
@@ -122,7 +125,7 @@ def message_dicts(messages: list[ChatMessage], system_prompt: str | None) -> lis
 
 def _check_range(value: float, name: str, low: float, high: float, low_open: bool = False) -> None:
     below = value <= low if low_open else value < low
-    if below or value > high:
+    if below or value > high or math.isnan(value):  # NaN compares False both ways
         bracket = "(" if low_open else "["
         raise APIError(
             400,
@@ -170,6 +173,10 @@ def sampling_params(
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > MAX_STOP_SEQUENCES or any(not s for s in stop):
         raise APIError(400, f"stop takes 1 to {MAX_STOP_SEQUENCES} non-empty strings", param="stop")
+    if req.seed is not None and not -(2**63) <= req.seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise APIError(
+            400, f"seed must be a 64-bit integer, got {req.seed}", param="seed", code="invalid_value"
+        )
     return SamplingParams(max_tokens, temperature, top_p, stop, req.seed)
 
 

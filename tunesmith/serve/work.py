@@ -17,6 +17,9 @@ import torch
 
 from tunesmith.serve.models import ServedModel
 
+GREEDY_BELOW = 1e-4
+"""Temperatures under this sample greedily (a request may send 1e-300: legal, and the same answer)."""
+
 
 @dataclass
 class SamplingParams:
@@ -88,12 +91,14 @@ class Row:
         self.done: Finished | None = None
 
     def pick(self, logits: torch.Tensor) -> int:
-        if self.params.temperature == 0:
+        # Sampling tends to argmax as temperature -> 0; below this the division overflows fp32 to inf/NaN.
+        if self.params.temperature < GREEDY_BELOW:
             return int(logits.argmax())
         probs = torch.softmax(logits.float() / self.params.temperature, dim=-1)
         ordered, order = probs.sort(descending=True)
         # Nucleus: keep the most likely tokens until their mass reaches top_p (always at least one).
         keep = (ordered.cumsum(0) - ordered) < self.params.top_p
+        keep[0] = True  # a top_p that underflows fp32 (1e-300) would otherwise keep none
         choice = torch.multinomial(ordered * keep, 1, generator=self.generator)
         return int(order[choice])
 

@@ -288,7 +288,7 @@ def test_train_writes_baselines_forgetting_and_overfitting(tmp_path, tiny_model_
     # zero-shot is the base evaluation itself (reused, not recomputed)
     assert table["systems"]["0-shot"]["accuracy"] == summary["eval"]["validation"]["base"]["accuracy"]
     assert table["gain_ci95_low"] <= table["gain"] <= table["gain_ci95_high"]
-    assert set(summary["forgetting"]) == {"knowledge", "instructions", "prose_perplexity"}
+    assert set(summary["forgetting"]) == {"knowledge", "instructions", "prose_perplexity", "safety"}
     assert summary["overfitting"]["gap_end"] is not None
     cache = json.loads((tmp_path / "cls" / "baseline_eval.json").read_text())
     assert set(cache["results"]["validation"]) == {"0", "2"}
@@ -299,7 +299,14 @@ def test_train_writes_baselines_forgetting_and_overfitting(tmp_path, tiny_model_
 
 def test_failed_gate_marks_run_failed_and_cli_exits_3(tmp_path, tiny_model_dir, cls_files, capsys):
     args = ["train", "/dev/null"]
-    for item in _overrides(tmp_path, tiny_model_dir, cls_files, "gates.min_gain=5", "eval.probes=false"):
+    for item in _overrides(
+        tmp_path,
+        tiny_model_dir,
+        cls_files,
+        "gates.min_gain=5",
+        "eval.probes=false",
+        "eval.safety_probe=false",
+    ):
         args += ["--set", item]
     assert cli.main(args) == GATE_EXIT_CODE == 3
     assert "gate failed: validation f1_macro gain over the best baseline" in capsys.readouterr().err

@@ -513,6 +513,7 @@ def test_concurrency_cap_429_and_disconnect_frees_slot(default_tokenizer):
                 model="slow", messages=[{"role": "user", "content": "hi"}], max_tokens=2
             )
         assert err.value.status_code == 429 and "limit of 1 concurrent" in err.value.message
+        assert err.value.response.headers["retry-after"] == "1"
         assert _metric(metrics(), "tunesmith_in_flight_requests") == 1
         sock.shutdown(socket.SHUT_RDWR)
         sock.close()  # the client goes away mid-stream
