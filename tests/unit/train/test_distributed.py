@@ -1,0 +1,110 @@
+"""Data-parallel training on CPU (gloo): 2 processes x micro-batch 2 equal 1 process x micro-batch 4.
+
+The two processes are real ones (``torch.multiprocessing`` spawn, the environment torchrun would set), so
+the process group, the sharding, the all-reduces and the rank-0-only writes are what a run uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import make_tiny_llama
+from tunesmith.config import FullMethod, TrainConfig
+from tunesmith.errors import RunError
+from tunesmith.methods import prepare_model
+from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.distributed import World, shard
+from tunesmith.train.loop import TokenData, _check_resume_shape, train_loop
+
+VOCAB = 128
+PAD = 2
+TOL = 1e-5
+
+
+def _data() -> TokenData:
+    """9 examples of lengths 5..16 (ranks hold different token counts); global batch 4 leaves a last batch
+    of 1, so rank 1's share is empty there."""
+    g = torch.Generator().manual_seed(0)
+    ids, labels = [], []
+    for _ in range(9):
+        length = int(torch.randint(5, 17, (1,), generator=g))
+        row = torch.randint(3, VOCAB, (length,), generator=g).tolist()
+        ids.append(row)
+        labels.append([-100] * 2 + row[2:])
+    return TokenData(ids, labels)
+
+
+def _train(run_dir: Path, batch_size: int, out: Path) -> None:
+    cfg = TrainConfig(
+        epochs=2, batch_size=batch_size, lr=1e-2, scheduler="linear", log_every=1, precision="fp32"
+    )
+    model = prepare_model(make_tiny_llama(VOCAB), FullMethod())
+    train_loop(model, _data(), None, cfg, seed=0, run_dir=run_dir, pad_id=PAD)
+    save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(out))
+
+
+def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    _train(Path(run_dir), 2, Path(run_dir) / f"weights-{rank}.safetensors")
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in rows]
+
+
+def test_two_processes_match_one(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    _train(one, 4, one / "weights.safetensors")
+    mp.start_processes(_worker, args=(2, _free_port(), str(two)), nprocs=2, start_method="spawn")
+
+    assert len(_losses(one)) == 6  # 3 global batches (4, 4, 1) per epoch, 2 epochs
+    assert _losses(two) == pytest.approx(_losses(one), abs=TOL)
+    reference = load_file(str(one / "weights.safetensors"))
+    for rank in (0, 1):  # every rank ends with the one-process weights
+        weights = load_file(str(two / f"weights-{rank}.safetensors"))
+        for name, tensor in reference.items():
+            torch.testing.assert_close(weights[name], tensor, atol=TOL, rtol=0)
+    assert sorted(p.name for p in two.iterdir()) == [  # rank 1 wrote nothing of the run's own
+        "metrics.jsonl",
+        "weights-0.safetensors",
+        "weights-1.safetensors",
+    ]
+
+
+def test_shards_cover_the_global_batch_in_order():
+    assert [shard([5, 6, 7, 8], World(r, 2)) for r in (0, 1)] == [[5, 6], [7, 8]]
+    assert [shard([5, 6, 7], World(r, 2)) for r in (0, 1)] == [[5, 6], [7]]
+    assert [shard([5], World(r, 2)) for r in (0, 1)] == [[5], []]
+
+
+def test_resume_with_another_global_micro_batch_says_how(tmp_path):
+    cfg = TrainConfig(batch_size=2)
+    same = ckpt.TrainState(global_micro_batch=4)
+    _check_resume_shape(same, cfg, World(0, 2), tmp_path)  # 2 x 2 = 4: the same data position
+    with pytest.raises(RunError, match=r"this run has 2 x 1 = 2.*train.batch_size=4"):
+        _check_resume_shape(ckpt.TrainState(global_micro_batch=4), cfg, World(0, 1), tmp_path)
