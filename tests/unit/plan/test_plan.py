@@ -15,7 +15,7 @@ from tunesmith.errors import ModelError
 from tunesmith.methods import prepare_model
 from tunesmith.models.memory import plan_memory
 from tunesmith.plan import estimate as est
-from tunesmith.plan.candidates import meta_model, parameter_count, resolve_candidate
+from tunesmith.plan.candidates import parameter_count, resolve_candidate
 from tunesmith.plan.report import recommend
 
 PUBLISHED = {  # parameter counts from the models' cards / safetensors metadata

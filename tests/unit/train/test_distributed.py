@@ -1,4 +1,5 @@
-"""Data-parallel training on CPU (gloo): 2 processes x micro-batch 2 equal 1 process x micro-batch 4.
+"""Data-parallel training on CPU (gloo): 2 processes x micro-batch 2 equal 1 process x micro-batch 4, and
+a 2-process checkpoint resumes in 1 process at the same global micro-batch.
 
 The two processes are real ones (``torch.multiprocessing`` spawn, the environment torchrun would set), so
 the process group, the sharding, the all-reduces and the rank-0-only writes are what a run uses.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -42,12 +44,18 @@ def _data() -> TokenData:
     return TokenData(ids, labels)
 
 
-def _train(run_dir: Path, batch_size: int, out: Path) -> None:
+def _train(run_dir: Path, batch_size: int, out: Path, save_every: int | None = None, resume=False) -> None:
     cfg = TrainConfig(
-        epochs=2, batch_size=batch_size, lr=1e-2, scheduler="linear", log_every=1, precision="fp32"
+        epochs=2,
+        batch_size=batch_size,
+        lr=1e-2,
+        scheduler="linear",
+        log_every=1,
+        precision="fp32",
+        save_every=save_every,
     )
     model = prepare_model(make_tiny_llama(VOCAB), FullMethod())
-    train_loop(model, _data(), None, cfg, seed=0, run_dir=run_dir, pad_id=PAD)
+    train_loop(model, _data(), None, cfg, seed=0, run_dir=run_dir, pad_id=PAD, resume=resume)
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(out))
 
 
@@ -61,7 +69,7 @@ def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    _train(Path(run_dir), 2, Path(run_dir) / f"weights-{rank}.safetensors")
+    _train(Path(run_dir), 2, Path(run_dir) / f"weights-{rank}.safetensors", save_every=3)
     torch.distributed.destroy_process_group()
 
 
@@ -90,10 +98,19 @@ def test_two_processes_match_one(tmp_path):
         for name, tensor in reference.items():
             torch.testing.assert_close(weights[name], tensor, atol=TOL, rtol=0)
     assert sorted(p.name for p in two.iterdir()) == [  # rank 1 wrote nothing of the run's own
+        "checkpoints",
         "metrics.jsonl",
         "weights-0.safetensors",
         "weights-1.safetensors",
     ]
+
+    # Resume on another world size, same global micro-batch: 1 process x 4 from the 2 x 2 run's step 3.
+    shutil.rmtree(two / "checkpoints" / "step-000006")
+    _train(two, 4, two / "resumed.safetensors", resume=True)
+    assert _losses(two) == pytest.approx(_losses(one), abs=TOL)
+    resumed = load_file(str(two / "resumed.safetensors"))
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=TOL, rtol=0)
 
 
 def test_shards_cover_the_global_batch_in_order():
