@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from tunesmith.errors import RunError
+
 
 @dataclass(frozen=True)
 class World:
@@ -149,9 +151,25 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+SHARDED_LAUNCH = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
+"""What ``accelerate launch`` sets for an FSDP / DeepSpeed config: sharded training this loop does not do."""
+
+
 def start_world() -> World:
     """Join the process group when launched by torchrun / accelerate launch (accelerate creates it: gloo on
-    CPU, NCCL on CUDA); otherwise rank 0 of 1, with no group."""
+    CPU, NCCL on CUDA); otherwise rank 0 of 1, with no group.
+
+    Raises:
+        RunError: launched with an FSDP or DeepSpeed accelerate config, which would otherwise train as plain
+            data parallelism with every parameter on every device, without saying so.
+    """
+    sharded = [name for name in SHARDED_LAUNCH if os.environ.get(name, "").lower() in ("1", "true")]
+    if sharded:
+        raise RunError(
+            f"{sharded[0]} is set (an FSDP / DeepSpeed `accelerate config`): tunesmith trains data-parallel "
+            "with the whole model on every process; choose distributed_type MULTI_GPU or MULTI_CPU in "
+            "`accelerate config`, or use `tunesmith train --nproc N` (see docs/distributed.md)"
+        )
     if launched():
         from accelerate import PartialState  # deferred: only distributed runs need it here
 

@@ -23,7 +23,7 @@ from tunesmith.config import FullMethod, TrainConfig
 from tunesmith.errors import RunError
 from tunesmith.methods import prepare_model
 from tunesmith.train import checkpoint as ckpt
-from tunesmith.train.distributed import World, shard
+from tunesmith.train.distributed import World, shard, start_world
 from tunesmith.train.loop import TokenData, _check_resume_shape, train_loop
 
 VOCAB = 128
@@ -125,3 +125,9 @@ def test_resume_with_another_global_micro_batch_says_how(tmp_path):
     _check_resume_shape(same, cfg, World(0, 2), tmp_path)  # 2 x 2 = 4: the same data position
     with pytest.raises(RunError, match=r"this run has 2 x 1 = 2.*train.batch_size=4"):
         _check_resume_shape(ckpt.TrainState(global_micro_batch=4), cfg, World(0, 1), tmp_path)
+
+
+def test_an_fsdp_launch_is_refused_not_run_unsharded(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(RunError, match=r"ACCELERATE_USE_FSDP is set.*MULTI_GPU or MULTI_CPU"):
+        start_world()
