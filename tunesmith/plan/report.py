@@ -24,9 +24,10 @@ def table(rows: list[Estimate]) -> str:
         "|---|---:|---|---:|---|---:|---:|",
     ]
     for r in rows:
+        speed = f"{r.tokens_per_s:.2g}" if r.tokens_per_s < 10 else f"{r.tokens_per_s:,.0f}"
         lines.append(
             f"| {r.model} | {r.params / 1e6:,.0f}M | {r.method} | {r.peak_mb:,.0f} MB | "
-            f"{'yes' if r.fits else 'no'} | {r.tokens_per_s:,.0f} | {duration(r.seconds)} |"
+            f"{'yes' if r.fits else 'no'} | {speed} | {duration(r.seconds)} |"
         )
     return "\n".join(lines)
 
