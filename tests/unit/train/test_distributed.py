@@ -131,3 +131,32 @@ def test_an_fsdp_launch_is_refused_not_run_unsharded(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(RunError, match=r"ACCELERATE_USE_FSDP is set.*MULTI_GPU or MULTI_CPU"):
         start_world()
+
+
+@pytest.mark.slow  # two fresh processes import the whole stack: ~1 min on 2 loaded cores
+def test_cli_nproc_2_trains_a_head_run_with_rank_0_writing(tmp_path, tiny_model_dir):
+    import yaml
+
+    from tunesmith.cli import main
+
+    rows = [
+        {"text": " ".join(["red", "sea"][i % 2] for _ in range(2 + i % 5)), "label": "ab"[i % 2]}
+        for i in range(18)
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {
+        "name": "ddp",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"name": str(tiny_model_dir), "head": "classification"},
+        "data": {"train": str(tmp_path / "train.jsonl"), "validation_fraction": 0.2},
+        "method": {"name": "lora", "r": 4, "alpha": 8},
+        "train": {"epochs": 2, "batch_size": 2, "lr": 1e-2, "precision": "fp32", "save_every": 2},
+        "eval": {"probes": False, "icl_shots": []},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml"), "--nproc", "2"]) == 0
+    run = tmp_path / "runs" / "ddp"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train"]["steps"] == 8  # 14 training examples, global micro-batch 4, 2 epochs
+    assert ckpt.list_checkpoints(run / "checkpoints")[-1].name == "step-000008"
+    assert not list(run.glob(".*.tmp"))  # no half-written file from a second writer
