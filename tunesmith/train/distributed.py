@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -151,6 +152,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+PROCESS_GROUP_TIMEOUT = timedelta(hours=4)
+"""How long a rank waits in a collective. Long because of the first one: rank 0 evaluates the base model
+(zero-/k-shot baselines, probes: many minutes on CPU) while the other ranks already wait to train; torch's
+default (30 min) would kill them. The cost: a rank that hangs is noticed only after this long."""
+
 SHARDED_LAUNCH = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
 """What ``accelerate launch`` sets for an FSDP / DeepSpeed config: sharded training this loop does not do."""
 
@@ -173,5 +179,5 @@ def start_world() -> World:
     if launched():
         from accelerate import PartialState  # deferred: only distributed runs need it here
 
-        PartialState(cpu=not torch.cuda.is_available())
+        PartialState(cpu=not torch.cuda.is_available(), timeout=PROCESS_GROUP_TIMEOUT)
     return current_world()
