@@ -79,9 +79,7 @@ def test_speed_scales_by_flops_per_token(tiny_model_dir):
     cal = est.Calibration(tokens_per_s=600.0, params=1000, seconds=10, steps=5, width=128, runtime_mb=500)
     candidate = resolve_candidate(str(tiny_model_dir))
     params = parameter_count(candidate)
-    rows = {
-        m: est.estimate(candidate, m, _shape(), None, cal, 1e9, params) for m in ("full", "lora", "head")
-    }
+    rows = {m: est.estimate(candidate, m, _shape(), None, cal, 1e9, params) for m in ("full", "lora", "head")}
     assert rows["full"].tokens_per_s == pytest.approx(600.0 * 1000 / params)
     assert rows["lora"].tokens_per_s == pytest.approx(rows["full"].tokens_per_s * 6 / 4)
     assert rows["head"].seconds == pytest.approx(10_000 / (600.0 * 6000 / (2 * params)))
