@@ -6,6 +6,7 @@ tunesmith predict runs/lora-demo --data FILE --out FILE
 tunesmith chat runs/lora-demo
 tunesmith demo
 tunesmith sweep recipes/tweeteval-emotion-head.yaml --space recipes/spaces/emotion_head.yaml --trials 12
+tunesmith plan recipes/lora.yaml --models default,Qwen2.5-1.5B-Instruct
 """
 
 from __future__ import annotations
@@ -40,10 +41,20 @@ def _train(args: argparse.Namespace) -> int:
     from tunesmith.api import train  # deferred: `tunesmith --help` loads no command
     from tunesmith.config import load_config  # deferred: `tunesmith --help` loads no command
 
+    if args.nproc > 1:  # one machine, N processes: re-run this command under torchrun (docs/distributed.md)
+        import subprocess  # deferred: only --nproc needs it
+
+        from tunesmith.train.distributed import launch_command, launch_env
+
+        argv = ["train", args.config, *[a for s in args.set for a in ("--set", s)]]
+        argv += ["--resume"] if args.resume else []
+        return subprocess.run(launch_command(argv, args.nproc), env=launch_env(args.nproc)).returncode
     cfg = load_config(args.config, args.set)
     summary = train(cfg, resume=args.resume)
     if summary["status"] == "interrupted":
         return 130
+    if summary["status"] == "worker":  # a rank other than 0: rank 0 reports
+        return 0
     print(headline(summary))
     print(f"tunesmith: run directory {cfg.run_dir} (report.html, summary.json)")
     if summary["status"] == "failed":  # a gate failed: exit non-zero so a pipeline cannot promote the run
@@ -124,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.lr=1e-4"
     )
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument(
+        "--nproc", type=int, default=1, help="data-parallel processes on this machine (torchrun; gloo on CPU)"
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="evaluate a finished run; prints JSON metrics")
@@ -180,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tunesmith.evaluate.cli import add_parser as add_evidence_parser
     from tunesmith.export.cli import add_parser as add_export_parser
     from tunesmith.jobs.cli import add_parser as add_jobs_parser
+    from tunesmith.plan.cli import add_parser as add_plan_parser
     from tunesmith.rag.cli import add_parser as add_rag_parser
     from tunesmith.serve.cli import add_parser as add_serve_parser
     from tunesmith.sweep.cli import add_parser as add_sweep_parser
@@ -188,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evidence_parser(sub)  # cv, bias, drift, compare
     add_export_parser(sub)
     add_jobs_parser(sub)
+    add_plan_parser(sub)
     add_rag_parser(sub)
     add_serve_parser(sub)
     add_sweep_parser(sub)

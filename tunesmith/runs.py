@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,12 @@ STAGE_END = "end"
 STOP_REQUEST = "STOP"
 """Created by another process to stop the run at the next step boundary (checkpointed, resumable)."""
 TENSORBOARD = "tensorboard"
+
+
+def writes_files() -> bool:
+    """Whether this process writes run directories: the only process, or rank 0 of a distributed run
+    (torchrun sets ``RANK``); the other ranks train and read, never write."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 class Summary(TypedDict, total=False):
@@ -123,6 +130,8 @@ class RunDir:
 
     def start(self, cfg: RunConfig) -> RunDir:
         """Create the directory and write the resolved ``config.yaml`` (every default spelled out)."""
+        if not writes_files():
+            return self
         self.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.config, dump_config(cfg))
         return self
@@ -135,6 +144,8 @@ class RunDir:
         return config_from_dict(yaml.safe_load(self.config.read_text(encoding="utf-8")), str(self.config))
 
     def write_data_report(self, report: dict[str, Any]) -> None:
+        if not writes_files():
+            return
         write_json_atomic(self.data_report, report)
 
     def read_data_report(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("train", "evaluate", "tracking"),  # siblings: the loop, the metrics, the trackers (MLflow, TensorBoard)
     ("pipelines",),  # one Pipeline shape, run kinds by name
     ("api",),
-    ("jobs", "sweep"),  # the fine-tuning API's jobs (served by serve/); sweeps (Optuna): both call the API
+    ("jobs", "sweep", "plan"),  # the API's jobs (served by serve/); sweeps (Optuna); model-selection plans
     ("serve", "export", "demo"),  # faces
     ("cli",),  # tunesmith/cli.py and every package's cli.py: parse, call the API, print
 ]

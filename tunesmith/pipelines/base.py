@@ -38,6 +38,7 @@ from tunesmith.models.loading import load_tokenizer
 from tunesmith.report.html import write_report
 from tunesmith.runs import RunDir, Summary
 from tunesmith.tracking import start_tracking
+from tunesmith.train.distributed import env_world
 from tunesmith.train.hooks import LoopHooks
 from tunesmith.train.loop import TrainResult
 
@@ -61,6 +62,8 @@ def versions() -> dict[str, str]:
 
 
 def print_data_report(report: dict[str, Any]) -> None:
+    if not env_world().main:  # every rank prepares the same data; one says so
+        return
     for split, counts in report.get("splits", {}).items():
         shown = ", ".join(f"{k}={v}" for k, v in counts.items() if v)
         print(f"tunesmith: data {split}: {shown}")
@@ -256,6 +259,8 @@ class Pipeline:
     name = "base"
     seed_first = True
     """Seed before anything else (lm, staged); the head and feature kinds seed where their models start."""
+    distributes = False
+    """Trains under ``tunesmith train --nproc N`` / torchrun (one loop call; see :meth:`train_worker`)."""
 
     def check(self, cfg: RunConfig) -> None:
         """Fail before any work on a setting this kind cannot honour."""
@@ -274,6 +279,14 @@ class Pipeline:
         t_start = time.perf_counter()
         if self.seed_first:
             seed_everything(cfg.seed)
+        world = env_world()
+        if world.size > 1 and not self.distributes:
+            raise ConfigError(
+                f"run kind {self.name!r} does not train on several processes; run it without --nproc "
+                "(lm and head runs do)"
+            )
+        if not world.main:
+            return self.train_worker(cfg, resume, t_start)
         run_dir = RunDir(cfg.run_dir).start(cfg)
         tracking = start_tracking(cfg, run_dir)
         try:
@@ -286,6 +299,15 @@ class Pipeline:
             raise
         tracking.finish(dict(summary))
         return summary
+
+    def train_worker(self, cfg: RunConfig, resume: bool, t_start: float) -> Summary:
+        """A rank other than 0 of a distributed run: the same data and model, its share of the training,
+        then done. Rank 0 alone evaluates, saves and reports; nothing here writes the run directory."""
+        run = Run(cfg, RunDir(cfg.run_dir), load_tokenizer(cfg.model.name, cfg.model.trust_remote_code))
+        run.resume, run.t_start = resume, t_start
+        data = self.prepare(run)
+        fit = self.fit(run, self.start_model(run, data), data)
+        return {"name": cfg.name, "status": "worker" if not fit.interrupted else "interrupted"}
 
     def run_steps(self, run: Run) -> Summary:
         """The steps in order, from the data to ``summary.json`` and ``report.html``."""

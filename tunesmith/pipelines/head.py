@@ -123,6 +123,7 @@ class HeadPipeline(Pipeline):
     """Prepare the data (text alone, class id at the last token), train the head, save, evaluate, report."""
 
     name = "head"
+    distributes = True
     seed_first = False  # the run seed is set where the new head is initialised (start_model)
 
     def check(self, cfg: RunConfig) -> None:

@@ -120,6 +120,7 @@ class LMPipeline(Pipeline):
     """SFT / CPT / label-word classification through the one loop."""
 
     name = "lm"
+    distributes = True
 
     def prepare(self, run: Run) -> PreparedData:
         cfg = run.cfg

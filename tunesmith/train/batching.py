@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import torch
 
 from tunesmith.infer.batching import TokenData
+from tunesmith.train.distributed import World, shard
 
 GROUP_CHUNK_BATCHES = 32
 """With length grouping, examples are sorted by length within windows of this many batches: enough to
@@ -101,8 +102,12 @@ def iter_batches(
     start_batch: int = 0,
     group_by_length: bool = True,
     packing: bool = False,
-) -> Iterator[dict[str, torch.Tensor]]:
+    world: World | None = None,
+) -> Iterator[dict[str, torch.Tensor] | None]:
     """Yield the micro-batches of one epoch, skipping the first ``start_batch`` (resume).
+
+    With ``world`` (several training processes), ``batch_size`` is the *global* micro-batch and each rank
+    gets its :func:`~tunesmith.train.distributed.shard` of it, or None when its share is empty.
 
     Packing changes only how a micro-batch's examples are laid out in rows, never which examples it holds,
     so steps, gradient accumulation and the resume position are the same with and without it. Only plain
@@ -110,6 +115,11 @@ def iter_batches(
     """
     batches = length_grouped_batches(data.lengths(), batch_size, seed, epoch, group_by_length)
     for idx in batches[start_batch:]:
+        if world is not None and world.size > 1:
+            idx = shard(idx, world)
+            if not idx:
+                yield None
+                continue
         if packing and type(data) is TokenData:
             yield collate_packed([data.input_ids[i] for i in idx], [data.labels[i] for i in idx], pad_id)
         else:

@@ -54,6 +54,9 @@ class TrainState:
     best_score: float | None = None  # train.best_metric at best_step, oriented so higher is better
     evals_without_improvement: int = 0
     precision: str | None = None  # accelerate's name ("bf16"/"no") the run trains in, decided at its start
+    global_micro_batch: int | None = (
+        None  # examples per micro-batch over all processes: batch_in_epoch's unit
+    )
     extra: dict[str, Any] = field(default_factory=dict)
 
 

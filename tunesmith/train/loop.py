@@ -10,9 +10,11 @@ an atomic checkpoint that ``resume=True`` continues from exactly (weights, optim
 position). A ``STOP`` file in the run directory (``RunDir.stop_request``, written by another process: the
 jobs worker's pause) ends the run the same way, but only between steps, never inside one. With
 ``train.ema_decay`` the validation passes, the best snapshot and the final weights are an exponential moving
-average of the trained ones. ``hooks`` (:mod:`tunesmith.train.hooks`) see every logged row and every
-validation pass, and may stop the run there (a sweep's pruner: ``result.pruned``). Device and autocast come
-from accelerate, so the same code runs on CPU and CUDA.
+average of the trained ones. Under torchrun (``tunesmith train --nproc N``) every process trains its
+shard of each global micro-batch and only rank 0 writes (:mod:`tunesmith.train.distributed`). ``hooks``
+(:mod:`tunesmith.train.hooks`) see every logged row and every validation pass, and may stop the run there
+(a sweep's pruner: ``result.pruned``). Device and autocast come from accelerate, so the same code runs on
+CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ from tunesmith.models.memory import fit_micro_batch, plan_memory
 from tunesmith.runs import RunDir
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.batching import batches_per_epoch, iter_batches
+from tunesmith.train.distributed import (
+    World,
+    all_sum,
+    barrier,
+    broadcast_parameters,
+    from_main,
+    start_world,
+    sync_gradients,
+)
 from tunesmith.train.ema import WeightAverage
 from tunesmith.train.hooks import LoopHooks
 from tunesmith.train.monitor import MetricsLog, fix_mmap_threshold, peak_rss_mb
@@ -67,27 +78,31 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def total_optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
+def total_optimizer_steps(n_examples: int, cfg: TrainConfig, processes: int = 1) -> int:
     if cfg.max_steps is not None:
         return cfg.max_steps
-    per_epoch = batches_per_epoch(n_examples, cfg.batch_size)
+    per_epoch = batches_per_epoch(n_examples, cfg.batch_size * processes)
     return max(1, math.ceil(per_epoch * cfg.epochs / cfg.grad_accum))
 
 
-def _micro_batches(data: TokenData, cfg: TrainConfig, seed: int, pad_id: int, state: ckpt.TrainState):
-    """Endless stream of (epoch, batch_index, batch), continuing from the state's data position."""
+def _micro_batches(
+    data: TokenData, cfg: TrainConfig, seed: int, pad_id: int, state: ckpt.TrainState, world: World
+):
+    """Endless stream of (epoch, batch_index, batch), continuing from the state's data position; the
+    index counts global micro-batches (``batch_size`` x processes), the batch is this rank's share."""
     epoch, start = state.epoch, state.batch_in_epoch
     while True:
         for offset, batch in enumerate(
             iter_batches(
                 data,
-                cfg.batch_size,
+                cfg.batch_size * world.size,
                 pad_id,
                 seed,
                 epoch,
                 start,
                 cfg.group_by_length,
                 cfg.packing,
+                world,
             )
         ):
             yield epoch, start + offset, batch
@@ -128,18 +143,21 @@ def train_loop(
     fix_mmap_threshold()  # RSS that tracks live tensors instead of growing step after step (see there)
     ckpt_root = RunDir(run_dir).checkpoints
     found = ckpt.latest_checkpoint(ckpt_root) if resume else None  # verified; a torn one is skipped
-    precision = run_precision(cfg.precision, found)
+    world = start_world()
+    # Rank 0's choice: `auto` times a matmul, and ranks must not train in different precisions.
+    precision = from_main(run_precision(cfg.precision, found), world)
     accelerator = make_accelerator(precision)
     model = model.to(accelerator.device)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    cfg = plan_and_fit(model, train_data, cfg, precision)
+    cfg = plan_and_fit(model, train_data, cfg, precision, world.main)
     params = [p for p in model.parameters() if p.requires_grad]
+    broadcast_parameters(params, world)
     if make_optimizer is not None:
         optimizer = make_optimizer(model, cfg)
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = total_optimizer_steps(len(train_data.input_ids), cfg)
+    total_steps = total_optimizer_steps(len(train_data.input_ids), cfg, world.size)
     scheduler = get_scheduler(
         "constant_with_warmup" if cfg.scheduler == "constant" else cfg.scheduler,
         optimizer,
@@ -150,19 +168,29 @@ def train_loop(
     best_dir = ckpt_root / "best"
     ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
     averaged = ema.shadow if ema is not None else None  # what checkpoints save and restore of it
-    state = ckpt.TrainState(precision=precision)
+    state = ckpt.TrainState(precision=precision, global_micro_batch=cfg.batch_size * world.size)
     if found is not None:
         state = ckpt.load_checkpoint(found, model, optimizer, scheduler, averaged, verified=True)
+        _check_resume_shape(state, cfg, world, found)
         state.precision = precision
         if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
             state.best_score = -state.best_val_loss  # checkpoints written before best_score existed
-        print(f"tunesmith: resuming from {found} (step {state.step}/{total_steps})")
+        if world.main:
+            print(f"tunesmith: resuming from {found} (step {state.step}/{total_steps})")
     hooks = hooks or LoopHooks()
-    log = MetricsLog(RunDir(run_dir).metrics, truncate_after=state.step if resume else 0, on_write=hooks.log)
+    metrics_path = RunDir(run_dir).metrics if world.main else None  # only rank 0 writes the run directory
+    log = MetricsLog(metrics_path, truncate_after=state.step if resume else 0, on_write=hooks.log)
     result = TrainResult(steps=state.step, total_steps=total_steps)
-    stream = _micro_batches(train_data, cfg, seed, pad_id, state)
+    stream = _micro_batches(train_data, cfg, seed, pad_id, state, world)
     splits = 1  # each micro-batch runs in this many row chunks; doubled on CUDA out-of-memory
-    bar = tqdm(total=total_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=not world.main,
+    )
     start_time = time.perf_counter()
     model.train()
     try:
@@ -179,6 +207,7 @@ def train_loop(
                 optimizer,
                 scheduler,
                 splits,
+                world,
             )
             epoch, batch_idx, _ = micro[-1]
             state.step, state.epoch, state.batch_in_epoch = state.step + 1, epoch, batch_idx + 1
@@ -192,7 +221,7 @@ def train_loop(
             # and generation time) hands it over once per step: popped every step, logged with the step.
             extra = loss_fn.pop_stats() if hasattr(loss_fn, "pop_stats") else {}
             if state.step % cfg.log_every == 0 or state.step == total_steps:
-                epoch_pos = round(epoch + batch_idx / max(1, _n_batches(train_data, cfg)), 4)
+                epoch_pos = round(epoch + batch_idx / max(1, _n_batches(train_data, cfg, world)), 4)
                 log.write(
                     {
                         "step": state.step,
@@ -223,20 +252,24 @@ def train_loop(
                         loss_fn,
                         val_metrics,
                         hooks,
+                        world,
                     )
+                # Rank 0's hooks decide (a pruner sees its rows only); every rank must stop together.
+                stop, result.pruned = from_main((stop, result.pruned), world)
+                result.interrupted = result.interrupted or result.pruned
                 result.stopped_early = stop and not result.pruned
-            if cfg.save_every and state.step % cfg.save_every == 0:
+            if cfg.save_every and state.step % cfg.save_every == 0 and world.main:
                 ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged)
                 fault_point("step.saved")
             if on_step is not None:
                 on_step(state.step, step_loss)
             if result.stopped_early or result.pruned:
                 break
-            if state.step < total_steps and stop_request.exists():
+            if state.step < total_steps and from_main(stop_request.exists(), world):
                 # Polled here, after the step's bookkeeping: a signal could land between the optimizer
                 # step and the state update and checkpoint a step that resume would run twice.
                 result.interrupted = True
-                if not (cfg.save_every and state.step % cfg.save_every == 0):  # else saved just above
+                if world.main and not (cfg.save_every and state.step % cfg.save_every == 0):  # else saved
                     ckpt.save_checkpoint(
                         ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged
                     )
@@ -246,8 +279,11 @@ def train_loop(
         # Ctrl-C: keep what was trained. The step in flight (if any) is dropped; the checkpoint marks the
         # last completed step, so --resume continues exactly from there.
         result.interrupted = True
-        path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged)
-        print(f"\ntunesmith: interrupted at step {state.step}; saved {path}. Continue with --resume")
+        if world.main:
+            path = ckpt.save_checkpoint(
+                ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged
+            )
+            print(f"\ntunesmith: interrupted at step {state.step}; saved {path}. Continue with --resume")
     finally:
         bar.close()
     result.steps = state.step
@@ -257,6 +293,7 @@ def train_loop(
     if ema is not None:
         ema.copy_to_model()  # the run's result is the average (its checkpoints keep both for --resume)
     if not result.interrupted and _keeps_best(cfg):
+        barrier(world)  # rank 0 wrote the best weights; the others read them
         result.restored_best = _restore_best(model, best_dir, state, cfg)
     result.history = log.rows
     result.peak_memory_mb = peak_rss_mb()
@@ -299,17 +336,22 @@ def _optimizer_step(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     splits: int = 1,
+    world: World | None = None,
 ) -> tuple[float, int]:
     """One optimizer step over ``grad_accum`` micro-batches; returns (loss, tokens seen incl. prompts).
 
     ``splits`` > 1 runs each micro-batch in that many row chunks: the loss is a token sum over the step's
-    target count, so the gradient is the same, at the cost of smaller matmuls.
+    target count, so the gradient is the same, at the cost of smaller matmuls. With several processes,
+    ``batches`` are this rank's shares (None: an empty one) and the target count, the gradients, the loss and
+    the token count are sums over all ranks, so every number equals the one-process step's.
     """
-    n_target = sum(count_targets(b) for b in batches)
+    world = world or World()
+    mine = [b for b in batches if b is not None]
+    (n_target,) = all_sum([sum(count_targets(b) for b in mine)], world)
     step_loss = 0.0
     chunks = [
         {k: v[rows] for k, v in b.items()}
-        for b in batches
+        for b in mine
         for rows in torch.arange(len(b["input_ids"])).tensor_split(splits)
         if len(rows)
     ]
@@ -331,12 +373,14 @@ def _optimizer_step(
             loss = backward(loss_sum)
         step_loss += float(loss)  # a CPU-GPU sync per micro-batch; cheap next to the step itself
         fault_point("step.backward")  # mid-step: gradients accumulated, the optimizer not yet stepped
+    sync_gradients(params, world)  # before clipping: the norm is the global gradient's
     if cfg.max_grad_norm is not None:
         accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return step_loss, sum(count_tokens(b) for b in batches)
+    step_loss, tokens = all_sum([step_loss, sum(count_tokens(b) for b in mine)], world)
+    return step_loss, int(tokens)
 
 
 def _step_with_oom_retry(
@@ -349,6 +393,7 @@ def _step_with_oom_retry(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     splits: int,
+    world: World | None = None,
 ) -> tuple[float, int, int]:
     """``_optimizer_step``, retried with each micro-batch in twice as many row chunks on CUDA OOM.
 
@@ -358,13 +403,13 @@ def _step_with_oom_retry(
     while True:
         try:
             loss, tokens = _optimizer_step(
-                model, batches, loss_fn, accelerator, cfg, params, optimizer, scheduler, splits
+                model, batches, loss_fn, accelerator, cfg, params, optimizer, scheduler, splits, world
             )
             return loss, tokens, splits
         except torch.OutOfMemoryError as exc:
             optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            rows = max(len(b["input_ids"]) for b in batches)
+            rows = max(len(b["input_ids"]) for b in batches if b is not None)
             if splits >= rows:
                 raise RunError(
                     "out of memory with one example per chunk: lower data.max_length, set "
@@ -383,7 +428,9 @@ def enable_gradient_checkpointing(model: Any) -> None:
         model.enable_input_require_grads()
 
 
-def plan_and_fit(model: Any, data: TokenData, cfg: TrainConfig, precision: str) -> TrainConfig:
+def plan_and_fit(
+    model: Any, data: TokenData, cfg: TrainConfig, precision: str, verbose: bool = True
+) -> TrainConfig:
     """Print the memory plan for the worst-case micro-batch; with a budget, shrink the micro-batch to fit.
 
     Worst case = every row as long as the longest example, every label a target (an upper bound); an example
@@ -398,11 +445,15 @@ def plan_and_fit(model: Any, data: TokenData, cfg: TrainConfig, precision: str) 
     if cfg.memory_budget_mb is not None:
         micro, accum = fit_micro_batch(cfg.batch_size, cfg.grad_accum, estimate, cfg.memory_budget_mb)
         if (micro, accum) != (cfg.batch_size, cfg.grad_accum):
-            print(f"tunesmith: micro-batch {micro} x grad_accum {accum} fits {cfg.memory_budget_mb:.0f} MB")
+            if verbose:
+                print(
+                    f"tunesmith: micro-batch {micro} x grad_accum {accum} fits {cfg.memory_budget_mb:.0f} MB"
+                )
             cfg = cfg.model_copy(update={"batch_size": micro, "grad_accum": accum})
     tokens = cfg.batch_size * rows_per_example * longest
     plan = plan_memory(model, tokens, tokens, precision, cfg.gradient_checkpointing)
-    print(f"tunesmith: {plan.line()}")
+    if verbose:
+        print(f"tunesmith: {plan.line()}")
     return cfg
 
 
@@ -421,8 +472,22 @@ def _restore_best(model: Any, best_dir: Path, state: ckpt.TrainState, cfg: Train
     return True
 
 
-def _n_batches(data: TokenData, cfg: TrainConfig) -> int:
-    return batches_per_epoch(len(data.input_ids), cfg.batch_size)
+def _n_batches(data: TokenData, cfg: TrainConfig, world: World) -> int:
+    return batches_per_epoch(len(data.input_ids), cfg.batch_size * world.size)
+
+
+def _check_resume_shape(state: ckpt.TrainState, cfg: TrainConfig, world: World, path: Path) -> None:
+    """A checkpoint's data position counts global micro-batches of its run's size; another size would
+    resume at other examples (length grouping even reorders the epoch), so it is refused, saying how."""
+    saved, now = state.global_micro_batch, cfg.batch_size * world.size
+    if saved is not None and saved != now:
+        raise RunError(
+            f"{path} was trained with {saved} examples per micro-batch over all processes "
+            f"(train.batch_size x processes); this run has {cfg.batch_size} x {world.size} = {now}. Resume "
+            f"with train.batch_size x --nproc = {saved} (e.g. --set train.batch_size={saved // world.size} "
+            "when that divides), or start a new run"
+        )
+    state.global_micro_batch = now
 
 
 def _should_eval(step: int, total_steps: int, cfg: TrainConfig) -> bool:
@@ -442,6 +507,7 @@ def _evaluate_and_track(
     loss_fn: LossFn = causal_lm_loss,
     val_metrics: ValMetrics | None = None,
     hooks: LoopHooks | None = None,
+    world: World | None = None,
 ) -> bool:
     """Validation pass, hooks, best-weights snapshot, patience. Returns True when training should stop:
     early stopping, or a hook's say (then ``result.pruned`` and ``result.interrupted`` are set too)."""
@@ -469,7 +535,7 @@ def _evaluate_and_track(
     if improved:
         state.best_score, state.best_val_loss, state.best_step = score, val_loss, state.step
         state.evals_without_improvement = 0
-        if _keeps_best(cfg):
+        if _keeps_best(cfg) and (world is None or world.main):
             ckpt.save_weights(best_dir, model)
         return False
     state.evals_without_improvement += 1

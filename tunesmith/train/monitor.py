@@ -23,14 +23,20 @@ class MetricsLog:
 
     On resume, rows after the checkpoint's step are dropped first (they belong to the run that was cut off),
     so the log reads as one uninterrupted run. ``on_write`` sees each new row (experiment trackers).
+    ``path=None`` keeps the rows in memory only (a training process other than rank 0 writes no files).
     """
 
     def __init__(
-        self, path: Path, truncate_after: int = 0, on_write: Callable[[dict[str, Any]], None] | None = None
+        self,
+        path: Path | None,
+        truncate_after: int = 0,
+        on_write: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.path = path
         self.on_write = on_write
         self.rows: list[dict[str, Any]] = []
+        if path is None:
+            return
         if path.exists() and truncate_after > 0:
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
@@ -44,6 +50,8 @@ class MetricsLog:
     def write(self, row: dict[str, Any]) -> None:
         """Append ``row``; a full or read-only disk raises :class:`RunError` naming the file."""
         self.rows.append(row)
+        if self.path is None:
+            return
         try:
             with self.path.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(row) + "\n")
