@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("api",),
     ("jobs", "sweep"),  # the fine-tuning API's jobs (served by serve/); sweeps (Optuna): both call the API
     ("serve", "export", "demo"),  # faces
+    ("ui",),  # the web app: mounts its routes on serve's app
     ("cli",),  # tunesmith/cli.py and every package's cli.py: parse, call the API, print
 ]
 """Lowest first. A module may import its own package and anything in a lower layer; packages that share a

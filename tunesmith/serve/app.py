@@ -82,6 +82,10 @@ class ServeSettings:
     """Chunks per question; None: the served run's ``rag.k``."""
     jobs_workers: int = 1
     """Fine-tuning jobs trained at once (worker processes), when the jobs API is on."""
+    public_paths: tuple[str, ...] = ()
+    """Exact paths served without a key (``tunesmith ui``'s page); the API routes never."""
+    public_prefixes: tuple[str, ...] = ()
+    """Path prefixes served without a key (``tunesmith ui``'s static files)."""
 
 
 class _Api:
@@ -444,7 +448,12 @@ def create_app(
     app = FastAPI(title="tunesmith", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api = api
     app.add_middleware(
-        Guard, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes, metrics=api.metrics
+        Guard,
+        api_keys=settings.api_keys,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=api.metrics,
+        public_paths=settings.public_paths,
+        public_prefixes=settings.public_prefixes,
     )
     _add_error_handlers(app)
     _add_routes(app, api)
