@@ -97,7 +97,7 @@ class UiApi:
             rows, offset = catalog.read_metrics_from(run, offset)
             for row in rows:
                 yield f"id: {offset}\ndata: {json.dumps(row)}\n\n".encode()
-            if not rows and run.summary.exists():
+            if not rows and catalog.settled(run):
                 status = catalog.status_of(run, catalog._read_json(run.summary))
                 yield f"event: end\ndata: {json.dumps({'status': status})}\n\n".encode()
                 return

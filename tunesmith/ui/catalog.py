@@ -35,9 +35,16 @@ def _config(run: RunDir) -> dict[str, Any]:
         return {}
 
 
+def settled(run: RunDir) -> bool:
+    """summary.json was written after the last metrics row: the run ended (a resumed run logs past it)."""
+    if not run.summary.exists():
+        return False
+    return not run.metrics.exists() or run.summary.stat().st_mtime >= run.metrics.stat().st_mtime
+
+
 def status_of(run: RunDir, summary: dict[str, Any]) -> str:
     """completed / failed / interrupted from summary.json; else running, stopping, stopped or new."""
-    if summary.get("status"):
+    if summary.get("status") and settled(run):
         return str(summary["status"])
     if run.stop_request.exists():
         return "stopping"

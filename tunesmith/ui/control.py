@@ -23,6 +23,10 @@ LOGS = ".logs"
 """``<runs>/.logs/<name>.log``: what each started run printed."""
 
 
+def _read_status(run: RunDir) -> str | None:
+    return run.read_summary().get("status")
+
+
 class StartRequest(BaseModel):
     recipe: str = Field(min_length=1, max_length=1_000)
     overrides: list[str] = Field(default_factory=list, max_length=100)
@@ -83,8 +87,8 @@ class Runner:
 
     def stop(self, run: RunDir) -> dict[str, Any]:
         """Ask the run to stop at its next step boundary (it saves a checkpoint first)."""
-        if RunDir(run.path).summary.exists():
-            raise RunError(f"{run.path.name} has finished; there is nothing to stop")
+        if not self.running(run.path.name) and run.summary.exists():
+            raise RunError(f"{run.path.name} has ended; there is nothing to stop")
         run.stop_request.touch()
         return {"name": run.path.name, "status": "stopping"}
 
@@ -97,7 +101,7 @@ class Runner:
         name = run.path.name
         if self.running(name):
             raise RunError(f"{name} is still training; stop it first")
-        if run.summary.exists():
+        if run.summary.exists() and _read_status(run) != "interrupted":
             raise RunError(f"{name} has finished; start a new run to train more")
         if not run.checkpoints.is_dir() or not any(run.checkpoints.iterdir()):
             raise RunError(f"{name} has no checkpoint to resume from; start it again instead")

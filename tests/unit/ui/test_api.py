@@ -236,7 +236,8 @@ def test_start_stop_resume_refuse_what_they_cannot_do(client, runs_env, tmp_path
     assert "exists" in _error(client.post("/ui/api/runs", json={"recipe": str(recipe)}), 409)
     bad = client.post("/ui/api/runs", json={"recipe": str(recipe), "overrides": ["train.nope=1"]})
     assert "nope" in _error(bad, 400)
-    assert "finished" in _error(client.post("/ui/api/runs/chat/stop"), 409)
+    assert "has ended" in _error(client.post("/ui/api/runs/chat/stop"), 409)
+    assert "has finished" in _error(client.post("/ui/api/runs/chat/resume"), 409)
     assert "no checkpoint" in _error(client.post("/ui/api/runs/live/resume"), 409)
     assert client.post("/ui/api/runs/live/stop").json() == {"name": "live", "status": "stopping"}
     assert runs_env.live.stop_request.exists()
