@@ -113,14 +113,15 @@ def test_a_live_runs_curve_grows(page, runs_env, shots):
 def test_playground_reply_matches_the_api(page, server, shots):
     page.goto(page.base + "/ui#/playground/chat")
     page.check("input[value='chat@base']")
+    page.check("input[value='triage']")  # a classification run: label probabilities, not a reply
     page.fill("input[name=max_tokens]", "6")
     page.fill("#prompt", "Say red")
     page.click("#send")
     page.wait_for_function(
-        "[...document.querySelectorAll('.reply')].filter(r => r.textContent !== '…').length === 2"
+        "[...document.querySelectorAll('.reply')].filter(r => r.textContent !== '…').length === 3"
     )
     shown = {
-        col.get_attribute("data-model"): col.locator(".reply").inner_text()
+        col.get_attribute("data-model"): col.locator(".reply").text_content()
         for col in page.locator("[data-model]").all()
     }
     for model in ("chat", "chat@base"):
@@ -128,6 +129,8 @@ def test_playground_reply_matches_the_api(page, server, shots):
         body.update(temperature=0, top_p=1)
         answer = requests.post(server.url + "/v1/chat/completions", json=body, timeout=60).json()
         assert shown[model] == answer["choices"][0]["message"]["content"]
+    probs = page.locator("[data-model=triage] .probs > div")
+    assert probs.count() == 2 and probs.nth(0).inner_text().startswith("positive")
     page.screenshot(path=shots / "ui-playground.png")
 
 
@@ -156,9 +159,7 @@ def test_three_pairwise_judgements_with_the_keyboard(page, runs_env, shots):
     page.wait_for_selector("#pair-done")
     judged = [json.loads(line) for line in log.read_text().splitlines()][before:]
     assert [j["choice"] for j in judged] == ["a", "b", "tie"]
-    assert [(j["a"]["text"].strip(), j["b"]["text"].strip()) for j in judged] == [
-        (a.strip(), b.strip()) for a, b in seen
-    ]
+    assert [(j["a"]["text"], j["b"]["text"]) for j in judged] == seen
     pairs = [json.loads(line) for line in prefs.read_text().splitlines()][pairs_before:]
     assert [(p["prompt"], p["judge"]) for p in pairs] == [("Say red", "ann"), ("Say blue", "ann")]
     assert pairs[0]["chosen"] == judged[0]["a"]["text"] and pairs[1]["chosen"] == judged[1]["b"]["text"]
@@ -170,3 +171,50 @@ def test_compare_screen(page, shots):
     assert page.locator(".chart polyline[data-series=chat]").count() == 2  # train_loss and val_loss charts
     assert "0.6000" in page.inner_text("#compare-metrics")
     page.screenshot(path=shots / "ui-compare.png", full_page=False)
+
+
+def test_rating_with_the_keyboard_and_the_summary_on_the_run_page(page, shots):
+    page.goto(page.base + "/ui#/rate/chat")
+    page.fill("input[name=rater]", "bob")
+    page.wait_for_selector("text=item 1 / 3")
+    page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("4")
+    page.wait_for_selector("text=item 2 / 3")
+    page.screenshot(path=shots / "ui-rate.png")
+    page.keyboard.press("5")
+    page.wait_for_function("document.querySelector('#rating-summary').textContent.includes('over 2 ratings')")
+    assert page.inner_text("#rating-summary") == "mean 4.50 over 2 ratings"
+    page.goto(page.base + "/ui#/run/chat")
+    page.wait_for_selector("#ratings-summary")
+    assert page.inner_text("#ratings-summary").startswith("mean 4.50 over 2 ratings by 1 rater(s)")
+
+
+def test_labelling_and_data_screens(page, runs_env, shots):
+    rows = runs_env.root / "to-label.jsonl"
+    rows.write_text('{"text": "lovely day"}\n{"text": "dreadful queue"}\n')
+    page.goto(page.base + "/ui#/label")
+    page.fill("input[name=path]", str(rows))
+    page.fill("input[name=labels]", "positive, negative")
+    page.fill("input[name=labeller]", "ann")
+    page.click("button:text-is('Load')")
+    page.wait_for_selector("text=lovely day")
+    page.click("button:text-is('positive')")
+    page.wait_for_selector("text=dreadful queue")
+    page.click("button:text-is('negative')")
+    page.wait_for_selector("text=All rows labelled.")
+    labels = [
+        json.loads(line) for line in (runs_env.root / ".feedback" / "labels.jsonl").read_text().splitlines()
+    ]
+    assert [(r["text"], r["label"]) for r in labels[-2:]] == [
+        ("lovely day", "positive"),
+        ("dreadful queue", "negative"),
+    ]
+    bad = runs_env.root / "mixed.jsonl"
+    bad.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n{oops\n'
+    )
+    page.goto(page.base + "/ui#/data")
+    page.fill("input[name=path]", str(bad))
+    page.click("button:text-is('Inspect')")
+    page.frame_locator("iframe").locator("li", has_text="mixed.jsonl:2: invalid JSON").wait_for()
+    page.screenshot(path=shots / "ui-data.png")
