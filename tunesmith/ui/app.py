@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -170,6 +171,9 @@ def _add_run_routes(app: FastAPI, ui: UiApi) -> None:
         kind: str | None = None, method: str | None = None, status: str | None = None, q: str | None = None
     ) -> dict[str, Any]:
         rows = catalog.list_runs(ui.root)
+        for row in rows:  # a run this server started that has not logged a step yet is running too
+            if row["status"] in ("new", "stopped", "interrupted") and ui.runner.running(row["name"]):
+                row["status"] = "running"
         return {"runs": catalog.filter_rows(rows, kind=kind, method=method, status=status, q=q)}
 
     @app.get("/ui/api/runs/{name}")
@@ -307,6 +311,17 @@ def create_ui_app(
     ui = UiApi(root, registry, Path(recipes) if recipes else None)
     app.state.api.resolve = ui.resolve_model
     app.state.ui = ui
+    serving_lifespan = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI) -> AsyncIterator[None]:
+        async with serving_lifespan(app_):
+            try:
+                yield
+            finally:
+                ui.runner.close()  # runs this server started stop at a checkpoint, resumable later
+
+    app.router.lifespan_context = lifespan
     _add_run_routes(app, ui)
     _add_other_routes(app, ui)
     _add_pages(app)

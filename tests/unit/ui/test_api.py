@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -255,3 +258,21 @@ def test_cli_refuses_a_public_bind_without_keys(tmp_path):
     )
     with pytest.raises(ConfigError, match="without authentication"):
         run_ui(args)
+
+
+def test_runs_the_server_started_are_stopped_with_it(runs_env):
+    if runs_env.live.metrics.exists():  # logged long ago: only the process shows it is running
+        os.utime(runs_env.live.metrics, (1, 1))
+    app = create_ui_app(runs_env.root, recipes=None)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with ServerThread(app) as server:
+            app.state.ui.runner.procs["live"] = sleeper  # stands in for a training process
+            rows = requests.get(server.url + "/ui/api/runs", params={"q": "live"}, timeout=60).json()["runs"]
+            assert rows[0]["status"] == "running"
+            assert not runs_env.live.stop_request.exists()
+        assert runs_env.live.stop_request.exists()  # the loop would checkpoint and end at its next step
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        runs_env.live.stop_request.unlink(missing_ok=True)
