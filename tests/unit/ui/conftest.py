@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import make_tiny_llama
 from tunesmith.config import RunConfig
+from tunesmith.report.html import write_report
 from tunesmith.runs import RunDir
 
 KEY = "ui-test-key-0123456789abcdef"
@@ -98,6 +99,7 @@ def runs_env(tmp_path_factory, default_tokenizer):
     root = top / "runs"
     root.mkdir()
     chat = write_run(root, "chat", base, default_tokenizer, "generation", 1)
+    write_report(chat.path)
     triage = write_run(root, "triage", base, default_tokenizer, "classification", 2)
     live = write_run(root, "live", base, default_tokenizer, "generation", 3, finished=False)
     return SimpleNamespace(root=root, base=base, chat=chat, triage=triage, live=live, top=top)

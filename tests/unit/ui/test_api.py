@@ -90,7 +90,9 @@ def test_run_detail_metrics_report_and_predictions(client, runs_env):
     assert [r["step"] for r in client.get("/ui/api/runs/chat/metrics").json()["rows"]] == [1, 2, 3, 4, 5, 5]
     preds = client.get("/ui/api/runs/chat/predictions").json()["rows"]
     assert [p["input"] for p in preds] == PROMPTS and preds[0]["prediction"] == "answer 0"
-    assert "no report.html yet" in _error(client.get("/ui/api/runs/chat/report"), 404)
+    report = client.get("/ui/api/runs/chat/report")
+    assert report.headers["content-type"].startswith("text/html") and "tunesmith report — chat" in report.text
+    assert "no report.html yet" in _error(client.get("/ui/api/runs/live/report"), 404)
     assert "no tuned predictions" in _error(client.get("/ui/api/runs/live/predictions"), 404)
 
 

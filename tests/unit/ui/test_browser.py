@@ -92,7 +92,7 @@ def test_run_page_draws_the_loss_chart(page, shots):
     assert _points(page, "loss-chart", "train_loss") == 5 and _points(page, "loss-chart", "val_loss") == 1
     assert page.locator("#loss-chart circle[data-series=train_loss]").count() == 5
     assert _points(page, "metric-chart", "val_accuracy") == 1
-    page.wait_for_selector("text=Config")
+    page.frame_locator("iframe[title=report]").locator("h1", has_text="chat").wait_for()  # report.html
     page.screenshot(path=shots / "ui-run.png")
 
 

@@ -88,9 +88,8 @@ screens.run = async function (view, name) {
   view.append(h("h2", {}, "Config"), h("pre", {}, d.config));
   view.append(h("h2", {}, "Data report"), h("pre", {}, JSON.stringify(d.data_report, null, 2)));
   if (d.has_report) {
-    const frame = h("iframe", { title: "report", sandbox: "" });
-    view.append(h("h2", {}, "Report"), frame);
-    frame.srcdoc = await api(`/ui/api/runs/${encodeURIComponent(name)}/report`, { raw: true });
+    const html = await api(`/ui/api/runs/${encodeURIComponent(name)}/report`, { raw: true });
+    view.append(h("h2", {}, "Report"), h("iframe", { title: "report", sandbox: "", srcdoc: html }));
   }
 };
 
