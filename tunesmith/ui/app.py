@@ -99,7 +99,7 @@ class UiApi:
             for row in rows:
                 yield f"id: {offset}\ndata: {json.dumps(row)}\n\n".encode()
             if not rows and catalog.settled(run):
-                status = catalog.status_of(run, catalog._read_json(run.summary))
+                status = catalog.status_of(run, catalog.read_json(run.summary))
                 yield f"event: end\ndata: {json.dumps({'status': status})}\n\n".encode()
                 return
             if not rows:
@@ -111,7 +111,7 @@ class UiApi:
         if not path.exists():
             raise p.APIError(404, f"{run.path.name} has no tuned predictions for split {split!r}")
         rows = read_jsonl(path)
-        source = ((catalog._read_json(run.data_report).get("files") or {}).get(split) or {}).get("path")
+        source = ((catalog.read_json(run.data_report).get("files") or {}).get(split) or {}).get("path")
         inputs = _inputs_of(Path(source)) if source and Path(source).is_file() else []
         if len(inputs) == len(rows):  # predictions are in input order: show each beside its input
             rows = [{**row, "input": text} for row, text in zip(rows, inputs, strict=True)]

@@ -21,7 +21,8 @@ LIVE_S = 120.0
 """A run without summary.json whose metrics.jsonl changed this recently is shown as ``running``."""
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A run file's JSON object; {} when it is missing or half-written (the page shows what there is)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -70,7 +71,7 @@ def key_metric(summary: dict[str, Any]) -> dict[str, Any] | None:
 def run_row(path: Path) -> dict[str, Any]:
     """One row of the runs table."""
     run = RunDir(path)
-    summary, cfg = _read_json(run.summary), _config(run)
+    summary, cfg = read_json(run.summary), _config(run)
     timings = summary.get("timings") or {}
     gates = summary.get("gates")
     return {
@@ -132,8 +133,8 @@ def run_detail(run: RunDir) -> dict[str, Any]:
     config_text = run.config.read_text(encoding="utf-8") if run.config.exists() else ""
     return {
         "row": run_row(run.path),
-        "summary": _read_json(run.summary),
-        "data_report": _read_json(run.data_report),
+        "summary": read_json(run.summary),
+        "data_report": read_json(run.data_report),
         "config": config_text,
         "checkpoints": checkpoints(run),
         "has_report": run.report.exists(),
@@ -175,7 +176,7 @@ def compare(runs: list[RunDir]) -> dict[str, Any]:
     """Side by side: rows, metrics per split, per-class F1, forgetting probes, the config keys that differ."""
     if len(runs) < 2:
         raise RunError("pick at least two runs to compare")
-    summaries = [_read_json(r.summary) for r in runs]
+    summaries = [read_json(r.summary) for r in runs]
     configs = [flat(_config(r)) for r in runs]
     keys = sorted(set().union(*configs))
     diff = {k: [c.get(k) for c in configs] for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1}

@@ -14,7 +14,8 @@ screens.runs = async function (view) {
   const q = h("input", { name: "q", placeholder: "filter by name or model", oninput: draw });
   const selects = [pick("kind", "kind"), pick("method", "method"), pick("status", "status")];
   const body = h("tbody");
-  const compareBtn = h("button", { onclick: () => { location.hash = "#/compare/" + [...body.querySelectorAll("input:checked")].map((c) => c.value).join(","); } }, "Compare selected");
+  const picked = () => [...body.querySelectorAll("input:checked")].map((c) => c.value).join(",");
+  const compareBtn = h("button", { onclick: () => { location.hash = "#/compare/" + picked(); } }, "Compare selected");
   view.append(h("h1", {}, "Runs"), h("div", { class: "filters" }, q, selects, compareBtn));
   view.append(h("table", { id: "runs-table" }, h("thead", {}, h("tr", {}, ["", "name", "kind", "method", "model", "status", "key metric", "base → tuned", "time", "peak MB", "gates"].map((c) => h("th", {}, c)))), body));
   function draw() {
@@ -66,8 +67,13 @@ screens.run = async function (view, name) {
     h("div", { class: "filters" }, h("button", { onclick: act("stop") }, "Stop (checkpoint)"), h("button", { class: "secondary", onclick: act("resume") }, "Resume"),
       h("a", { href: "#/rate/" + encodeURIComponent(name) }, "Rate predictions"), h("a", { href: "#/playground/" + encodeURIComponent(name) }, "Open in playground")));
   const [key, delta] = metricCell(row.key_metric);
-  view.append(h("div", { class: "grid" },
-    h("div", { class: "card" }, h("table", {}, h("tbody", {}, [["kind", row.kind], ["method", row.method], ["model", row.model], ["key metric", key], ["base → tuned", delta], ["time", fmtSeconds(row.time_s)], ["peak memory", fmt(row.peak_memory_mb, 0) + " MB"], ["gates", row.gates_passed === null ? "-" : row.gates_passed ? "passed" : "FAILED"]].map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))))),
+  const facts = [
+    ["kind", row.kind], ["method", row.method], ["model", row.model], ["key metric", key], ["base → tuned", delta],
+    ["time", fmtSeconds(row.time_s)], ["peak memory", fmt(row.peak_memory_mb, 0) + " MB"],
+    ["gates", row.gates_passed === null ? "-" : row.gates_passed ? "passed" : "FAILED"],
+  ];
+  const factTable = h("table", {}, h("tbody", {}, facts.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))));
+  view.append(h("div", { class: "grid" }, h("div", { class: "card" }, factTable),
     h("div", { class: "card chart", id: "loss-chart" }), h("div", { class: "card chart", id: "metric-chart" })));
   const rows = [];
   let pending = false;
