@@ -55,6 +55,7 @@ function drawCurves(el, rows) {
   const other = Object.keys(series).filter((k) => !k.includes("loss"));
   const lossBox = el.querySelector("#loss-chart"), otherBox = el.querySelector("#metric-chart");
   lineChart(lossBox, loss.map((k) => ({ name: k, points: series[k] })), { title: "loss" });
+  otherBox.hidden = !other.length;  // a run that logs only losses gets no empty card
   if (other.length) lineChart(otherBox, other.map((k) => ({ name: k, points: series[k] })), { title: "metrics" });
 }
 
@@ -69,12 +70,12 @@ screens.run = async function (view, name) {
   const [key, delta] = metricCell(row.key_metric);
   const facts = [
     ["kind", row.kind], ["method", row.method], ["model", row.model], ["key metric", key], ["base → tuned", delta],
-    ["time", fmtSeconds(row.time_s)], ["peak memory", fmt(row.peak_memory_mb, 0) + " MB"],
+    ["time", fmtSeconds(row.time_s)], ["peak memory", row.peak_memory_mb == null ? "-" : fmt(row.peak_memory_mb, 0) + " MB"],
     ["gates", row.gates_passed === null ? "-" : row.gates_passed ? "passed" : "FAILED"],
   ];
   const factTable = h("table", {}, h("tbody", {}, facts.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v)))));
   view.append(h("div", { class: "grid" }, h("div", { class: "card" }, factTable),
-    h("div", { class: "card chart", id: "loss-chart" }), h("div", { class: "card chart", id: "metric-chart" })));
+    h("div", { class: "card chart", id: "loss-chart" }), h("div", { class: "card chart", id: "metric-chart", hidden: true })));
   const rows = [];
   let pending = false;
   const redraw = () => { pending = false; drawCurves(view, rows); view.querySelector("#live").textContent = `${rows.length} metric rows`; };
