@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tunesmith.rag.cli import add_parser as add_rag_parser
     from tunesmith.serve.cli import add_parser as add_serve_parser
     from tunesmith.sweep.cli import add_parser as add_sweep_parser
+    from tunesmith.ui.cli import add_parser as add_ui_parser
 
     add_data_parser(sub)
     add_evidence_parser(sub)  # cv, bias, drift, compare
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rag_parser(sub)
     add_serve_parser(sub)
     add_sweep_parser(sub)
+    add_ui_parser(sub)
     return parser
 
 

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("api",),
     ("jobs", "sweep", "plan"),  # the API's jobs (served by serve/); sweeps (Optuna); model-selection plans
     ("serve", "export", "demo"),  # faces
+    ("ui",),  # the web app: mounts its routes on serve's app
     ("cli",),  # tunesmith/cli.py and every package's cli.py: parse, call the API, print
 ]
 """Lowest first. A module may import its own package and anything in a lower layer; packages that share a

@@ -80,6 +80,10 @@ class ServeSettings:
     capture: Any = None
     """A :class:`tunesmith.serve.capture.Capture` (``--capture DIR``): every answer is written there,
     redacted, and ``/v1/feedback`` is on. None: nothing is captured and feedback is refused."""
+    public_paths: tuple[str, ...] = ()
+    """Exact paths served without a key (``tunesmith ui``'s page); the API routes never."""
+    public_prefixes: tuple[str, ...] = ()
+    """Path prefixes served without a key (``tunesmith ui``'s static files)."""
 
 
 class _Api:
@@ -530,7 +534,12 @@ def create_app(
     app = FastAPI(title="tunesmith", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.api = api
     app.add_middleware(
-        Guard, api_keys=settings.api_keys, max_body_bytes=settings.max_body_bytes, metrics=api.metrics
+        Guard,
+        api_keys=settings.api_keys,
+        max_body_bytes=settings.max_body_bytes,
+        metrics=api.metrics,
+        public_paths=settings.public_paths,
+        public_prefixes=settings.public_prefixes,
     )
     _add_error_handlers(app)
     _add_routes(app, api)

@@ -60,9 +60,24 @@ def _json_error(status: int, body: dict[str, Any], headers: dict[str, str] | Non
 class Guard:
     """ASGI middleware: bearer-key check, body size limit, and per-route request metrics."""
 
-    def __init__(self, app: Any, api_keys: tuple[str, ...], max_body_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: Any,
+        api_keys: tuple[str, ...],
+        max_body_bytes: int,
+        metrics: Metrics,
+        public_paths: tuple[str, ...] = (),
+        public_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
         self.keys = [key.encode() for key in api_keys]
+        # Open without a key besides /health: the UI's page and its static files, which hold no data
+        # (every data route they call still needs the key).
+        self.public_paths = PUBLIC_ROUTES | set(public_paths)
+        self.public_prefixes = public_prefixes
+
+    def _public(self, path: str) -> bool:
+        return path in self.public_paths or any(path.startswith(p) for p in self.public_prefixes)
 
     def _authorized(self, scope: dict[str, Any]) -> bool:
         header = dict(scope["headers"]).get(b"authorization", b"")
@@ -106,7 +121,7 @@ class Guard:
             await send(message)
 
         try:
-            if self.keys and scope["path"] not in PUBLIC_ROUTES and not self._authorized(scope):
+            if self.keys and not self._public(path) and not self._authorized(scope):
                 body = error_body("Incorrect or missing API key", code="invalid_api_key")
                 response = _json_error(401, body, {"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send_and_record)

@@ -250,6 +250,19 @@ def hot_load_run(registry: Registry, run_dir: Path, served_id: str) -> None:
         loader.add_run(run_dir, served_id)
 
 
+def hot_load_model_dir(registry: Registry, name: str, served_id: str) -> None:
+    """Serve a model directory (a run's base, ``default``) as ``served_id`` on a running server, without
+    adapters; shares the copy in memory when a run on it is already served. Thread-safe, as
+    :func:`hot_load_run`."""
+    with registry.loading:
+        if served_id in registry.models:
+            return
+        loader = _Loader(registry)
+        for served in registry.models.values():
+            loader.tokenizers.setdefault(served.base.key, served.tokenizer)
+        loader.add_model_dir(served_id, name)
+
+
 def load_registry(sources: list[str], use_run_index: bool = True) -> Registry:
     """Load every source once; runs on the same base share it (one copy in memory, one adapter each).
 
