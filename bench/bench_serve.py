@@ -1,4 +1,4 @@
-"""Throughput and latency of ``tunesmith serve`` under concurrent clients, with and without dynamic batching,
+"""Throughput and latency of ``tunesmith serve`` under concurrent clients, with and without batching (continuous),
 against a serial ``model.generate`` baseline on the same model, in the same process.
 
     .venv/bin/python bench/bench_serve.py                                  # 8 clients x 4 requests, 32 tokens
@@ -7,7 +7,7 @@ against a serial ``model.generate`` baseline on the same model, in the same proc
 The real default model (``default``) is loaded once. Phases: (1) ``serial``: each prompt through
 ``model.generate`` one after another (greedy, left as the model would be used without a server); (2)
 ``server_batched``: N concurrent ``AsyncOpenAI`` clients, each sending its requests one after another, to a
-server on 127.0.0.1 with dynamic batching; (3) ``server_unbatched``: the same load with batching off
+server on 127.0.0.1 with continuous batching; (3) ``server_unbatched``: the same load with batching off
 (``max_batch_size=1``). Every request is greedy with the same ``max_tokens``; a request may stop earlier at
 the end-of-turn token, so tokens/s counts the tokens actually generated (from ``usage``).
 

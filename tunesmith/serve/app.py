@@ -67,7 +67,7 @@ class ServeSettings:
     max_inputs: int = 32
     """Prompts per /v1/completions request and texts per /v1/classify request."""
     max_batch_size: int = 8
-    """Requests per batched forward; 1 turns dynamic batching off."""
+    """Rows decoding together (continuous batching); 1 turns batching off."""
     batch_wait_ms: float = 5.0
     index: Any = None
     """A loaded ``tunesmith.rag.index.BM25Index`` (``--index``): chat questions to every model get its top

@@ -40,7 +40,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--max-concurrent", type=int, default=16, help="requests in progress before 429")
     p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests per batched forward")
+    p.add_argument(
+        "--max-batch-size", type=int, default=8, help="rows decoding together (continuous batching)"
+    )
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--no-batching", action="store_true", help="one request per forward")
     p.add_argument(

@@ -139,7 +139,9 @@ class Metrics:
             ):
                 lines += _block(name, "counter", text)
                 lines += [f'{name}{{model="{_escape(m)}"}} {n}' for m, n in sorted(values.items())]
-            lines += _block("tunesmith_batch_size", "histogram", "Requests per batched forward.")
+            lines += _block(
+                "tunesmith_batch_size", "histogram", "Rows in a decode batch right after requests joined it."
+            )
             lines += self.batch_sizes.lines("tunesmith_batch_size")
             lines += _block("tunesmith_in_flight_requests", "gauge", "Requests holding a generation slot.")
             lines.append(f"tunesmith_in_flight_requests {self.in_flight}")
