@@ -1,4 +1,4 @@
-"""Throughput and latency of ``tunesmith serve`` under concurrent clients, with and without batching (continuous),
+"""Throughput and latency of ``tunesmith serve`` under concurrent clients, with and without batching,
 against a serial ``model.generate`` baseline on the same model, in the same process.
 
     .venv/bin/python bench/bench_serve.py                                  # 8 clients x 4 requests, 32 tokens
