@@ -403,7 +403,16 @@ def _step_with_oom_retry(
     while True:
         try:
             loss, tokens = _optimizer_step(
-                model, batches, loss_fn, accelerator, cfg, params, optimizer, scheduler, splits, world
+                model,
+                batches,
+                loss_fn,
+                accelerator,
+                cfg,
+                params,
+                optimizer,
+                scheduler,
+                splits=splits,
+                world=world,
             )
             return loss, tokens, splits
         except torch.OutOfMemoryError as exc:

@@ -104,11 +104,11 @@ def test_oom_retry_splits_rows_and_keeps_the_step(tmp_path, monkeypatch):
     real = loop._optimizer_step
     calls = []
 
-    def flaky(*args):
-        calls.append(args[-1])
-        if args[-1] == 1:  # the first attempt of every step "runs out of memory"
+    def flaky(*args, splits: int, **kwargs):
+        calls.append(splits)
+        if splits == 1:  # the first attempt of every step "runs out of memory"
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(*args)
+        return real(*args, splits=splits, **kwargs)
 
     _, _, plain = _run(tmp_path, "plain", _cfg(max_steps=3))
     monkeypatch.setattr(loop, "_optimizer_step", flaky)

@@ -115,14 +115,18 @@ def test_bf16_oom_retry_split_equals_unsplit(tmp_path, monkeypatch):
 
     real = loop._optimizer_step
 
-    def flaky(*args):
-        if args[-1] == 1:
+    calls = []
+
+    def flaky(*args, splits: int, **kwargs):
+        calls.append(splits)
+        if splits == 1:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(*args)
+        return real(*args, splits=splits, **kwargs)
 
     _, _, plain = _run(tmp_path, "plain", _cfg(max_steps=3, precision="bf16"))
     monkeypatch.setattr(loop, "_optimizer_step", flaky)
     _, _, retried = _run(tmp_path, "retried", _cfg(max_steps=3, precision="bf16"))
+    assert calls == [1, 2, 2, 2]  # the retry really happened, and the split that fitted was kept
     assert _losses(retried) == pytest.approx(_losses(plain), abs=BF16_EQUAL)
 
 
