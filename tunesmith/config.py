@@ -94,6 +94,15 @@ class DataConfig(Strict):
     """Validation file; when absent, ``validation_fraction`` of train is held out (seeded)."""
     test: str | None = None
     """Optional test file, evaluated after training next to validation."""
+    retain: str | None = None
+    """General rows the run must not forget (any SFT format; learning without forgetting): mixed into the
+    training batches, but on their answer tokens the tuned model is trained towards the *base* model's
+    next-token distribution (KL(base || tuned), soft targets) instead of towards their text. Adapter methods
+    only (lora, qlora, dora, ia3): the base is the same model with its adapter off, one extra no-grad forward
+    of these rows and no second model in memory. Measured on the demo (README): kept 118 of the 148 general
+    answers the base knew, against 101 with the same rows trained as text."""
+    retain_weight: float = Field(1.0, gt=0)
+    """Weight of a retain token's KL against a training token's cross-entropy."""
     format: Literal["auto", "chat", "instruction", "prompt_completion", "text", "classification"] = "auto"
     """Row format; ``auto`` detects it from the first row's keys."""
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -422,6 +431,10 @@ class StageConfig(Strict):
         return section.model_dump(mode="json", exclude_unset=True)
 
 
+RETAIN_METHODS = ("lora", "qlora", "dora", "ia3")
+"""Methods ``data.retain`` works with: PEFT adapters, whose base is the model with the adapter disabled."""
+
+
 class RunConfig(Strict):
     name: str = "run"
     """Run name: the run directory is ``output_dir/name``."""
@@ -484,6 +497,8 @@ class RunConfig(Strict):
             )
         if self.model.head_init != "random" and self.model.head != "classification":
             raise ValueError("model.head_init applies to model.head: classification only")
+        if self.data.retain is not None:
+            self._check_retain()
         if self.data.suffix and not (
             self.model.head == "classification" or self.method.name == "feature_extraction"
         ):
@@ -492,6 +507,20 @@ class RunConfig(Strict):
                 "lm run scores labels after data.label_prompt; put the wording there)"
             )
         return self
+
+    def _check_retain(self) -> None:
+        """data.retain needs the base as the same weights with an adapter off, and plain token batches."""
+        where = f"data.retain: {self.data.retain}"
+        if self.method.name not in RETAIN_METHODS:
+            raise ValueError(
+                f"{where} needs an adapter method ({', '.join(RETAIN_METHODS)}): the base model it keeps "
+                "close to is the same weights with the adapter switched off; method "
+                f"{self.method.name} has none"
+            )
+        if self.objective.name != "sft" or self.model.head != "lm" or self.data.tasks:
+            raise ValueError(f"{where} applies to sft runs on the lm head from data.train (not data.tasks)")
+        if self.train.packing:
+            raise ValueError(f"{where} cannot be combined with train.packing (retain rows are not packed)")
 
     @property
     def run_dir(self) -> Path:

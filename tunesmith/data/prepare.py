@@ -66,6 +66,8 @@ class PreparedData:
     kind: str
     label_names: list[str] | None
     report: dict[str, Any]
+    retain: Split | None = None
+    """``data.retain``'s rows, rendered like train (the lm pipeline reads them; None without the key)."""
 
 
 def fingerprint_tokenizer(tokenizer: Any) -> str:

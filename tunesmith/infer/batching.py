@@ -75,6 +75,19 @@ class PairData(TokenData):
 
 
 @dataclass
+class RetainData(TokenData):
+    """Training rows and ``data.retain`` rows in one set: ``retain[i]`` marks row i as one whose answer is
+    trained towards the base model's distribution, not its text; batches carry it as a bool ``retain``."""
+
+    retain: list[bool] = field(default_factory=list)
+
+    def collate(self, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        batch = super().collate(idx, pad_id)
+        batch["retain"] = _tensor(self.retain, idx, torch.bool)
+        return batch
+
+
+@dataclass
 class UnpairedData(TokenData):
     """Unpaired feedback (KTO): each row a completion that is ``desirable`` or not, with its reference
     log-prob ``ref`` (None: not computed yet). One loss unit per row (``targets``)."""

@@ -20,7 +20,8 @@ from tunesmith.data.prompts import read_prompts
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluate.evidence import after_training, before_training
 from tunesmith.evaluate.runner import classify, evaluate_split, predict_texts, resolve_task
-from tunesmith.infer.batching import TokenData
+from tunesmith.infer.batching import RetainData, TokenData
+from tunesmith.infer.loss import LossFn, causal_lm_loss
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
 from tunesmith.methods import load_options, load_trained, optimizer_for, prepare_model
 from tunesmith.models.loading import load_causal_lm
@@ -38,6 +39,7 @@ from tunesmith.pipelines.base import (
 from tunesmith.rag.retrieve import given_chunks
 from tunesmith.runs import RunDir, Summary, save_trained
 from tunesmith.train.loop import train_loop
+from tunesmith.train.losses import RetainLoss
 
 
 def eval_splits(data: PreparedData) -> dict[str, Split]:
@@ -116,6 +118,32 @@ def prepare_file(cfg: RunConfig, tokenizer: Any, path: str | Path) -> PreparedDa
     )
 
 
+def prepare_retain(cfg: RunConfig, tokenizer: Any) -> tuple[Split, dict[str, Any]]:
+    """``data.retain``'s rows, read and rendered with the run's data settings, and their report counts."""
+    assert cfg.data.retain is not None
+    prepared = prepare_file(cfg, tokenizer, cfg.data.retain)
+    retain = prepared.train
+    if not retain.input_ids:
+        raise DataError(f"{cfg.data.retain}: no rows to retain (data.retain)")
+    if not any(label != -100 for row in retain.labels for label in row[1:]):
+        raise DataError(f"{cfg.data.retain}: no answer tokens to keep close to the base (data.retain)")
+    return retain, prepared.report.get("splits", {}).get("train", {"kept": len(retain)})
+
+
+def training_rows(data: PreparedData, cfg: RunConfig) -> tuple[TokenData, LossFn]:
+    """The loop's training rows and loss: the train split with next-token loss, plus ``data.retain``'s rows
+    marked for :class:`~tunesmith.train.losses.RetainLoss` when the run has them."""
+    train = data.train
+    if data.retain is None:
+        return TokenData(train.input_ids, train.labels), causal_lm_loss
+    rows = RetainData(
+        train.input_ids + data.retain.input_ids,
+        train.labels + data.retain.labels,
+        retain=[False] * len(train) + [True] * len(data.retain),
+    )
+    return rows, RetainLoss(cfg.data.retain_weight)
+
+
 class LMPipeline(Pipeline):
     """SFT / CPT / label-word classification through the one loop."""
 
@@ -128,12 +156,15 @@ class LMPipeline(Pipeline):
         data = prepare_data(data_cfg, run.tokenizer, cfg.seed)
         if prepare_reports:
             data.report["prepare"] = prepare_reports
-        run.dir.write_data_report(data.report)
-        print_data_report(data.report)
         if not data.train.input_ids:
             raise DataError(
                 f"{cfg.data.train}: no training examples left after validation (see data_report.json)"
             )
+        if cfg.data.retain is not None:
+            data.retain, counts = prepare_retain(cfg, run.tokenizer)
+            data.report.setdefault("splits", {})["retain"] = counts
+        run.dir.write_data_report(data.report)
+        print_data_report(data.report)
         run.task = resolve_task(cfg, data.kind)
         return data
 
@@ -151,11 +182,13 @@ class LMPipeline(Pipeline):
         seed_everything(cfg.seed)  # training randomness must not depend on whether the base was evaluated
         model = prepare_model(model, cfg.method)
         val = data.validation
+        train_data, loss_fn = training_rows(data, cfg)
         result = train_loop(
             model,
-            TokenData(data.train.input_ids, data.train.labels),
+            train_data,
             TokenData(val.input_ids, val.labels) if val is not None else None,
             cfg.train,
+            loss_fn=loss_fn,
             seed=cfg.seed,
             run_dir=run.dir.path,
             pad_id=run.tokenizer.pad_token_id,
