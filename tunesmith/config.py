@@ -497,6 +497,8 @@ class RunConfig(Strict):
             )
         if self.model.head_init != "random" and self.model.head != "classification":
             raise ValueError("model.head_init applies to model.head: classification only")
+        if self.stages and (self.data.retain or any(stage.data.retain for stage in self.stages)):
+            raise ValueError("data.retain is not supported in staged runs (stages:) yet; use stages[].replay")
         if self.data.retain is not None:
             self._check_retain()
         if self.data.suffix and not (

@@ -137,6 +137,7 @@ def test_a_run_trains_with_retain_rows_and_logs_their_kl(tmp_path, tiny_model_di
         (["method.name=full"], r"data\.retain: .* needs an adapter method \(lora, qlora, dora, ia3\)"),
         (["train.packing=true"], r"data\.retain: .* cannot be combined with train\.packing"),
         (["objective.name=dpo"], r"data\.retain: .* applies to sft runs"),
+        (["stages=[{name: a}]"], r"data\.retain is not supported in staged runs"),
     ],
 )
 def test_retain_config_errors_name_the_key(tmp_path, tiny_model_dir, extra, message):
