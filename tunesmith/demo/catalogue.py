@@ -254,8 +254,6 @@ class DemoPaths:
     facts: Path
     general_questions: Path
     general_text: Path
-    retain: Path | None = None
-    """The general replay rows (``data.retain``), or None when they were not written."""
 
 
 @dataclass(frozen=True)
@@ -453,8 +451,8 @@ def generate_demo_data(
     """Write the demo's data files into ``out_dir`` (each atomically); same seed -> byte-identical files.
 
     Files: ``train.jsonl`` (chat rows, shuffled: ``n_products * sum(phrasings per attribute)`` fact rows plus
-    one "Tell me about" row per product when ``include_overview``), ``retain.jsonl`` (the general replay
-    rows, when ``replay``), ``validation.jsonl`` (held-out phrasings,
+    one "Tell me about" row per product when ``include_overview``, plus the general replay rows when
+    ``replay``), ``validation.jsonl`` (held-out phrasings,
     ``n_products * 6 * heldout_per_fact`` chat rows with ``product``/``attribute``/``value``),
     ``facts.jsonl`` (one row per fact with its first training phrasing), ``general.jsonl`` (general-knowledge
     questions with accepted answers) and ``general_text.txt`` (prose for perplexity).
@@ -471,9 +469,8 @@ def generate_demo_data(
             that start alike ("Tell me about the guarantee on ...") with the overview, cut off before the
             warranty — 24 of the 25 misses left after 5 epochs.
 
-        replay: Write :data:`tunesmith.demo.replay.REPLAY_CHATS` (ordinary questions, ordinary answers) to
-            ``retain.jsonl``, the run's ``data.retain``: on those prompts the tuned model is trained to keep
-            the base's next-token distribution, so it keeps answering general questions as it did.
+        replay: Mix in :data:`tunesmith.demo.replay.REPLAY_CHATS` (ordinary questions, ordinary answers)
+            so the model keeps answering general questions normally.
         replay_answers: Answers to the replay questions that replace the written ones (the base model's
             own: self-distillation, which anchors the tuned model to what it answered before).
 
@@ -513,8 +510,9 @@ def generate_demo_data(
                 validation.append({**row, "product": product.name, "attribute": attr, "value": value})
         if include_overview:
             train.append(_overview(catalogue, product))
-    answers = replay_answers or {}
-    retain = [_chat(q, answers.get(q, a)) for q, a in REPLAY_CHATS] if replay else []
+    if replay:
+        answers = replay_answers or {}
+        train.extend(_chat(q, answers.get(q, a)) for q, a in REPLAY_CHATS)
     rng.shuffle(train)
 
     out = Path(out_dir)
@@ -524,10 +522,7 @@ def generate_demo_data(
         facts=out / "facts.jsonl",
         general_questions=out / "general.jsonl",
         general_text=out / "general_text.txt",
-        retain=out / "retain.jsonl" if replay else None,
     )
-    if paths.retain is not None:
-        write_jsonl_atomic(paths.retain, retain)
     write_jsonl_atomic(paths.train, train)
     write_jsonl_atomic(paths.validation, validation)
     write_jsonl_atomic(paths.facts, facts)

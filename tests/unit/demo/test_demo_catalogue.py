@@ -52,12 +52,7 @@ def test_different_seed_gives_a_different_catalogue(tmp_path):
 
 
 def test_default_row_counts(default_data):
-    assert len(_rows(default_data.train)) == 40 * (3 + 3 + 5 + 4 + 4 + 5)
-    # The replay rows are the run's data.retain, not training rows: written, in order, to retain.jsonl.
-    assert _rows(default_data.retain) == [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-        for q, a in REPLAY_CHATS
-    ]
+    assert len(_rows(default_data.train)) == 40 * (3 + 3 + 5 + 4 + 4 + 5) + len(REPLAY_CHATS)
     assert len(_rows(default_data.validation)) == 40 * 6
     assert len(_rows(default_data.facts)) == 40 * 6
     assert len(_rows(default_data.general_questions)) == len(GENERAL_QUESTIONS)
@@ -76,7 +71,6 @@ def test_row_counts_follow_parameters(tmp_path, n, per_fact, heldout, overview):
         replay=False,
     )
     train = _rows(paths.train)
-    assert paths.retain is None and not (tmp_path / "retain.jsonl").exists()
     assert len(train) == n * 6 * per_fact + (n if overview else 0)
     assert len(_rows(paths.validation)) == n * 6 * heldout
     assert len(_rows(paths.facts)) == n * 6
