@@ -127,7 +127,7 @@ def prepare_retain(cfg: RunConfig, tokenizer: Any) -> tuple[Split, dict[str, Any
         raise DataError(f"{cfg.data.retain}: no rows to retain (data.retain)")
     if not any(label != -100 for row in retain.labels for label in row[1:]):
         raise DataError(f"{cfg.data.retain}: no answer tokens to keep close to the base (data.retain)")
-    return retain, prepared.report.get("splits", {}).get("train", {"kept": len(retain)})
+    return retain, prepared.report["splits"]["train"]
 
 
 def training_rows(data: PreparedData, cfg: RunConfig) -> tuple[TokenData, LossFn]:
@@ -156,15 +156,15 @@ class LMPipeline(Pipeline):
         data = prepare_data(data_cfg, run.tokenizer, cfg.seed)
         if prepare_reports:
             data.report["prepare"] = prepare_reports
+        if cfg.data.retain is not None:
+            data.retain, counts = prepare_retain(cfg, run.tokenizer)
+            data.report["splits"]["retain"] = counts
+        run.dir.write_data_report(data.report)
+        print_data_report(data.report)
         if not data.train.input_ids:
             raise DataError(
                 f"{cfg.data.train}: no training examples left after validation (see data_report.json)"
             )
-        if cfg.data.retain is not None:
-            data.retain, counts = prepare_retain(cfg, run.tokenizer)
-            data.report.setdefault("splits", {})["retain"] = counts
-        run.dir.write_data_report(data.report)
-        print_data_report(data.report)
         run.task = resolve_task(cfg, data.kind)
         return data
 
