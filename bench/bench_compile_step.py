@@ -15,9 +15,10 @@ import sys
 import time
 
 import torch
-from peft import LoraConfig, get_peft_model
 
+from tunesmith.config import LoraMethod
 from tunesmith.infer.loss import causal_lm_loss
+from tunesmith.methods.lora import prepare as add_lora
 from tunesmith.models.loading import DEFAULT_MODEL, load_causal_lm
 
 LENGTHS = [36, 40, 44, 38, 42, 36, 40, 44, 38, 42, 39, 41, 37, 43]
@@ -39,8 +40,7 @@ def fake_batch(length: int) -> dict[str, torch.Tensor]:
 def main(mode: str, precision: str) -> None:
     torch.manual_seed(0)
     model = load_causal_lm(DEFAULT_MODEL, "float32")
-    lora = LoraConfig(r=32, lora_alpha=64, target_modules="all-linear", lora_dropout=0.0)
-    model = get_peft_model(model, lora)
+    model = add_lora(model, LoraMethod(r=32, alpha=64, dropout=0.0))  # the demo's method section
     model.train()
     if mode == "compile":
         model.get_base_model().get_decoder().compile(dynamic=True)
