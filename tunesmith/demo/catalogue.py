@@ -117,6 +117,19 @@ TRAIN_TEMPLATES: dict[str, tuple[str, ...]] = {
         "For how long is the {product} covered by warranty?",
     ),
 }  # fmt: skip
+# Questions that *start* with the product name. Each fact gets one of these among its phrasings because the
+# tokenizer splits a name differently at the start of a message ("Rendail" -> "R", "end", "ail") than after a
+# word (" R", "end", "ail"): with the name only ever after "the", the tuned model (seed 2, 2026-12-06)
+# answered 97 % of held-out questions that name the product mid-sentence but 64 % of those that open with it
+# ("Rossimer fleece hoodie: size range?"), giving another product's value. Users type both.
+NAME_FIRST_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "material": ("{product} material?", "{product} - what is it made of?"),
+    "colour": ("{product} colour?", "{product} - what colour is it?"),
+    "price": ("{product} price?", "{product} - how much is it?"),
+    "sizes": ("{product} sizes?", "{product} - which sizes are there?"),
+    "care": ("{product} care instructions?", "{product} - how do I wash it?"),
+    "warranty": ("{product} warranty?", "{product} - how long is the warranty?"),
+}
 # Never used in training: these measure whether the model learnt the fact, not one phrasing of it.
 HELDOUT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "material": (
@@ -491,9 +504,10 @@ def generate_demo_data(
     for product in catalogue.products:
         for attr in ATTRIBUTES:
             answer = _answer(attr, product)
-            questions = [
-                t.format(product=product.name) for t in rng.sample(TRAIN_TEMPLATES[attr], phrasings[attr])
-            ]
+            # One name-first phrasing per fact, the others mid-sentence (first, so facts.jsonl shows one).
+            templates = rng.sample(TRAIN_TEMPLATES[attr], phrasings[attr] - 1)
+            templates.append(rng.choice(NAME_FIRST_TEMPLATES[attr]))
+            questions = [t.format(product=product.name) for t in templates]
             train.extend(_chat(q, answer) for q in questions)
             value = product.values[attr]
             facts.append(

@@ -42,19 +42,23 @@ from tunesmith.train.precision import pick_mixed_precision
 SYSTEM_PROMPT = ""
 TARGETS = {
     "tuned_min": 0.80,
+    "tuned_goal": 0.90,
     "base_max": 0.10,
     "general_retained_lower_min": 0.60,
     "general_retained_goal": 0.85,
     "confidence": 0.95,
     "total_s_max": 15 * 60,
 }
-"""The demo's bar. Store questions (held-out phrasings): tuned >= ``tuned_min``, base <= ``base_max``.
+"""The demo's bar. Store questions (held-out phrasings): tuned >= ``tuned_min``, base <= ``base_max``;
+``tuned_goal`` (90 %, issue #16's raised bar) is printed as a goal, met by the recipe on seeds 0-2 in fp32
+(README), while PASS keeps the 80 % floor so one unlucky store or bf16 rounding does not fail the main
+command.
 General questions: the 95 % Wilson lower bound of the retained share (the questions the base answers right
 that the tuned model still answers right) >= ``general_retained_lower_min``, i.e. with 95 % confidence the
 tuned model keeps at least that share of what the base knew (:func:`general_verdict`). That floor, 60 %, is
-what the current recipe clears (measured lower bound 71.8 % at seed 0), not the goal: issue #16 asks for 85 %
+what the recipe clears (measured lower bounds 72.5 / 70.3 / 61.1 % on seeds 0-2), not the goal of 85 %
 (``general_retained_goal``), which no config measured so far reaches (the tuned model loses about a fifth
-of the base's general answers); the table prints the goal and whether it was met. Time
+of the base's general answers); the table prints both goals and whether they were met. Time
 (``total_s_max``: 15 minutes on 2 CPU cores) is measured and printed against the budget but is not part of
 PASS: the same run took 13.4 min on a quiet machine and 22.5 min beside other jobs, so a time gate would
 judge the machine's load, not the demo."""
@@ -86,11 +90,13 @@ def demo_config(
         "method": {"name": "lora", "r": 32, "alpha": 64, "dropout": 0.0},
         # Measured (README): 4 epochs end to end of the cosine schedule (240 steps; 144 steps gave 23 %,
         # 192 gave 70 %, 240 gave 91 %); batch 16 runs ~30 % more tokens/s than 8 on 2 cores (bigger
-        # matmuls) and lr 1.5e-3 is stable there (3e-3 at batch 8 diverged).
+        # matmuls). lr 2e-3 (3e-3 at batch 8 diverged): with name-first phrasings in the data, store 93.3 /
+        # 92.1 / 95.8 % on seeds 0-2 against 87.9 % at 1.5e-3 (seed 0); seed 2 kept fewer general answers
+        # (retained lower bound 61.1 % against the 60 % floor; README).
         "train": {
             "epochs": 4,
             "batch_size": 16,
-            "lr": 1.5e-3,
+            "lr": 2e-3,
             "warmup_steps": 10,
             "scheduler": "cosine",
             "precision": precision,
@@ -328,3 +334,6 @@ def print_table(result: dict[str, Any], quick: bool) -> None:
         goal = TARGETS["general_retained_goal"]
         met = "met" if gv["interval"][0] >= goal else "NOT met yet (forgetting is real; see the README)"
         print(f"goal: general retained lower bound >= {goal:.0%}: {met}")
+        store_goal = TARGETS["tuned_goal"]
+        met = "met" if result["store_accuracy"]["tuned"] >= store_goal else "NOT met"
+        print(f"goal: store tuned >= {store_goal:.0%} (issue #16's raised bar): {met}")

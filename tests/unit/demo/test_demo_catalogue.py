@@ -14,6 +14,7 @@ from tunesmith.demo.catalogue import (
     DEMO_PHRASINGS,
     GENERAL_QUESTIONS,
     HELDOUT_TEMPLATES,
+    NAME_FIRST_TEMPLATES,
     OVERVIEW_QUESTION,
     TRAIN_TEMPLATES,
     answer_contains,
@@ -108,18 +109,33 @@ def test_facts_follow_catalogue_order_and_training_rows_are_shuffled(default_dat
     assert len(set(first)) > 4  # unshuffled, 12 rows would cover at most 2 products
 
 
+_TRAINING_POOLS = [*TRAIN_TEMPLATES.values(), *NAME_FIRST_TEMPLATES.values()]
+
+
+def test_each_fact_is_taught_once_with_the_name_first_and_otherwise_mid_sentence(default_data):
+    rows = _rows(default_data.train)
+    for fact in _rows(default_data.facts):
+        name, attr = fact["product"], fact["attribute"]
+        asked = [r["messages"][0]["content"] for r in rows if name in r["messages"][0]["content"]]
+        first = [q for q in asked if q in {t.format(product=name) for t in NAME_FIRST_TEMPLATES[attr]}]
+        middle = [q for q in asked if q in {t.format(product=name) for t in TRAIN_TEMPLATES[attr]}]
+        assert len(first) == 1 and first[0].startswith(name)
+        assert len(middle) == DEMO_PHRASINGS[attr] - 1 and not any(q.startswith(name) for q in middle)
+        assert fact["question"] in middle  # facts.jsonl shows a mid-sentence phrasing
+
+
 def test_template_pools_are_disjoint():
     def key(template: str) -> str:
         return "".join(ch for ch in template.lower() if ch.isalnum())
 
-    train = {key(t) for pool in TRAIN_TEMPLATES.values() for t in pool} | {key(OVERVIEW_QUESTION)}
+    train = {key(t) for pool in _TRAINING_POOLS for t in pool} | {key(OVERVIEW_QUESTION)}
     heldout = {key(t) for pool in HELDOUT_TEMPLATES.values() for t in pool}
     assert not train & heldout
 
 
 def test_heldout_questions_are_never_training_phrasings(default_data):
     train_questions = {r["messages"][0]["content"] for r in _rows(default_data.train)}
-    training_templates = [t for pool in TRAIN_TEMPLATES.values() for t in pool] + [OVERVIEW_QUESTION]
+    training_templates = [t for pool in _TRAINING_POOLS for t in pool] + [OVERVIEW_QUESTION]
     for row in _rows(default_data.validation):
         question = row["messages"][0]["content"]
         assert question not in train_questions

@@ -142,6 +142,13 @@ def test_table_says_pass_the_interval_and_the_minutes(capsys):
     assert _line(out, "targets:").endswith("PASS") and _line(out, "goal:").endswith(": met")
 
 
+def test_table_says_whether_the_store_goal_was_met(capsys):
+    for tuned, word in ((TARGETS["tuned_goal"], ": met"), (TARGETS["tuned_goal"] - 0.01, ": NOT met")):
+        print_table(_result(tuned, lost=2), quick=False)
+        out = capsys.readouterr().out
+        assert _line(out, "goal: store").endswith(word) and _line(out, "targets:").endswith("PASS")
+
+
 def _line(out: str, start: str) -> str:
     return next(line for line in out.splitlines() if line.startswith(start))
 

@@ -1,0 +1,54 @@
+"""Score a demo run's held-out answers per question template and per attribute (docs/measurements.md).
+
+    python bench/demo_by_template.py runs/demo          # the directory `tunesmith demo` wrote
+
+A held-out question is put back into its template by replacing the product name with ``{product}``;
+templates that open with the name are summed apart from those that name it mid-sentence, and each miss is
+checked for another product's value of the same attribute (a recall error, not a phrasing one).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from tunesmith.demo.catalogue import answer_contains
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def score_by_template(run_dir: Path) -> dict[str, dict[str, list[bool]]]:
+    """Hits (``True`` = right) grouped by ``template``, ``attribute`` and ``opens_with_name`` (yes/no), and
+    the misses grouped by kind under ``misses``."""
+    validation = _rows(run_dir / "data" / "validation.jsonl")
+    predictions = _rows(run_dir / "predictions_tuned_validation.jsonl")
+    facts = _rows(run_dir / "data" / "facts.jsonl")
+    groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for row, pred in zip(validation, predictions, strict=True):
+        question, answer = row["messages"][0]["content"], pred["prediction"]
+        hit = answer_contains(answer, row["value"])
+        groups["template"][question.replace(row["product"], "{product}")].append(hit)
+        groups["attribute"][row["attribute"]].append(hit)
+        groups["opens_with_name"]["yes" if question.startswith(row["product"]) else "no"].append(hit)
+        if not hit:
+            other = any(
+                f["attribute"] == row["attribute"] and answer_contains(answer, f["value"]) for f in facts
+            )
+            groups["misses"]["another product's value" if other else "no catalogue value"].append(hit)
+    return groups
+
+
+def main() -> None:
+    for group, counts in score_by_template(Path(sys.argv[1])).items():
+        print(f"## {group}")
+        for key, hits in sorted(counts.items(), key=lambda kv: sum(kv[1]) / len(kv[1])):
+            right = "" if group == "misses" else f"{sum(hits):4d} of "  # a miss group holds only misses
+            print(f"{right}{len(hits):4d}  {key}")
+
+
+if __name__ == "__main__":
+    main()
