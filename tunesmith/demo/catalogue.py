@@ -475,7 +475,8 @@ def generate_demo_data(
         seed: Seed for the catalogue, the phrasings chosen per fact and the training order.
         n_products: Number of products (1 to :func:`max_products`).
         train_templates_per_fact: Training phrasings per (product, attribute), drawn without replacement:
-            one count for all attributes or a count per attribute (default :data:`DEMO_PHRASINGS`).
+            one count for all attributes or a count per attribute (default :data:`DEMO_PHRASINGS`); one of
+            them opens with the product name (:data:`NAME_FIRST_TEMPLATES`), the rest name it mid-sentence.
         heldout_per_fact: Held-out phrasings per fact, drawn from templates never used in training.
         include_overview: Add one "Tell me about the {product}." row per product listing every attribute.
             Off by default: it cost 22 % more tokens, and the tuned model then answered held-out questions
@@ -504,7 +505,8 @@ def generate_demo_data(
     for product in catalogue.products:
         for attr in ATTRIBUTES:
             answer = _answer(attr, product)
-            # One name-first phrasing per fact, the others mid-sentence (first, so facts.jsonl shows one).
+            # One name-first phrasing per fact, after the mid-sentence ones: facts.jsonl's "question" (the
+            # first) then reads as a sentence.
             templates = rng.sample(TRAIN_TEMPLATES[attr], phrasings[attr] - 1)
             templates.append(rng.choice(NAME_FIRST_TEMPLATES[attr]))
             questions = [t.format(product=product.name) for t in templates]
