@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from tunesmith.demo.catalogue import answer_contains
@@ -21,13 +21,14 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def score_by_template(run_dir: Path) -> dict[str, dict[str, list[bool]]]:
+def score_by_template(run_dir: Path) -> tuple[dict[str, dict[str, list[bool]]], Counter[str]]:
     """Hits (``True`` = right) grouped by ``template``, ``attribute`` and ``opens_with_name`` (yes/no), and
-    the misses grouped by kind under ``misses``."""
+    the number of misses of each kind."""
     validation = _rows(run_dir / "data" / "validation.jsonl")
     predictions = _rows(run_dir / "predictions_tuned_validation.jsonl")
     facts = _rows(run_dir / "data" / "facts.jsonl")
     groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    misses: Counter[str] = Counter()
     for row, pred in zip(validation, predictions, strict=True):
         question, answer = row["messages"][0]["content"], pred["prediction"]
         hit = answer_contains(answer, row["value"])
@@ -38,16 +39,19 @@ def score_by_template(run_dir: Path) -> dict[str, dict[str, list[bool]]]:
             other = any(
                 f["attribute"] == row["attribute"] and answer_contains(answer, f["value"]) for f in facts
             )
-            groups["misses"]["another product's value" if other else "no catalogue value"].append(hit)
-    return groups
+            misses["another product's value" if other else "no catalogue value"] += 1
+    return groups, misses
 
 
 def main() -> None:
-    for group, counts in score_by_template(Path(sys.argv[1])).items():
+    groups, misses = score_by_template(Path(sys.argv[1]))
+    for group, counts in groups.items():
         print(f"## {group}")
         for key, hits in sorted(counts.items(), key=lambda kv: sum(kv[1]) / len(kv[1])):
-            right = "" if group == "misses" else f"{sum(hits):4d} of "  # a miss group holds only misses
-            print(f"{right}{len(hits):4d}  {key}")
+            print(f"{sum(hits):4d} of {len(hits):3d}  {key}")
+    print("## misses")
+    for kind, n in misses.most_common():
+        print(f"{n:4d}  {kind}")
 
 
 if __name__ == "__main__":
