@@ -16,7 +16,10 @@ ROWS = [
     {"messages": [{"role": "user", "content": f"Spell {i}."}, {"role": "assistant", "content": f"n{i} " * 5}]}
     for i in range(16)
 ]
-STEPS = 30
+# ~5 s at the ~60 steps/s of a 2-core CI CPU. With 30 steps (0.5 s) a job could finish between its first
+# metrics event and the worker's next poll of the pause flag (every 0.2 s); 300 leave margin on a machine
+# several times faster.
+STEPS = 300
 
 
 @pytest.fixture
