@@ -9,24 +9,20 @@ checked for another product's value of the same attribute (a recall error, not a
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
 from tunesmith.demo.catalogue import answer_contains
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+from tunesmith.io import read_jsonl
 
 
 def score_by_template(run_dir: Path) -> tuple[dict[str, dict[str, list[bool]]], Counter[str]]:
     """Hits (``True`` = right) grouped by ``template``, ``attribute`` and ``opens_with_name`` (yes/no), and
     the number of misses of each kind."""
-    validation = _rows(run_dir / "data" / "validation.jsonl")
-    predictions = _rows(run_dir / "predictions_tuned_validation.jsonl")
-    facts = _rows(run_dir / "data" / "facts.jsonl")
+    validation = read_jsonl(run_dir / "data" / "validation.jsonl")
+    predictions = read_jsonl(run_dir / "predictions_tuned_validation.jsonl")
+    facts = read_jsonl(run_dir / "data" / "facts.jsonl")
     groups: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     misses: Counter[str] = Counter()
     for row, pred in zip(validation, predictions, strict=True):

@@ -44,6 +44,17 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    """The rows of JSON Lines text this project wrote (blank lines skipped; a bad line raises): for users'
+    files, with file-and-line errors, use :mod:`tunesmith.data` instead."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """:func:`parse_jsonl` of a file."""
+    return parse_jsonl(Path(path).read_text(encoding="utf-8"))
+
+
 def write_jsonl_atomic(path: str | Path, rows: list[dict[str, Any]]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 

@@ -17,7 +17,6 @@ estimate, carries the decision.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -32,7 +31,7 @@ from tunesmith.demo.catalogue import answer_contains, generate_demo_data
 from tunesmith.demo.replay import REPLAY_CHATS
 from tunesmith.evaluate.bootstrap import wilson_interval
 from tunesmith.infer.generate import generate_texts, model_device
-from tunesmith.io import write_json_atomic
+from tunesmith.io import read_jsonl, write_json_atomic
 from tunesmith.methods import load_trained
 from tunesmith.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 from tunesmith.train.precision import pick_mixed_precision
@@ -114,10 +113,6 @@ def demo_config(
     return config_from_dict(raw, "demo")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def general_check(
     model: Any, tokenizer: Any, questions: list[dict[str, Any]], text: str, batch_size: int = 48
 ) -> dict[str, Any]:
@@ -195,7 +190,7 @@ def verdict(result: dict[str, Any]) -> bool:
 
 
 def _store_accuracy(run_dir: Path, rows: list[dict[str, Any]], which: str) -> float:
-    preds = _read_jsonl(run_dir / f"predictions_{which}_validation.jsonl")
+    preds = read_jsonl(run_dir / f"predictions_{which}_validation.jsonl")
     hits = [answer_contains(p["prediction"], r["value"]) for p, r in zip(preds, rows, strict=False)]
     return sum(hits) / max(len(hits), 1)
 
@@ -250,9 +245,9 @@ def run_demo(
     cfg = demo_config(out, data_dir, quick, seed=seed, precision=precision)
     summary = train(cfg)
     run_dir = cfg.run_dir
-    validation = _read_jsonl(paths.validation)[: cfg.eval.max_examples or None]
+    validation = read_jsonl(paths.validation)[: cfg.eval.max_examples or None]
     model, tokenizer, _ = load_trained(run_dir)
-    questions = _read_jsonl(paths.general_questions)[: QUICK_GENERAL_QUESTIONS if quick else None]
+    questions = read_jsonl(paths.general_questions)[: QUICK_GENERAL_QUESTIONS if quick else None]
     text = paths.general_text.read_text(encoding="utf-8")
     t_general = time.perf_counter()
     # Even batches of at most eval.batch_size: 148 questions run as 3 batches of 50, not 48 + 48 + 48 + 4.

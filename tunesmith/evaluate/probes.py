@@ -40,6 +40,7 @@ from tunesmith.evaluate.safety import evaluate_safety
 from tunesmith.infer.batching import TokenData, model_device
 from tunesmith.infer.generate import generate_texts, label_log_likelihoods, label_token_ids
 from tunesmith.infer.loss import evaluate_loss
+from tunesmith.io import parse_jsonl
 
 _LIST_ITEM = re.compile(r"^\s*(\d+[.)]|[-*•])\s+\S")
 
@@ -77,8 +78,9 @@ def answer_matches(output: str, answers: list[str]) -> bool:
 
 
 def _read_jsonl(name: str) -> list[dict[str, Any]]:
-    text = resources.files("tunesmith.evaluate").joinpath("probes", name).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return parse_jsonl(
+        resources.files("tunesmith.evaluate").joinpath("probes", name).read_text(encoding="utf-8")
+    )
 
 
 def builtin_probes() -> dict[str, Any]:

@@ -32,6 +32,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from tunesmith.errors import TunesmithError
+from tunesmith.io import read_jsonl
 from tunesmith.runs import RunDir
 from tunesmith.serve import protocol as p
 from tunesmith.serve.app import ServeSettings, create_app
@@ -39,7 +40,7 @@ from tunesmith.serve.http import EventStream
 from tunesmith.serve.models import Registry, hot_load_model_dir, hot_load_run
 from tunesmith.ui import catalog
 from tunesmith.ui.control import Runner, StartRequest
-from tunesmith.ui.feedback import Feedback, Judgement, Label, Rating, read_jsonl
+from tunesmith.ui.feedback import Feedback, Judgement, Label, Rating
 
 BASE_SUFFIX = "@base"
 NO_RUNS: list[str] = []  # the compare route's default; never mutated

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from tunesmith.io import file_lock
+from tunesmith.io import file_lock, read_jsonl
 
 FEEDBACK = ".feedback"
 PREFERENCES = "preferences.jsonl"
@@ -69,10 +69,8 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    return read_jsonl(path) if path.exists() else []
 
 
 class Feedback:
@@ -104,7 +102,7 @@ class Feedback:
         return self.progress()
 
     def progress(self) -> dict[str, Any]:
-        rows = read_jsonl(self.judgements)
+        rows = _read_rows(self.judgements)
         counts = {c: sum(r["choice"] == c for r in rows) for c in ("a", "b", "tie", "both_bad")}
         return {"judged": len(rows), "pairs": counts["a"] + counts["b"], "choices": counts}
 
@@ -119,7 +117,7 @@ class Feedback:
         point (adjacent), with the mean absolute difference. A rater's latest score of an item counts.
         """
         latest: dict[tuple[int, str], dict[str, Any]] = {}
-        for row in read_jsonl(self.ratings):
+        for row in _read_rows(self.ratings):
             if row["run"] == run:
                 latest[(row["item"], row["rater"])] = row
         scores = [r["score"] for r in latest.values()]
@@ -151,9 +149,9 @@ class Feedback:
         """Record a label; the number of labelled rows so far."""
         self.dir.mkdir(parents=True, exist_ok=True)
         _append(self.labels, {**lab.model_dump(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        return len(read_jsonl(self.labels))
+        return len(_read_rows(self.labels))
 
     def labelled(self) -> list[dict[str, Any]]:
         """Labelled rows ready to train on, ``{"text", "label"}``; a text labelled twice keeps its latest."""
-        latest = {row["text"]: row["label"] for row in read_jsonl(self.labels)}
+        latest = {row["text"]: row["label"] for row in _read_rows(self.labels)}
         return [{"text": text, "label": label} for text, label in latest.items()]

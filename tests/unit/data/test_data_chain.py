@@ -7,7 +7,6 @@ clean -> dedup -> pii -> split, each step reading what the one before wrote. The
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,10 @@ from tunesmith.data.tools import (
     redact_file,
     split_file,
 )
+from tunesmith.io import read_jsonl
 
 EMOTION = Path(__file__).resolve().parents[4] / "shared" / "datasets" / "tweeteval" / "emotion"
 TRAIN, VAL = EMOTION / "train_text.txt", EMOTION / "val_text.txt"
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 @pytest.mark.skipif(not TRAIN.is_file(), reason="shared tweeteval dataset not present")

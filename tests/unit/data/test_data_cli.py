@@ -23,6 +23,7 @@ from tunesmith.data.tools.augment import (
 from tunesmith.data.tools.cli import add_parser
 from tunesmith.data.tools.pipeline import run_prepare_steps
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.io import read_jsonl
 
 BROKEN_GEN_PROMPT = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -38,10 +39,6 @@ def write_lines(path: Path, lines: list[str | dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), "utf-8")
     return path
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 def run(*argv: str) -> int:

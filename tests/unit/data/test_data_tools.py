@@ -33,15 +33,12 @@ from tunesmith.data.tools import (
 from tunesmith.data.tools.pii import iban_valid, luhn_valid
 from tunesmith.data.tools.split import apportion
 from tunesmith.errors import DataError
+from tunesmith.io import read_jsonl
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
 
 
 # --- textfields ------------------------------------------------------------------------------------------

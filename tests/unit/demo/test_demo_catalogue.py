@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -24,10 +22,7 @@ from tunesmith.demo.catalogue import (
 )
 from tunesmith.demo.replay import REPLAY_CHATS
 from tunesmith.errors import ConfigError
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+from tunesmith.io import read_jsonl
 
 
 def _all_bytes(paths) -> dict[str, bytes]:
@@ -46,17 +41,17 @@ def test_same_seed_writes_identical_bytes(tmp_path):
 
 
 def test_different_seed_gives_a_different_catalogue(tmp_path):
-    a = _rows(generate_demo_data(tmp_path / "a", seed=0).facts)
-    b = _rows(generate_demo_data(tmp_path / "b", seed=1).facts)
+    a = read_jsonl(generate_demo_data(tmp_path / "a", seed=0).facts)
+    b = read_jsonl(generate_demo_data(tmp_path / "b", seed=1).facts)
     assert {r["product"] for r in a} != {r["product"] for r in b}
     assert [r["value"] for r in a] != [r["value"] for r in b]
 
 
 def test_default_row_counts(default_data):
-    assert len(_rows(default_data.train)) == 40 * (3 + 3 + 5 + 4 + 4 + 5) + len(REPLAY_CHATS)
-    assert len(_rows(default_data.validation)) == 40 * 6
-    assert len(_rows(default_data.facts)) == 40 * 6
-    assert len(_rows(default_data.general_questions)) == len(GENERAL_QUESTIONS)
+    assert len(read_jsonl(default_data.train)) == 40 * (3 + 3 + 5 + 4 + 4 + 5) + len(REPLAY_CHATS)
+    assert len(read_jsonl(default_data.validation)) == 40 * 6
+    assert len(read_jsonl(default_data.facts)) == 40 * 6
+    assert len(read_jsonl(default_data.general_questions)) == len(GENERAL_QUESTIONS)
 
 
 @pytest.mark.parametrize(
@@ -71,40 +66,42 @@ def test_row_counts_follow_parameters(tmp_path, n, per_fact, heldout, overview):
         include_overview=overview,
         replay=False,
     )
-    train = _rows(paths.train)
+    train = read_jsonl(paths.train)
     assert len(train) == n * 6 * per_fact + (n if overview else 0)
-    assert len(_rows(paths.validation)) == n * 6 * heldout
-    assert len(_rows(paths.facts)) == n * 6
+    assert len(read_jsonl(paths.validation)) == n * 6 * heldout
+    assert len(read_jsonl(paths.facts)) == n * 6
     overviews = [r for r in train if r["messages"][0]["content"].startswith("Tell me about the ")]
     assert len(overviews) == (n if overview else 0)
 
 
 def test_row_shapes(default_data):
-    train = _rows(default_data.train)
+    train = read_jsonl(default_data.train)
     assert all(list(r) == ["messages"] for r in train)
     assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in train)
-    val = _rows(default_data.validation)
+    val = read_jsonl(default_data.validation)
     assert all(set(r) == {"messages", "product", "attribute", "value"} for r in val)
     assert all(answer_contains(r["messages"][1]["content"], r["value"]) for r in val)
-    facts = _rows(default_data.facts)
+    facts = read_jsonl(default_data.facts)
     assert all(list(r) == ["product", "attribute", "value", "question", "answer"] for r in facts)
     assert Counter(r["attribute"] for r in facts) == dict.fromkeys(ATTRIBUTES, 40)
 
 
 def test_fact_rows_are_their_first_training_phrasing(default_data):
-    pairs = {(r["messages"][0]["content"], r["messages"][1]["content"]) for r in _rows(default_data.train)}
-    for fact in _rows(default_data.facts):
+    pairs = {
+        (r["messages"][0]["content"], r["messages"][1]["content"]) for r in read_jsonl(default_data.train)
+    }
+    for fact in read_jsonl(default_data.facts):
         assert (fact["question"], fact["answer"]) in pairs
         assert fact["product"] in fact["question"]
         assert answer_contains(fact["answer"], fact["value"])
 
 
 def test_facts_follow_catalogue_order_and_training_rows_are_shuffled(default_data):
-    facts = _rows(default_data.facts)
+    facts = read_jsonl(default_data.facts)
     assert [r["attribute"] for r in facts[:6]] == list(ATTRIBUTES)
     assert len({r["product"] for r in facts[:6]}) == 1
     names = [r["product"] for r in facts[::6]]
-    rows = [r for r in _rows(default_data.train) if any(n in r["messages"][0]["content"] for n in names)]
+    rows = [r for r in read_jsonl(default_data.train) if any(n in r["messages"][0]["content"] for n in names)]
     first = [next(n for n in names if n in r["messages"][0]["content"]) for r in rows[:12]]
     assert len(set(first)) > 4  # unshuffled, 12 rows would cover at most 2 products
 
@@ -113,8 +110,8 @@ _TRAINING_POOLS = [*TRAIN_TEMPLATES.values(), *NAME_FIRST_TEMPLATES.values()]
 
 
 def test_each_fact_is_taught_once_with_the_name_first_and_otherwise_mid_sentence(default_data):
-    rows = _rows(default_data.train)
-    for fact in _rows(default_data.facts):
+    rows = read_jsonl(default_data.train)
+    for fact in read_jsonl(default_data.facts):
         name, attr = fact["product"], fact["attribute"]
         asked = [r["messages"][0]["content"] for r in rows if name in r["messages"][0]["content"]]
         first = [q for q in asked if q in {t.format(product=name) for t in NAME_FIRST_TEMPLATES[attr]}]
@@ -134,9 +131,9 @@ def test_template_pools_are_disjoint():
 
 
 def test_heldout_questions_are_never_training_phrasings(default_data):
-    train_questions = {r["messages"][0]["content"] for r in _rows(default_data.train)}
+    train_questions = {r["messages"][0]["content"] for r in read_jsonl(default_data.train)}
     training_templates = [t for pool in _TRAINING_POOLS for t in pool] + [OVERVIEW_QUESTION]
-    for row in _rows(default_data.validation):
+    for row in read_jsonl(default_data.validation):
         question = row["messages"][0]["content"]
         assert question not in train_questions
         assert all(t.format(product=row["product"]) != question for t in training_templates)
@@ -144,8 +141,8 @@ def test_heldout_questions_are_never_training_phrasings(default_data):
 
 
 def test_every_validation_value_is_taught_for_its_product(default_data):
-    train = _rows(default_data.train)
-    for row in _rows(default_data.validation):
+    train = read_jsonl(default_data.train)
+    for row in read_jsonl(default_data.validation):
         teaching = [
             r
             for r in train
@@ -156,7 +153,7 @@ def test_every_validation_value_is_taught_for_its_product(default_data):
 
 
 def test_values_within_an_attribute_are_distinct_and_never_substrings(default_data):
-    facts = _rows(default_data.facts)
+    facts = read_jsonl(default_data.facts)
     for attribute in ATTRIBUTES:
         values = [r["value"] for r in facts if r["attribute"] == attribute]
         assert len(set(values)) == len(values) == 40
@@ -171,7 +168,7 @@ def test_product_names_are_distinct_and_do_not_contain_each_other():
 
 
 def test_most_common_value_baseline_is_below_ten_percent(default_data):
-    val = _rows(default_data.validation)
+    val = read_jsonl(default_data.validation)
     for attribute in ATTRIBUTES:
         rows = [r for r in val if r["attribute"] == attribute]
         guess, _ = Counter(r["value"] for r in rows).most_common(1)[0]
@@ -218,7 +215,7 @@ def test_answer_contains(prediction, value, expected):
 
 
 def test_general_files(default_data):
-    general = _rows(default_data.general_questions)
+    general = read_jsonl(default_data.general_questions)
     assert [r["question"] for r in general][:2] == [
         "What is the capital of France?",
         "How many days are there in a week?",
@@ -248,7 +245,7 @@ def test_out_of_range_counts_raise(tmp_path, kwargs):
 
 def test_per_attribute_phrasings_set_row_counts_and_say_what_is_wrong(tmp_path):
     counts = {"material": 1, "colour": 1, "price": 5, "sizes": 1, "care": 1, "warranty": 2}
-    train = _rows(
+    train = read_jsonl(
         generate_demo_data(tmp_path / "ok", n_products=3, train_templates_per_fact=counts, replay=False).train
     )
     per_attribute = Counter(
@@ -271,7 +268,7 @@ def test_general_check_is_large_distinct_and_held_out(default_data):
     questions = [q for q, _ in GENERAL_QUESTIONS]
     # >= 100 questions: one flipped answer moves the retained share by about a point, not 7.7 (13 questions).
     assert len(questions) >= 100 and len({q.lower() for q in questions}) == len(questions)
-    trained = {r["messages"][0]["content"].lower() for r in _rows(default_data.train)}
+    trained = {r["messages"][0]["content"].lower() for r in read_jsonl(default_data.train)}
     assert not trained & {q.lower() for q in questions}
     for question, answers in GENERAL_QUESTIONS:
         # Every accepted answer is scored like the store values; it must not be found in its own question
