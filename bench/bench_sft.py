@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.sides import run_sides, write_results  # noqa: E402  (needs ROOT on sys.path)
+from tunesmith.io import read_jsonl  # noqa: E402
 
 os.environ.setdefault("TUNESMITH_HOME", str(ROOT / ".tunesmith"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -88,11 +89,13 @@ def to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
     return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
 
 
-def write_data(directory: Path, n_train: int, n_val: int, seed: int = 0) -> dict[str, Path]:
+def write_data(
+    directory: Path, n_train: int, n_val: int, seed: int = 0, source_dir: Path = SOURCE
+) -> dict[str, Path]:
     """Write train/validation as chat rows (tunesmith) and prompt-completion rows (TRL) in ``directory``."""
     paths = {}
     for split, src, n in (("train", "train.jsonl", n_train), ("validation", "validation.jsonl", n_val)):
-        source = [json.loads(line) for line in (SOURCE / src).read_text().splitlines() if line.strip()]
+        source = read_jsonl(source_dir / src)
         rows = build_sft_rows(source, n, seed)
         for form, convert in (("chat", lambda r: r), ("pc", to_prompt_completion)):
             path = directory / f"{split}.{form}.jsonl"
@@ -217,6 +220,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "sft.json")
     parser.add_argument(
+        "--source", type=Path, default=SOURCE, help="a directory with train.jsonl and validation.jsonl chats"
+    )
+    parser.add_argument(
+        "--tokenizer", default="default", help="tokenizer directory of --model llama-1b (an offline GPU)"
+    )
+    parser.add_argument(
         "--sides",
         default=",".join(SIDES),
         help=f"comma-separated, from {', '.join(SIDES)} (trl is required)",
@@ -244,15 +253,16 @@ MODELS = {
 }
 
 
-def write_random_llama(directory: Path, shape: dict[str, Any]) -> Path:
-    """A randomly initialised Llama of ``shape`` (seed 0) with the default model's tokenizer, saved as
-    safetensors in ``directory``: both sides load it by path, as they would a downloaded model."""
+def write_random_llama(directory: Path, shape: dict[str, Any], tokenizer_name: str = "default") -> Path:
+    """A randomly initialised Llama of ``shape`` (seed 0) with the default model's tokenizer (or the one at
+    ``tokenizer_name``), saved as safetensors in ``directory``: both sides load it by path, as they would
+    a downloaded model."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tunesmith.models.loading import load_tokenizer
 
-    tokenizer = load_tokenizer("default")
+    tokenizer = load_tokenizer(tokenizer_name)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         bos_token_id=tokenizer.bos_token_id,
@@ -297,10 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         "sides": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        write_data(Path(tmp), args.n_train, args.n_val)
+        write_data(Path(tmp), args.n_train, args.n_val, source_dir=args.source)
         extra = []
         if MODELS[args.model] is not None:
-            extra = ["--model-path", str(write_random_llama(Path(tmp) / "model", MODELS[args.model]))]
+            model_dir = write_random_llama(Path(tmp) / "model", MODELS[args.model], args.tokenizer)
+            extra = ["--model-path", str(model_dir)]
         args_of_sides = [*(argv if argv is not None else sys.argv[1:]), *extra, "--data-dir", tmp]
         sides = run_sides(__file__, args_of_sides, _sides(args.sides), Path(tmp))
     if sides is None:

@@ -56,6 +56,14 @@ def test_prompt_completion_form_splits_the_last_turn():
 @pytest.mark.skipif(not (SOURCE / "train.jsonl").exists(), reason="shared gsm8k-chat data not present")
 def test_write_data_has_mixed_lengths(tmp_path):
     paths = write_data(tmp_path, n_train=9, n_val=3)
+    # --source: the same rows from a copy elsewhere (the GPU check carries one)
+    copy, out = tmp_path / "copy", tmp_path / "again"
+    copy.mkdir()
+    out.mkdir()
+    for name in ("train.jsonl", "validation.jsonl"):
+        (copy / name).write_bytes((SOURCE / name).read_bytes())
+    again = write_data(out, n_train=9, n_val=3, source_dir=copy)
+    assert again["train.chat"].read_bytes() == paths["train.chat"].read_bytes()
     chat = [json.loads(x) for x in paths["train.chat"].read_text().splitlines()]
     pc = [json.loads(x) for x in paths["train.pc"].read_text().splitlines()]
     assert len(chat) == len(pc) == 9 and len(paths["validation.chat"].read_text().splitlines()) == 3
@@ -149,6 +157,10 @@ def test_random_llama_is_saved_with_the_default_tokenizer_and_loads_by_path(tmp_
     assert model.config.vocab_size == len(default_tokenizer) and model.config.num_hidden_layers == 2
     assert load_tokenizer(str(path))("a b").input_ids == default_tokenizer("a b").input_ids
     assert (path / "model.safetensors").exists()
+    # Offline (bench/gpu_check.sh): the tokenizer from a directory, as bench/gpu_prep.sh saves it.
+    default_tokenizer.save_pretrained(tmp_path / "tok")
+    again = write_random_llama(tmp_path / "m2", {**shape, "num_key_value_heads": 2}, str(tmp_path / "tok"))
+    assert load_tokenizer(str(again))("a b").input_ids == default_tokenizer("a b").input_ids
 
 
 def test_the_gpu_speed_model_has_about_a_billion_parameters(default_tokenizer):
