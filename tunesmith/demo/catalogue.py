@@ -267,6 +267,7 @@ class DemoPaths:
     facts: Path
     general_questions: Path
     general_text: Path
+    retain: Path
 
 
 @dataclass(frozen=True)
@@ -458,14 +459,14 @@ def generate_demo_data(
     train_templates_per_fact: int | Mapping[str, int] = DEMO_PHRASINGS,
     heldout_per_fact: int = 1,
     include_overview: bool = False,
-    replay: bool = True,
-    replay_answers: Mapping[str, str] | None = None,
+    replay: bool = False,
 ) -> DemoPaths:
     """Write the demo's data files into ``out_dir`` (each atomically); same seed -> byte-identical files.
 
     Files: ``train.jsonl`` (chat rows, shuffled: ``n_products * sum(phrasings per attribute)`` fact rows plus
     one "Tell me about" row per product when ``include_overview``, plus the general replay rows when
-    ``replay``), ``validation.jsonl`` (held-out phrasings,
+    ``replay``), ``retain.jsonl`` (the general rows as the run's ``data.retain`` set), ``validation.jsonl``
+    (held-out phrasings,
     ``n_products * 6 * heldout_per_fact`` chat rows with ``product``/``attribute``/``value``),
     ``facts.jsonl`` (one row per fact with its first training phrasing), ``general.jsonl`` (general-knowledge
     questions with accepted answers) and ``general_text.txt`` (prose for perplexity).
@@ -483,10 +484,9 @@ def generate_demo_data(
             that start alike ("Tell me about the guarantee on ...") with the overview, cut off before the
             warranty — 24 of the 25 misses left after 5 epochs.
 
-        replay: Mix in :data:`tunesmith.demo.replay.REPLAY_CHATS` (ordinary questions, ordinary answers)
-            so the model keeps answering general questions normally.
-        replay_answers: Answers to the replay questions that replace the written ones (the base model's
-            own: self-distillation, which anchors the tuned model to what it answered before).
+        replay: Also mix :data:`tunesmith.demo.replay.REPLAY_CHATS` (ordinary questions, ordinary answers)
+            into ``train.jsonl``. The demo does not: it trains with them as ``data.retain`` (KL to the base
+            on those rows), which kept more general answers at the same store accuracy (README).
 
     Returns:
         The paths written.
@@ -526,9 +526,9 @@ def generate_demo_data(
                 validation.append({**row, "product": product.name, "attribute": attr, "value": value})
         if include_overview:
             train.append(_overview(catalogue, product))
+    general_chats = [_chat(q, a) for q, a in REPLAY_CHATS]
     if replay:
-        answers = replay_answers or {}
-        train.extend(_chat(q, answers.get(q, a)) for q, a in REPLAY_CHATS)
+        train.extend(general_chats)
     rng.shuffle(train)
 
     out = Path(out_dir)
@@ -538,8 +538,10 @@ def generate_demo_data(
         facts=out / "facts.jsonl",
         general_questions=out / "general.jsonl",
         general_text=out / "general_text.txt",
+        retain=out / "retain.jsonl",
     )
     write_jsonl_atomic(paths.train, train)
+    write_jsonl_atomic(paths.retain, general_chats)
     write_jsonl_atomic(paths.validation, validation)
     write_jsonl_atomic(paths.facts, facts)
     write_jsonl_atomic(

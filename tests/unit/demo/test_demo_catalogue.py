@@ -48,7 +48,9 @@ def test_different_seed_gives_a_different_catalogue(tmp_path):
 
 
 def test_default_row_counts(default_data):
-    assert len(read_jsonl(default_data.train)) == 40 * (3 + 3 + 5 + 4 + 4 + 5) + len(REPLAY_CHATS)
+    assert len(read_jsonl(default_data.train)) == 40 * (3 + 3 + 5 + 4 + 4 + 5)  # general chats: retain set
+    retain = read_jsonl(default_data.retain)
+    assert [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in retain] == list(REPLAY_CHATS)
     assert len(read_jsonl(default_data.validation)) == 40 * 6
     assert len(read_jsonl(default_data.facts)) == 40 * 6
     assert len(read_jsonl(default_data.general_questions)) == len(GENERAL_QUESTIONS)
@@ -259,6 +261,14 @@ def test_per_attribute_phrasings_set_row_counts_and_say_what_is_wrong(tmp_path):
         generate_demo_data(tmp_path / "bad", train_templates_per_fact={**counts, "price": 6})
 
 
+def test_replay_mixes_the_retain_chats_into_train(tmp_path):
+    plain = generate_demo_data(tmp_path / "a", n_products=3)
+    mixed = generate_demo_data(tmp_path / "b", n_products=3, replay=True)
+    retain = read_jsonl(plain.retain)
+    assert len(read_jsonl(mixed.train)) == len(read_jsonl(plain.train)) + len(retain)
+    assert all(row in read_jsonl(mixed.train) for row in retain)
+
+
 def test_replay_rows_never_ask_the_general_check_questions():
     check = {q.lower() for q, _ in GENERAL_QUESTIONS}
     assert len(REPLAY_CHATS) >= 60 and not {q.lower() for q, _ in REPLAY_CHATS} & check
@@ -268,7 +278,8 @@ def test_general_check_is_large_distinct_and_held_out(default_data):
     questions = [q for q, _ in GENERAL_QUESTIONS]
     # >= 100 questions: one flipped answer moves the retained share by about a point, not 7.7 (13 questions).
     assert len(questions) >= 100 and len({q.lower() for q in questions}) == len(questions)
-    trained = {r["messages"][0]["content"].lower() for r in read_jsonl(default_data.train)}
+    rows = read_jsonl(default_data.train) + read_jsonl(default_data.retain)
+    trained = {r["messages"][0]["content"].lower() for r in rows}
     assert not trained & {q.lower() for q in questions}
     for question, answers in GENERAL_QUESTIONS:
         # Every accepted answer is scored like the store values; it must not be found in its own question
