@@ -123,6 +123,43 @@ def _sampler(sweep: Sweep, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed)
 
 
+class _SeededPerTrial(optuna.samplers.BaseSampler):
+    """The random or TPE sampler, built afresh for each trial with the seed ``base + trial number``. Trial
+    numbers are unique across every worker of a study, so two workers that start at the same moment still
+    draw different values (a seed taken from the trials a worker found at start gave both the same seed and
+    the same draws), and one worker alone draws the same values on every rerun. The cost is rebuilding the
+    sampler per trial; these samplers keep no state between trials beyond their random generator (they read
+    the history from the storage). Not for the grid: its seed fixes the order of the grid, which each trial
+    number then indexes, so one seed for the whole study is what keeps its points distinct."""
+
+    def __init__(self, sweep: Sweep, base_seed: int) -> None:
+        self._sweep, self._base_seed = sweep, base_seed
+        self._inner = _sampler(sweep, base_seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._inner = _sampler(self._sweep, self._base_seed + trial.number)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, space: dict) -> dict:
+        return self._inner.sample_relative(study, trial, space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, name: str, distribution: Any
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, name, distribution)
+
+    def after_trial(
+        self, study: optuna.Study, trial: optuna.trial.FrozenTrial, state: Any, values: Any
+    ) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
 def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
     if sweep.opts.pruner == "none" or len(sweep.objectives) > 1:
         return optuna.pruners.NopPruner()
@@ -132,21 +169,16 @@ def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
 
 
 def open_study(sweep: Sweep) -> optuna.Study:
-    """Create or continue the study. The sampler's seed is the run seed plus the trials already in the
-    study, so one process is reproducible and a second worker (or a rerun) does not replay the first's
-    random draws."""
+    """Create or continue the study. A random or TPE trial's draws are seeded by the run seed plus the
+    trial's number (:class:`_SeededPerTrial`), so a study is reproducible and no two trials, of any worker,
+    share a seed; the grid is shuffled once by the run seed and trial numbers pick its points."""
     sweep.dir.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(sweep.opts.storage, sweep.dir)
-    try:
-        before = len(optuna.load_study(study_name=sweep.name, storage=storage).trials)
-    except KeyError:  # a new study
-        before = 0
-    seed = (sweep.cfg.seed if sweep.opts.seed is None else sweep.opts.seed) + before
+    seed = sweep.cfg.seed if sweep.opts.seed is None else sweep.opts.seed
     return optuna.create_study(
-        storage=storage,
+        storage=open_storage(sweep.opts.storage, sweep.dir),
         study_name=sweep.name,
         directions=sweep.directions,
-        sampler=_sampler(sweep, seed),
+        sampler=_sampler(sweep, seed) if sweep.opts.sampler == "grid" else _SeededPerTrial(sweep, seed),
         pruner=_pruner(sweep),
         load_if_exists=True,
     )

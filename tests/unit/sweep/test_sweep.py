@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
 from tunesmith.config import load_config
 from tunesmith.runs import RunDir
 from tunesmith.sweep.run import SweepOptions, sweep
+from tunesmith.sweep.study import open_study, resolve
 
 from .conftest import write_space
 
@@ -98,12 +100,29 @@ def test_two_workers_share_one_study_without_running_a_trial_twice(base_config, 
     assert len(set(runs)) == 4 and all(RunDir(r).read_summary()["status"] == "completed" for r in runs)
     assert sorted(p.name for p in (out / "trials").iterdir()) == [f"trial-{t.number:04d}" for t in shown]
     lrs = [t.params["train.lr"] for t in shown]
-    assert len(set(lrs)) == 4  # different draws: each worker seeds its sampler past the trials it found
+    assert len(set(lrs)) == 4  # different draws: each trial is seeded by its number
     assert all(
         yaml.safe_load(Path(r, "config.yaml").read_text())["train"]["lr"] == lr
         for r, lr in zip(runs, lrs, strict=True)
     )
     assert json.loads(Path(runs[0], "summary.json").read_text())["name"] == Path(runs[0]).name
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_workers_that_open_the_study_together_draw_different_values(base_config, tmp_path, sampler):
+    """The race behind a CI failure: both workers open the study before either has asked for a trial. Their
+    draws must still differ (seeded by trial number), and a fresh study replays the same draws."""
+    config, _ = base_config
+    space = write_space(tmp_path / "s.yaml", {"train.lr": {"log_uniform": [1e-3, 3e-2]}})
+
+    def draws(out: Path) -> list[float]:
+        sweep_ = resolve(SweepOptions(config, space, sampler=sampler, out=str(out)))
+        first, second = open_study(sweep_), open_study(sweep_)  # both open before any trial exists
+        trials = [first.ask(), second.ask(), first.ask()]
+        return [sweep_.params[0].suggest(t) for t in trials]
+
+    once, again = draws(tmp_path / "a"), draws(tmp_path / "b")
+    assert len(set(once)) == 3 and once == again
 
 
 def test_two_objectives_mark_the_pareto_front_and_do_not_prune(base_config, tmp_path):
