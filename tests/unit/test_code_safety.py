@@ -116,3 +116,13 @@ def test_served_files_and_jobs_are_looked_up_by_id_not_by_path(tmp_path):
     assert store.blob_path(row["sha256"]).parent == store.blobs  # the name on disk is the content's hash
     for probe in ("../../etc/passwd", "/etc/passwd", row["id"] + "/../x"):
         assert store.file(probe) is None and store.job(probe) is None
+
+
+def test_importing_tunesmith_quiets_the_bitsandbytes_hub_kernel_warning() -> None:
+    # On AVX512-BF16 CPUs bitsandbytes warns at import that it could not fetch a kernel from the hub; every
+    # command would print it. On other CPUs it never fires, so the logger's level is what is checked.
+    import logging
+
+    import tunesmith  # noqa: F401
+
+    assert logging.getLogger("bitsandbytes.backends.cpu.ops").getEffectiveLevel() >= logging.ERROR
