@@ -22,6 +22,7 @@ def _sweep(args: argparse.Namespace) -> int:
         directions=args.direction or None,
         pruner=args.pruner,
         prune_after=args.prune_after,
+        startup_trials=args.startup_trials,
         out=args.out,
         study_name=args.study,
         seed=args.seed,
@@ -68,6 +69,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="stop bad trials at validation passes")
     p.add_argument("--prune-after", type=int, default=2, help="finished trials before the median pruner acts")
+    p.add_argument(
+        "--startup-trials",
+        type=int,
+        help="TPE: random trials before it models the space (default: a third of --trials, 2 to 10)",
+    )
     p.add_argument("--out", help="sweep folder (default: <output_dir>/<name>-sweep)")
     p.add_argument("--study", help="study name in the storage (default: the config's name)")
     p.add_argument("--seed", type=int, help="sampler seed (default: the config's seed)")

@@ -120,7 +120,14 @@ def _sampler(sweep: Sweep, seed: int) -> optuna.samplers.BaseSampler:
         return _GridSampler(space, seed=seed)
     if sweep.opts.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(sweep))
+
+
+def startup_trials(sweep: Sweep) -> int:
+    """TPE's random trials before it models the space: as given, else a third of the budget within 2..10."""
+    if sweep.opts.startup_trials is not None:
+        return sweep.opts.startup_trials
+    return min(10, max(2, budget(sweep) // 3))
 
 
 class _SeededPerTrial(optuna.samplers.BaseSampler):

@@ -175,6 +175,13 @@ def test_pruner_and_sampler_follow_the_options(base_config, tmp_path):
     # Optuna prunes single-objective studies only
     assert built(objectives=["val_loss", "timings.train_s"])[0] == "NopPruner"
     assert _pruner(resolve(SweepOptions(config, space, prune_after=3)))._n_startup_trials == 3
+
+    # TPE models the space after a third of the budget (2..10), not after Optuna's fixed 10
+    def startup(**options):
+        return _sampler(resolve(SweepOptions(config, space, **options)), 0)._n_startup_trials
+
+    assert [startup(trials=n) for n in (3, 12, 60)] == [2, 4, 10]
+    assert startup(startup_trials=7) == 7
     assert isinstance(
         _sampler(resolve(SweepOptions(config, space, sampler="grid")), 0), optuna.samplers.GridSampler
     )
