@@ -6,6 +6,8 @@
     python -m bench.rag_bench base-run work/runs/base   # untrained LoRA run: `tunesmith predict` = the base
     python -m bench.rag_bench docs work/docs            # README + docs/*.md, bench/rag_docs/questions.jsonl:
                                                         # base closed-book vs base + RAG (and oracle dropped)
+    python -m bench.rag_bench retrieval work/retrieval  # BM25 vs the default model's embeddings vs hybrid:
+                                                        # recall on both corpora (no generation)
 
 Every step of ``docs`` is the ``tunesmith`` command line (``rag index``, ``rag contexts``, ``predict``, ``rag
 compare``), called in-process and timed; the table and the seconds go to ``OUT/results.json``.
@@ -125,12 +127,70 @@ def docs(out: Path, k: int = 3, drop: float = 0.5) -> dict[str, Any]:
     return results
 
 
+def _recall(index: Any, qa: list[dict[str, Any]], ks: tuple[int, ...]) -> dict[str, float]:
+    """For each k: the oracle document among the top k chunks, and the answer's text inside one of them
+    (shares of the questions); one search per question."""
+    found = {f"{what}@{k}": 0 for k in ks for what in ("doc", "answer")}
+    for q in qa:
+        hits = [c for c, _ in index.search(q["question"], k=max(ks))]
+        value = str(q.get("value", q["answer"])).lower()
+        for k in ks:
+            found[f"doc@{k}"] += any(c.doc_id == q["oracle"] for c in hits[:k])
+            found[f"answer@{k}"] += any(value in c.text.lower() for c in hits[:k])
+    return {key: round(n / len(qa), 3) for key, n in found.items()}
+
+
+def retrieval(out: Path, ks: tuple[int, ...] = (1, 3, 10)) -> dict[str, Any]:
+    """Recall of the three retrievers on the docs corpus (50 hand-written questions) and the store corpus
+    (40 products with 2 decoys each, the 240 held-out phrasings); embedding seconds for chunks and queries.
+    Writes ``OUT/retrieval.json``."""
+    from tunesmith.models.loading import load_tokenizer
+    from tunesmith.rag.chunk import chunk_documents, read_documents
+    from tunesmith.rag.embed import Embedder
+    from tunesmith.rag.index import RetrievalIndex
+
+    out.mkdir(parents=True, exist_ok=True)
+    store(out / "store", n_products=40)
+    corpora = {
+        "docs": (docs_corpus(), [json.loads(x) for x in QUESTIONS.read_text().splitlines()]),
+        "store": (
+            [out / "store" / "docs.jsonl"],
+            [json.loads(x) for x in (out / "store" / "qa_heldout.jsonl").read_text().splitlines()],
+        ),
+    }
+    tok = load_tokenizer("default")
+    embedder = Embedder()
+    results: dict[str, Any] = {}
+    for name, (paths, qa) in corpora.items():
+        count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+        chunks = chunk_documents(read_documents(paths), 128, 32, count)
+        start = time.perf_counter()
+        dense = RetrievalIndex(chunks, retriever="embedding", embedder=embedder)
+        row: dict[str, Any] = {"chunks": len(chunks), "questions": len(qa)}
+        row["embed_chunks_s"] = round(time.perf_counter() - start, 1)
+        indexes = {
+            "bm25": RetrievalIndex(chunks),
+            "embedding": dense,
+            "hybrid": RetrievalIndex(chunks, retriever="hybrid", embedder=embedder, vectors=dense.vectors),
+        }
+        for retriever, index in indexes.items():
+            start = time.perf_counter()
+            row[retriever] = _recall(index, qa, ks)
+            row[retriever]["seconds"] = round(time.perf_counter() - start, 1)
+        results[name] = row
+        print(name, json.dumps(row))
+    from tunesmith.io import write_json_atomic
+
+    write_json_atomic(out / "retrieval.json", results)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.rag_bench", description=__doc__.split("\n")[0])
-    parser.add_argument("what", choices=("store", "base-run", "docs"))
+    parser.add_argument("what", choices=("store", "base-run", "docs", "retrieval"))
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
-    {"store": store, "base-run": base_run, "docs": docs}[args.what](args.out)
+    {"store": store, "base-run": base_run, "docs": docs, "retrieval": retrieval}[args.what](args.out)
     return 0
 
 

@@ -335,6 +335,11 @@ class TrainConfig(Strict):
     and losses as unpacked; measure before enabling on CPU (bench/bench_sft.py)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: ~30% more compute for much less activation memory."""
+    memory_mode: Literal["lean", "fast"] = "lean"
+    """Host memory against speed (Linux/glibc; CUDA memory is unaffected). ``lean`` gives every freed tensor
+    over 128 KiB back to the OS at once, so RSS tracks live tensors; ``fast`` does so above 1 MiB only,
+    sparing the kernel the page faults of remapping activations each step. Measured on a 2-core AMX Xeon,
+    the bf16 demo: fast trained in 808 s against 996 s and peaked at 4.41 GB against 3.44 GB."""
     memory_budget_mb: float | None = Field(None, gt=0)
     """Auto-fit: shrink the micro-batch (raising grad_accum to keep the global batch) until the planner's
     peak-memory estimate fits this budget; on CUDA out-of-memory the micro-batch is halved and retried."""

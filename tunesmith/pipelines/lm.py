@@ -305,10 +305,10 @@ def _predict_answers(
     retrieved = [None if ex is None else given_chunks(ex) for ex in inputs]
     if index is not None:  # retrieval before the prefix: training rendered the RAFT prompt, then prefixed it
         # deferred: bm25s loads only for predictions that retrieve
-        from tunesmith.rag.index import BM25Index
+        from tunesmith.rag.index import RetrievalIndex
         from tunesmith.rag.retrieve import with_retrieval
 
-        loaded = BM25Index.load(index)
+        loaded = RetrievalIndex.load(index)
         for i, ex in enumerate(inputs):
             if ex is not None:
                 inputs[i], retrieved[i] = with_retrieval(ex, loaded, k)

@@ -16,7 +16,7 @@ from typing import Any
 
 from tunesmith.errors import DataError
 from tunesmith.rag.chunk import Chunk, split_sentences
-from tunesmith.rag.index import BM25Index
+from tunesmith.rag.index import RetrievalIndex
 from tunesmith.rag.prompt import render_raft_answer, render_rag_prompt
 
 
@@ -39,7 +39,7 @@ def _words(text: str) -> set[str]:
     return {w.strip(".,;:!?\"'()").lower() for w in text.split()} - {""}
 
 
-def oracle_chunk(index: BM25Index, question: str, answer: str, doc_id: str) -> Chunk:
+def oracle_chunk(index: RetrievalIndex, question: str, answer: str, doc_id: str) -> Chunk:
     """The chunk of ``doc_id`` that contains ``answer`` (case-insensitive), else the one BM25 ranks best
     for question + answer.
 
@@ -68,7 +68,7 @@ def best_quote(chunk: Chunk, question: str, answer: str) -> str:
 
 
 def build_raft_rows(
-    qa: Sequence[dict[str, Any]], index: BM25Index, settings: RaftSettings
+    qa: Sequence[dict[str, Any]], index: RetrievalIndex, settings: RaftSettings
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """RAFT chat rows for ``qa`` rows (``question``, ``answer``, ``oracle`` doc id), and a report.
 
@@ -118,7 +118,7 @@ def build_raft_rows(
         "k_distractors": settings.k,
         "p_no_oracle": settings.p_no_oracle,
         "rows_without_oracle": n_without,
-        "distractors": "bm25 hard negatives from other documents",
+        "distractors": f"{index.retriever} hard negatives from other documents",
         "seed": settings.seed,
         "index_settings": index.settings,
     }

@@ -12,7 +12,7 @@ from tunesmith.data.formats import Example
 from tunesmith.rag.prompt import chunk_ids_of, is_rag_prompt
 
 if TYPE_CHECKING:  # bm25s loads only where retrieval runs, not where a run's settings are read
-    from tunesmith.rag.index import BM25Index
+    from tunesmith.rag.index import RetrievalIndex
 
 
 def run_index(
@@ -41,7 +41,7 @@ def given_chunks(ex: Example) -> list[str] | None:
     return chunk_ids_of(question) if is_rag_prompt(question) else None
 
 
-def with_retrieval(ex: Example, index: BM25Index, k: int = 4) -> tuple[Example, list[str]]:
+def with_retrieval(ex: Example, index: RetrievalIndex, k: int = 4) -> tuple[Example, list[str]]:
     """A copy of ``ex`` whose last user turn (or text) is replaced by the retrieval prompt for it, and the
     retrieved chunk ids. The question is the turn's text as given (the input example is not modified). An
     input that already is a retrieval prompt is kept as it is (retrieving again would nest prompts); its ids

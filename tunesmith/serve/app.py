@@ -70,8 +70,8 @@ class ServeSettings:
     """Rows decoding together (continuous batching); 1 turns batching off."""
     batch_wait_ms: float = 5.0
     index: Any = None
-    """A loaded ``tunesmith.rag.index.BM25Index`` (``--index``): chat questions to every model get its top
-    ``rag_k`` chunks in the prompt shape ``data raft`` trains on, and the response lists their ids under
+    """A loaded ``tunesmith.rag.index.RetrievalIndex`` (``--index``): chat questions to every model get its
+    top ``rag_k`` chunks in the prompt shape ``data raft`` trains on, and the response lists their ids under
     ``retrieved``. Without it, a run whose config names ``rag.index`` retrieves from that one."""
     rag_k: int | None = None
     """Chunks per question; None: the served run's ``rag.k``."""

@@ -27,9 +27,9 @@ def chat_loop(
     index, k = run_index(read_run_config(run_dir), index, k, use_run_index)
     loaded = None
     if index is not None:  # loaded before the model: a wrong path should fail in milliseconds
-        from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only with an index
+        from tunesmith.rag.index import RetrievalIndex  # deferred: bm25s loads only with an index
 
-        loaded = BM25Index.load(index)
+        loaded = RetrievalIndex.load(index)
     model, tokenizer, cfg = load_trained(run_dir)
     start: list[dict[str, str]] = []
     if cfg.data.system_prompt is not None:  # "" is a real (empty) system turn, as in training

@@ -147,9 +147,9 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--jobs-workers must be at least 1, got {args.jobs_workers}")
     index = None
     if args.index:  # loaded before the models: a wrong path should fail in milliseconds
-        from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only with --index
+        from tunesmith.rag.index import RetrievalIndex  # deferred: bm25s loads only with --index
 
-        index = BM25Index.load(args.index)
+        index = RetrievalIndex.load(args.index)
     capture = None
     if args.capture:
         from tunesmith.serve.capture import Capture  # deferred: `tunesmith --help` loads no command

@@ -62,8 +62,8 @@ class ServedModel:
     label_prompt: str = "Classify the text.\nText: {text}\nLabel:"
     context_length: int = 2048
     index: Any = None
-    """The run's ``rag.index`` loaded (a ``BM25Index``): chat questions retrieve from it unless the server
-    was given ``--index`` (which wins) or ``--no-index``."""
+    """The run's ``rag.index`` loaded (a ``RetrievalIndex``): chat questions retrieve from it unless the
+    server was given ``--index`` (which wins) or ``--no-index``."""
     rag_k: int = 4
     """The run's ``rag.k``: chunks per question unless ``--rag-k`` is given."""
     created: int = field(default_factory=lambda: int(time.time()))
@@ -228,9 +228,10 @@ class _Loader:
             rag_k=cfg.rag.k,
         )
         if cfg.rag.index and self.use_run_index:
-            from tunesmith.rag.index import BM25Index  # deferred: bm25s loads only for runs that retrieve
+            # deferred: bm25s loads only for runs that retrieve
+            from tunesmith.rag.index import RetrievalIndex
 
-            served.index = BM25Index.load(cfg.rag.index)
+            served.index = RetrievalIndex.load(cfg.rag.index)
         if task == "classification" and not served.label_names:
             raise RunError(f"{run_dir} is a classification run but data_report.json lists no label_names")
         self.registry.add(served)

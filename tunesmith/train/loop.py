@@ -140,7 +140,7 @@ def train_loop(
         raise RunError(
             f"train.best_metric: {cfg.best_metric} needs a classification head's validation scores"
         )
-    fix_mmap_threshold()  # RSS that tracks live tensors instead of growing step after step (see there)
+    fix_mmap_threshold(cfg.memory_mode)  # RSS that tracks live tensors, or speed (see there)
     ckpt_root = RunDir(run_dir).checkpoints
     found = ckpt.latest_checkpoint(ckpt_root) if resume else None  # verified; a torn one is skipped
     world = start_world()

@@ -3,7 +3,7 @@
 from tunesmith.demo.catalogue import ATTRIBUTES, build_catalogue, generate_demo_data
 from tunesmith.demo.store_pages import doc_id, raft_source_rows, store_documents, training_source_rows
 from tunesmith.rag.chunk import chunk_documents
-from tunesmith.rag.index import BM25Index
+from tunesmith.rag.index import RetrievalIndex
 
 
 def test_pages_and_decoys():
@@ -24,7 +24,7 @@ def test_pages_and_decoys():
 def test_raft_source_rows_point_at_the_page_that_bm25_finds():
     catalogue = build_catalogue(seed=1, n_products=4)
     docs = store_documents(catalogue, decoys_per_product=1)
-    index = BM25Index(chunk_documents([(d["id"], d["text"]) for d in docs]))
+    index = RetrievalIndex(chunk_documents([(d["id"], d["text"]) for d in docs]))
     product = catalogue.products[0]
     (row,) = raft_source_rows(
         [

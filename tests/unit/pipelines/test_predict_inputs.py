@@ -254,7 +254,7 @@ def test_read_prompts_csv_and_shapes(tmp_path):
 
 def test_predict_with_an_index_asks_the_raft_prompt_and_returns_chunk_ids(gen_run, tmp_path, echo):
     from tunesmith.rag.chunk import Chunk
-    from tunesmith.rag.index import BM25Index
+    from tunesmith.rag.index import RetrievalIndex
     from tunesmith.rag.prompt import render_rag_prompt
 
     run_dir, _ = gen_run
@@ -262,7 +262,7 @@ def test_predict_with_an_index_asks_the_raft_prompt_and_returns_chunk_ids(gen_ru
         Chunk("birch#0", "birch", "The Birch lamp costs 42 euros."),
         Chunk("aster#0", "aster", "Aster: teal."),
     ]
-    BM25Index(chunks).save(tmp_path / "idx")
+    RetrievalIndex(chunks).save(tmp_path / "idx")
     data = _jsonl(tmp_path / "q.jsonl", [{"prompt": "How much is the Birch lamp?"}])
     out = predict(run_dir, data, tmp_path / "a.jsonl", index=tmp_path / "idx", k=2)
     (row,) = [json.loads(x) for x in out.read_text().splitlines()]
@@ -289,12 +289,12 @@ def _with_rag(run_dir, tmp_path, index, k):
 def _two_indexes(tmp_path):
     """`idx`: two store chunks (returned); `other`: one chunk of another document."""
     from tunesmith.rag.chunk import Chunk
-    from tunesmith.rag.index import BM25Index
+    from tunesmith.rag.index import RetrievalIndex
 
     lamps = [Chunk("birch#0", "birch", "The Birch lamp costs 42 euros."), Chunk("aster#0", "aster", "Teal.")]
     other = [Chunk("lamp-faq#0", "lamp-faq", "Every Birch lamp ships in a box.")]
-    BM25Index(lamps).save(tmp_path / "idx")
-    BM25Index(other).save(tmp_path / "other")
+    RetrievalIndex(lamps).save(tmp_path / "idx")
+    RetrievalIndex(other).save(tmp_path / "other")
     return lamps
 
 

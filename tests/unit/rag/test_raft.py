@@ -8,7 +8,7 @@ import pytest
 from tunesmith.cli import main
 from tunesmith.errors import DataError
 from tunesmith.rag.chunk import Chunk
-from tunesmith.rag.index import BM25Index, retrieve_prompt
+from tunesmith.rag.index import RetrievalIndex, retrieve_prompt
 from tunesmith.rag.prompt import (
     BEGIN_QUOTE,
     END_QUOTE,
@@ -34,7 +34,7 @@ QA = [
 
 @pytest.mark.parametrize(("p", "without"), [(0.0, 0), (0.2, 6), (0.5, 15), (1.0, 30)])
 def test_the_oracle_is_missing_from_exactly_the_configured_share(p, without):
-    rows, report = build_raft_rows(QA, BM25Index(CORPUS), RaftSettings(k=2, p_no_oracle=p, seed=1))
+    rows, report = build_raft_rows(QA, RetrievalIndex(CORPUS), RaftSettings(k=2, p_no_oracle=p, seed=1))
     missing = [r for r in rows if r["meta"]["oracle_chunk"] not in r["meta"]["context"]]
     assert len(missing) == without == report["rows_without_oracle"]
     assert all(not r["meta"]["oracle_in_context"] for r in missing)
@@ -42,7 +42,7 @@ def test_the_oracle_is_missing_from_exactly_the_configured_share(p, without):
 
 
 def test_distractors_are_never_the_oracle_and_quotes_come_from_it():
-    index = BM25Index(CORPUS)
+    index = RetrievalIndex(CORPUS)
     rows, _ = build_raft_rows(QA, index, RaftSettings(k=3, p_no_oracle=0.3))
     for item, row in zip(QA, rows, strict=True):
         oracle = index.chunk(row["meta"]["oracle_chunk"])
@@ -56,7 +56,7 @@ def test_distractors_are_never_the_oracle_and_quotes_come_from_it():
 
 
 def test_the_training_prompt_is_the_inference_prompt_for_the_same_chunks():
-    index = BM25Index(CORPUS)
+    index = RetrievalIndex(CORPUS)
     rows, _ = build_raft_rows(QA[:6], index, RaftSettings(k=2, p_no_oracle=0.0))
     for row in rows:
         user = row["messages"][0]["content"]
@@ -83,7 +83,7 @@ def test_quote_markers_round_trip():
 
 def test_a_row_without_an_oracle_names_its_row_number():
     with pytest.raises(DataError, match="RAFT row 2: missing oracle"):
-        build_raft_rows([QA[0], {"question": "q", "answer": "a"}], BM25Index(CORPUS), RaftSettings())
+        build_raft_rows([QA[0], {"question": "q", "answer": "a"}], RetrievalIndex(CORPUS), RaftSettings())
 
 
 def test_rag_index_query_and_data_raft_from_the_command_line(tmp_path, capsys):
@@ -122,7 +122,7 @@ def test_rag_index_query_and_data_raft_from_the_command_line(tmp_path, capsys):
 
 
 def test_contexts_then_compare_from_the_command_line(tmp_path, capsys):
-    BM25Index(CORPUS).save(tmp_path / "idx")
+    RetrievalIndex(CORPUS).save(tmp_path / "idx")
     qa = tmp_path / "heldout.jsonl"
     qa.write_text("".join(json.dumps(r) + "\n" for r in QA[:4]))
     prompts = tmp_path / "prompts.jsonl"

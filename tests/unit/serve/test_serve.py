@@ -561,11 +561,11 @@ def test_vllm_handover(env):
 
 def test_chat_with_an_index_answers_from_the_raft_prompt_and_lists_chunk_ids(env, tmp_path):
     from tunesmith.rag.chunk import Chunk
-    from tunesmith.rag.index import BM25Index
+    from tunesmith.rag.index import RetrievalIndex
     from tunesmith.rag.prompt import render_rag_prompt
 
     chunks = [Chunk("birch#0", "birch", "The Birch lamp costs 42 euros."), Chunk("aster#0", "aster", "Teal.")]
-    settings = ServeSettings(api_keys=(KEY,), index=BM25Index(chunks), rag_k=2)
+    settings = ServeSettings(api_keys=(KEY,), index=RetrievalIndex(chunks), rag_k=2)
     with ServerThread(create_app(env.registry, settings), api_keys=(KEY,)) as server:
         body = {"model": "chat-run", "messages": [{"role": "user", "content": "Birch lamp price?"}]}
         status, resp = _http(
@@ -582,7 +582,7 @@ def test_a_run_that_records_rag_index_retrieves_from_it_unless_the_server_says_o
     import yaml
 
     from tunesmith.rag.chunk import Chunk
-    from tunesmith.rag.index import BM25Index
+    from tunesmith.rag.index import RetrievalIndex
     from tunesmith.rag.prompt import render_rag_prompt
 
     run_dir = tmp_path / "raft-run"
@@ -594,13 +594,13 @@ def test_a_run_that_records_rag_index_retrieves_from_it_unless_the_server_says_o
         Chunk("birch#0", "birch", "The Birch lamp costs 42 euros."),
         Chunk("oak#0", "oak", "Birch oak."),
     ]
-    BM25Index(chunks).save(tmp_path / "idx")
+    RetrievalIndex(chunks).save(tmp_path / "idx")
     registry = load_registry([str(run_dir)])
     assert registry.models["raft-run"].rag_k == 1 and len(registry.models["raft-run"].index.chunks) == 2
     assert load_registry([str(run_dir)], use_run_index=False).models["raft-run"].index is None
     body = {"model": "raft-run", "messages": [{"role": "user", "content": "Birch lamp price?"}]}
     body.update(max_tokens=8, temperature=0)
-    forced = BM25Index([Chunk("oak#0", "oak", "Birch oak.")])
+    forced = RetrievalIndex([Chunk("oak#0", "oak", "Birch oak.")])
     answers = {}
     for name, settings in (
         ("run", ServeSettings(api_keys=(KEY,))),  # rag.index, rag.k = 1

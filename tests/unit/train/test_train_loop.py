@@ -294,8 +294,20 @@ def test_mmap_threshold_is_pinned_unless_the_user_set_it(monkeypatch):
     monkeypatch.setattr(platform, "libc_ver", lambda: ("glibc", "2.36"))
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     assert monitor.fix_mmap_threshold() and calls == [(-3, 128 * 1024)]
+    assert monitor.fix_mmap_threshold("fast") and calls[-1] == (-3, 1024 * 1024)
+    del calls[1:]
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")  # the user's own setting wins
     assert not monitor.fix_mmap_threshold() and len(calls) == 1
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.setattr(platform, "libc_ver", lambda: ("", ""))  # musl, macOS: nothing to pin
     assert not monitor.fix_mmap_threshold() and len(calls) == 1
+
+
+@pytest.mark.parametrize("mode", ["lean", "fast"])
+def test_the_loop_sets_the_threshold_of_the_configured_memory_mode(tmp_path, monkeypatch, mode):
+    from tunesmith.train import loop
+
+    modes: list[str] = []
+    monkeypatch.setattr(loop, "fix_mmap_threshold", lambda m: modes.append(m) or True)
+    _run(tmp_path, mode, _cfg(max_steps=1, memory_mode=mode))
+    assert modes == [mode]

@@ -1,0 +1,129 @@
+"""Model-written RAFT questions: parsing, the filters (answer in the chunk, short, no repeats), the counts
+in the report, and `data raft --generate` end to end with a fake model."""
+
+import json
+
+import pytest
+
+from tunesmith.cli import main
+from tunesmith.rag import questions
+from tunesmith.rag.chunk import Chunk
+from tunesmith.rag.questions import PROMPT, generate_questions, generated_rows, parse_pair, pick_chunks
+
+CHUNKS = [
+    Chunk("velmora#0", "velmora", "The Velmora jacket costs $74.50. It is made of waxed cotton."),
+    Chunk("quorrin#0", "quorrin", "The Quorrin boot is sold in sizes 38 to 46."),
+    Chunk("tavrin#0", "tavrin", "Tavrin socks are knitted in Norway from merino wool."),
+    Chunk("fenwyr#0", "fenwyr", "The Fenwyr scarf is 180 cm long."),
+]
+
+
+def test_pairs_parse_whatever_the_case_and_spacing():
+    assert parse_pair("Question: What does it cost?\nAnswer: $74.50.") == ("What does it cost?", "$74.50")
+    assert parse_pair('  QUESTION :  Where are they\n knitted?\n\nanswer: "Norway"\nmore') == (
+        "Where are they knitted?",
+        "Norway",
+    )
+    assert parse_pair("The jacket costs $74.50.") is None
+    assert parse_pair("Question: ?\nAnswer:   ") is None
+
+
+def test_only_answers_found_in_their_chunk_short_and_new_are_kept():
+    completions = [
+        "Question: What does the Velmora jacket cost?\nAnswer: $74.50",
+        "Question: Which sizes does the Quorrin boot come in?\nAnswer: 40 to 50",  # not in the chunk
+        "Question: What does the Velmora jacket cost?\nAnswer: $74.50",  # not the Tavrin chunk's
+        "I cannot answer that.",
+    ]
+    rows, dropped = generated_rows(CHUNKS, completions)
+    assert rows == [
+        {
+            "question": "What does the Velmora jacket cost?",
+            "answer": "$74.50",
+            "oracle": "velmora",
+            "chunk": "velmora#0",
+        }
+    ]
+    assert dropped == {"answer_not_in_chunk": 2, "unparsed": 1}
+    again, dropped = generated_rows(CHUNKS[:2], [completions[0], completions[0]])
+    assert len(again) == 1 and dropped == {"answer_not_in_chunk": 1}  # the 2nd's answer is not in chunk 2
+    long = "Question: What is it?\nAnswer: " + " ".join(["word"] * 13)
+    assert generated_rows(CHUNKS[:1], [long])[1] == {"answer_too_long": 1}
+    dup = [completions[0], "Question: what does the velmora jacket cost?\nAnswer: The Quorrin boot"]
+    assert generated_rows([CHUNKS[0], CHUNKS[1]], dup)[1] == {"duplicate_question": 1}
+
+
+def test_chunks_are_drawn_by_the_seed_and_prompts_hold_their_text():
+    assert pick_chunks(CHUNKS, 9, seed=0) == CHUNKS
+    two = pick_chunks(CHUNKS, 2, seed=3)
+    assert len(two) == 2 and two == pick_chunks(CHUNKS, 2, seed=3)
+    assert [CHUNKS.index(c) for c in two] == sorted(CHUNKS.index(c) for c in two)
+    seen: list[str] = []
+
+    def fake(prompts: list[str]) -> list[str]:
+        seen.extend(prompts)
+        return ["Question: What is it made of?\nAnswer: waxed cotton"] * len(prompts)
+
+    rows, report = generate_questions(CHUNKS, 4, fake)
+    assert seen == [PROMPT.format(text=c.text) for c in CHUNKS]
+    assert [r["oracle"] for r in rows] == ["velmora"]
+    assert report == {
+        "questions_asked": 4,
+        "questions_kept": 1,
+        "questions_dropped": {"answer_not_in_chunk": 3},
+    }
+
+
+def test_data_raft_generate_writes_questions_rows_and_report(tmp_path, monkeypatch, capsys):
+    answers = {"velmora": "$74.50", "quorrin": "38 to 46", "tavrin": "Norway", "fenwyr": "180 cm"}
+
+    def fake_model(name: str, max_new_tokens: int = 64, batch_size: int = 8):
+        assert name == "tiny"
+
+        def generate(prompts: list[str]) -> list[str]:
+            out = []
+            for p in prompts:
+                doc = next(d for d in answers if d in p.lower())
+                out.append(f"Question: What about the {doc}?\nAnswer: {answers[doc]}")
+            return out
+
+        return generate
+
+    monkeypatch.setattr(questions, "model_generator", fake_model)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": c.doc_id, "text": c.text}) + "\n" for c in CHUNKS))
+    assert main(["rag", "index", str(docs), "--out", str(tmp_path / "idx")]) == 0
+    out = tmp_path / "raft.jsonl"
+    args = ["data", "raft", "--index", str(tmp_path / "idx"), "--out", str(out), "-k", "1"]
+    assert main([*args, "--generate", "4", "--model", "tiny", "--p-no-oracle", "0"]) == 0
+    qa = [json.loads(x) for x in (tmp_path / "raft.questions.jsonl").read_text().splitlines()]
+    assert [(q["oracle"], q["answer"]) for q in qa] == list(answers.items())
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert all(r["meta"]["oracle_chunk"] == f"{q['oracle']}#0" for r, q in zip(rows, qa, strict=True))
+    (step,) = json.loads((tmp_path / "data_report.json").read_text())["steps"]
+    assert (step["questions_asked"], step["questions_kept"], step["input"]) == (4, 4, "generated by tiny")
+    capsys.readouterr()
+    assert main([*args]) == 2
+    assert "give a question file or --generate N" in capsys.readouterr().err
+
+
+def test_a_model_that_writes_nothing_usable_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(questions, "model_generator", lambda *a, **k: lambda prompts: ["?"] * len(prompts))
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": c.doc_id, "text": c.text}) + "\n" for c in CHUNKS))
+    assert main(["rag", "index", str(docs), "--out", str(tmp_path / "idx")]) == 0
+    args = ["data", "raft", "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "r.jsonl")]
+    assert main([*args, "--generate", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "default wrote no usable question for 3 chunks" in err and "'unparsed': 3" in err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+@pytest.mark.parametrize("n", [0, -2])
+def test_generate_needs_a_positive_count(tmp_path, n, capsys):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(json.dumps({"id": "a", "text": "Some text."}) + "\n")
+    assert main(["rag", "index", str(docs), "--out", str(tmp_path / "idx")]) == 0
+    args = ["data", "raft", "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "r.jsonl")]
+    assert main([*args, "--generate", str(n)]) == 2
+    assert f"--generate {n}: ask for at least one question" in capsys.readouterr().err
