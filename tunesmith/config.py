@@ -335,6 +335,10 @@ class TrainConfig(Strict):
     and losses as unpacked; measure before enabling on CPU (bench/bench_sft.py)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: ~30% more compute for much less activation memory."""
+    sharding: Literal["none", "fsdp"] = "none"
+    """Several processes only (``--nproc``, torchrun): ``fsdp`` splits parameters, gradients and optimizer
+    states across them (torch FSDP2, one unit per decoder block) instead of a whole copy on each; same
+    losses as ``none``. For models that do not fit one GPU; on CPU it only costs communication."""
     memory_mode: Literal["lean", "fast"] = "lean"
     """Host memory against speed (Linux/glibc; CUDA memory is unaffected). ``lean`` gives every freed tensor
     over 128 KiB back to the OS at once, so RSS tracks live tensors; ``fast`` does so above 1 MiB only,

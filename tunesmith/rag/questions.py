@@ -97,7 +97,9 @@ def model_generator(model_name: str, max_new_tokens: int = 64, batch_size: int =
 
     def generate(prompts: list[str]) -> list[str]:
         ids = [
-            tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True)
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False
+            )
             for p in prompts
         ]
         return generate_texts(model, tokenizer, ids, max_new_tokens, batch_size, desc="questions")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from tunesmith.errors import RunError
 from tunesmith.faults import fault_point
@@ -60,16 +61,33 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The full tensor of an FSDP-sharded one (a DTensor: gathered from every rank, so every rank must ask,
+    in the same order), else the tensor itself."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _like(tensor: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``tensor`` (whole) laid out as ``target``: this rank's slice when ``target`` is sharded, cut locally
+    (every rank holds the whole tensor, read from the same file), on its device and dtype."""
+    tensor = tensor.to(target.device, target.dtype)
+    if isinstance(target, DTensor) and not isinstance(tensor, DTensor):
+        return distribute_tensor(tensor, target.device_mesh, target.placements, src_data_rank=None)
+    return tensor
+
+
 def cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Contiguous CPU clones by name, ready for safetensors (which refuses shared storage)."""
-    return {n: t.detach().to("cpu").contiguous().clone() for n, t in tensors.items()}
+    """Contiguous CPU clones by name, ready for safetensors (which refuses shared storage); sharded
+    tensors are gathered whole first."""
+    return {n: _whole(t.detach()).to("cpu").contiguous().clone() for n, t in tensors.items()}
 
 
 @torch.no_grad()
 def copy_into(targets: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -> None:
-    """Copy each of ``tensors`` in place into the same-named target, on the target's device and dtype."""
+    """Copy each of ``tensors`` in place into the same-named target, on the target's device, dtype and (for
+    a sharded target) layout."""
     for name, tensor in tensors.items():
-        targets[name].copy_(tensor.to(targets[name].device, targets[name].dtype))
+        targets[name].copy_(_like(tensor, targets[name]))
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -94,7 +112,7 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     for idx, pstate in state["state"].items():
         for key, value in pstate.items():
             if torch.is_tensor(value):
-                tensors[f"{idx}.{key}"] = value.detach().to("cpu").contiguous().clone()
+                tensors[f"{idx}.{key}"] = _whole(value.detach()).to("cpu").contiguous().clone()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
@@ -110,6 +128,12 @@ def _restore_optimizer(
     for idx, scalars in meta["scalars"].items():
         state.setdefault(int(idx), {}).update(scalars)
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    # Saved whole; a sharded parameter's moments must be its slice (``step`` is a scalar, kept as is).
+    for param, pstate in optimizer.state.items():
+        if isinstance(param, DTensor):
+            for key, value in pstate.items():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    pstate[key] = _like(value, param)
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -146,9 +170,11 @@ def save_checkpoint(
     state: TrainState,
     keep_last: int,
     averaged: dict[str, torch.Tensor] | None = None,
+    write: bool = True,
 ) -> Path:
     """Write ``ckpt_root/step-NNNNNN`` atomically and prune all but the newest ``keep_last``;
-    ``averaged``: the weight average's tensors (``train.ema_decay``), saved beside the weights.
+    ``averaged``: the weight average's tensors (``train.ema_decay``), saved beside the weights. A sharded
+    run's ranks all call it (gathering is collective); ``write=False`` (every rank but 0) stops there.
 
     Raises:
         RunError: The disk is full or not writable (names the path; earlier checkpoints are intact).
@@ -161,6 +187,8 @@ def save_checkpoint(
         "rng": _rng_tensors(),
         **({"ema": cpu_copies(averaged)} if averaged is not None else {}),
     }
+    if not write:
+        return target
     meta = {
         "train_state": asdict(state),
         "scheduler": scheduler.state_dict(),
@@ -312,10 +340,13 @@ def load_checkpoint(
     return TrainState(**meta["train_state"])
 
 
-def save_weights(path: Path, model: torch.nn.Module) -> None:
-    """Save the trainable weights alone (the best-so-far snapshot for early stopping)."""
-    with atomic_dir(path) as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+def save_weights(path: Path, model: torch.nn.Module, write: bool = True) -> None:
+    """Save the trainable weights alone (the best-so-far snapshot for early stopping); ``write=False``:
+    only join in gathering a sharded model's weights (every rank but 0)."""
+    weights = trainable_state(model)
+    if write:
+        with atomic_dir(path) as tmp:
+            save_file(weights, str(tmp / "trainable.safetensors"))
 
 
 def restore_weights(path: Path, model: torch.nn.Module) -> None:

@@ -39,6 +39,8 @@ class World:
 
     rank: int = 0
     size: int = 1
+    sharded: bool = False
+    """``train.sharding: fsdp``: parameters, gradients and optimizer states are split across the ranks."""
 
     @property
     def main(self) -> bool:
@@ -81,7 +83,7 @@ def sync_gradients(params: list[torch.nn.Parameter], world: World) -> None:
     One flattened all-reduce per dtype instead of one per tensor: far fewer collectives (LoRA has hundreds
     of small tensors), at the cost of one extra copy of the gradients.
     """
-    if world.size == 1:
+    if world.size == 1 or world.sharded:  # FSDP reduce-scatters the gradients inside backward itself
         return
     for p in params:
         if p.grad is None:
@@ -104,6 +106,39 @@ def broadcast_parameters(params: list[torch.nn.Parameter], world: World) -> None
         return
     for p in params:
         dist.broadcast(p.data, src=0)
+
+
+def shard_copy(model: Any) -> Any:
+    """A copy of ``model`` sharded with FSDP (torch's ``fully_shard``, FSDP2). Units: each decoder block, then
+    the decoder's own tensors (embeddings, final norm) grouped with the output head, then the root. Each
+    unit is gathered for its forward and backward and freed after; parameters become DTensors holding this
+    rank's slice, and gradients are reduce-scattered in backward.
+
+    The decoder and the head are one unit because the losses call them one after the other, not through the
+    model's forward (the head on target positions only), and because a head tied to the embeddings is one
+    tensor that must live in one unit. A copy, not ``model`` itself: FSDP cannot be taken off a module again,
+    and after training rank 0 must save and evaluate an ordinary model alone. The loop trains the copy and
+    gathers its weights back into ``model`` at the end; the cost is ``model`` kept whole in host memory
+    beside the shards (on GPUs only the shards go to the device).
+    """
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+
+    from tunesmith.methods.freeze import output_head, transformer_blocks
+
+    sharded = copy.deepcopy(model)
+    base = sharded.get_base_model() if hasattr(sharded, "get_base_model") else sharded
+    for block in transformer_blocks(base):
+        fully_shard(block)
+    fully_shard([getattr(base, base.base_model_prefix), output_head(base)])
+    fully_shard(sharded)
+    # FSDP takes the module of the first forward for the root of the tree; the losses may call the decoder
+    # first, which would make a two-module unit the root (refused). One token through the real root first.
+    with torch.no_grad():
+        device = next(sharded.parameters()).device
+        sharded(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False)
+    return sharded
 
 
 def from_main(obj: Any, world: World) -> Any:
@@ -158,7 +193,8 @@ PROCESS_GROUP_TIMEOUT = timedelta(hours=4)
 default (30 min) would kill them. The cost: a rank that hangs is noticed only after this long."""
 
 SHARDED_LAUNCH = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
-"""What ``accelerate launch`` sets for an FSDP / DeepSpeed config: sharded training this loop does not do."""
+"""What ``accelerate launch`` sets for an FSDP / DeepSpeed config: accelerate's sharding, which this loop does
+not use (it shards with torch's FSDP itself, ``train.sharding: fsdp``)."""
 
 
 def start_world() -> World:
@@ -166,15 +202,15 @@ def start_world() -> World:
     CPU, NCCL on CUDA); otherwise rank 0 of 1, with no group.
 
     Raises:
-        RunError: launched with an FSDP or DeepSpeed accelerate config, which would otherwise train as plain
-            data parallelism with every parameter on every device, without saying so.
+        RunError: launched with an FSDP or DeepSpeed accelerate config, whose settings this loop would
+            ignore (it shards with ``train.sharding: fsdp``; DeepSpeed is not supported).
     """
     sharded = [name for name in SHARDED_LAUNCH if os.environ.get(name, "").lower() in ("1", "true")]
     if sharded:
         raise RunError(
-            f"{sharded[0]} is set (an FSDP / DeepSpeed `accelerate config`): tunesmith trains data-parallel "
-            "with the whole model on every process; choose distributed_type MULTI_GPU or MULTI_CPU in "
-            "`accelerate config`, or use `tunesmith train --nproc N` (see docs/distributed.md)"
+            f"{sharded[0]} is set (an FSDP / DeepSpeed `accelerate config`): tunesmith does not read "
+            "accelerate's sharding settings; choose distributed_type MULTI_GPU or MULTI_CPU in `accelerate "
+            "config` and add --set train.sharding=fsdp to shard with FSDP (see docs/distributed.md)"
         )
     if launched():
         from accelerate import PartialState  # deferred: only distributed runs need it here

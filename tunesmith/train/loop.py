@@ -19,6 +19,7 @@ CPU and CUDA.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from tunesmith.train.distributed import (
     barrier,
     broadcast_parameters,
     from_main,
+    shard_copy,
     start_world,
     sync_gradients,
 )
@@ -144,17 +146,22 @@ def train_loop(
     ckpt_root = RunDir(run_dir).checkpoints
     found = ckpt.latest_checkpoint(ckpt_root) if resume else None  # verified; a torn one is skipped
     world = start_world()
+    if cfg.sharding == "fsdp" and world.size > 1:
+        world = dataclasses.replace(world, sharded=True)
     # Rank 0's choice: `auto` times a matmul, and ranks must not train in different precisions.
     precision = from_main(run_precision(cfg.precision, found), world)
     accelerator = make_accelerator(precision)
-    model = model.to(accelerator.device)
+    if not world.sharded:  # sharded: the whole model stays in host memory, only its shards go to the device
+        model = model.to(accelerator.device)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     cfg = plan_and_fit(model, train_data, cfg, precision, world.main)
-    params = [p for p in model.parameters() if p.requires_grad]
-    broadcast_parameters(params, world)
+    broadcast_parameters([p for p in model.parameters() if p.requires_grad], world)
+    # What the steps update: the model itself, or its FSDP-sharded copy (gathered back into it at the end).
+    trained = shard_copy(model) if world.sharded else model
+    params = [p for p in trained.parameters() if p.requires_grad]
     if make_optimizer is not None:
-        optimizer = make_optimizer(model, cfg)
+        optimizer = make_optimizer(trained, cfg)
     else:
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = total_optimizer_steps(len(train_data.input_ids), cfg, world.size)
@@ -166,11 +173,11 @@ def train_loop(
     )
     stop_request = RunDir(run_dir).stop_request
     best_dir = ckpt_root / "best"
-    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay is not None else None
+    ema = WeightAverage(trained, cfg.ema_decay) if cfg.ema_decay is not None else None
     averaged = ema.shadow if ema is not None else None  # what checkpoints save and restore of it
     state = ckpt.TrainState(precision=precision, global_micro_batch=cfg.batch_size * world.size)
     if found is not None:
-        state = ckpt.load_checkpoint(found, model, optimizer, scheduler, averaged, verified=True)
+        state = ckpt.load_checkpoint(found, trained, optimizer, scheduler, averaged, verified=True)
         _check_resume_shape(state, cfg, world, found)
         state.precision = precision
         if state.best_score is None and state.best_val_loss is not None and cfg.best_metric == "val_loss":
@@ -192,13 +199,13 @@ def train_loop(
         disable=not world.main,
     )
     start_time = time.perf_counter()
-    model.train()
+    trained.train()
     try:
         while state.step < total_steps:
             step_start = time.perf_counter()
             micro = [next(stream) for _ in range(cfg.grad_accum)]
             step_loss, n_tokens, splits = _step_with_oom_retry(
-                model,
+                trained,
                 [b for _, _, b in micro],
                 loss_fn,
                 accelerator,
@@ -240,7 +247,7 @@ def train_loop(
             if val_data is not None and _should_eval(state.step, total_steps, cfg):
                 with ema.swapped_in() if ema is not None else nullcontext():
                     stop = _evaluate_and_track(
-                        model,
+                        trained,
                         val_data,
                         cfg,
                         pad_id,
@@ -258,8 +265,8 @@ def train_loop(
                 stop, result.pruned = from_main((stop, result.pruned), world)
                 result.interrupted = result.interrupted or result.pruned
                 result.stopped_early = stop and not result.pruned
-            if cfg.save_every and state.step % cfg.save_every == 0 and world.main:
-                ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged)
+            if cfg.save_every and state.step % cfg.save_every == 0:
+                _save(world, ckpt_root, trained, optimizer, scheduler, state, cfg.keep_last, averaged)
                 fault_point("step.saved")
             if on_step is not None:
                 on_step(state.step, step_loss)
@@ -269,20 +276,16 @@ def train_loop(
                 # Polled here, after the step's bookkeeping: a signal could land between the optimizer
                 # step and the state update and checkpoint a step that resume would run twice.
                 result.interrupted = True
-                if world.main and not (cfg.save_every and state.step % cfg.save_every == 0):  # else saved
-                    ckpt.save_checkpoint(
-                        ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged
-                    )
+                if not (cfg.save_every and state.step % cfg.save_every == 0):  # else saved just now
+                    _save(world, ckpt_root, trained, optimizer, scheduler, state, cfg.keep_last, averaged)
                 print(f"tunesmith: stop requested at step {state.step}; checkpoint saved, resume continues")
                 break
     except KeyboardInterrupt:
         # Ctrl-C: keep what was trained. The step in flight (if any) is dropped; the checkpoint marks the
         # last completed step, so --resume continues exactly from there.
         result.interrupted = True
+        path = _save(world, ckpt_root, trained, optimizer, scheduler, state, cfg.keep_last, averaged)
         if world.main:
-            path = ckpt.save_checkpoint(
-                ckpt_root, model, optimizer, scheduler, state, cfg.keep_last, averaged
-            )
             print(f"\ntunesmith: interrupted at step {state.step}; saved {path}. Continue with --resume")
     finally:
         bar.close()
@@ -294,10 +297,20 @@ def train_loop(
         ema.copy_to_model()  # the run's result is the average (its checkpoints keep both for --resume)
     if not result.interrupted and _keeps_best(cfg):
         barrier(world)  # rank 0 wrote the best weights; the others read them
-        result.restored_best = _restore_best(model, best_dir, state, cfg)
+        result.restored_best = _restore_best(trained, best_dir, state, cfg)
+    if world.sharded:  # every rank gathers the full tensors; rank 0 saves and evaluates the model after
+        ckpt.load_trainable_state(model, ckpt.trainable_state(trained))
     result.history = log.rows
     result.peak_memory_mb = peak_rss_mb()
     return result
+
+
+def _save(world: World, *args: Any) -> Path | None:
+    """``ckpt.save_checkpoint(*args)`` written by rank 0; under sharding every rank first joins in gathering
+    the full tensors (collectives), then only rank 0 writes."""
+    if world.main or world.sharded:
+        return ckpt.save_checkpoint(*args, write=world.main)
+    return None
 
 
 def run_precision(precision: str, checkpoint: Path | None) -> str:
@@ -356,11 +369,18 @@ def _optimizer_step(
         if len(rows)
     ]
 
+    # FSDP averages the ranks' gradients where the plain path sums them (the parts of one global token sum):
+    # scaling each rank's part by the world size turns that mean back into the sum.
+    scale = world.size if world.sharded else 1
+
     def backward(loss_sum: torch.Tensor) -> torch.Tensor:
         loss = loss_sum / max(n_target, 1)
-        accelerator.backward(loss)
+        accelerator.backward(loss * scale)
         return loss.detach()
 
+    if world.sharded:  # FSDP gathers inside every forward: a rank with nothing to train must still join in
+        for _ in range(sum(b is None for b in batches)):
+            _idle_pass(model, accelerator)
     for batch in chunks:
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         if getattr(loss_fn, "backward_in_parts", False):
@@ -381,6 +401,17 @@ def _optimizer_step(
     optimizer.zero_grad(set_to_none=True)
     step_loss, tokens = all_sum([step_loss, sum(count_tokens(b) for b in mine)], world)
     return step_loss, int(tokens)
+
+
+def _idle_pass(model: Any, accelerator: Accelerator) -> None:
+    """A forward and backward that change nothing (a one-token row, its output times zero), for a rank whose
+    share of a micro-batch is empty under FSDP: the other ranks' passes gather and reduce each block's
+    tensors collectively, and would wait for this one forever."""
+    device = accelerator.device
+    row = {"input_ids": torch.zeros(1, 1, dtype=torch.long, device=device)}
+    with accelerator.autocast():
+        out = model(**row, attention_mask=torch.ones_like(row["input_ids"]), use_cache=False)
+    accelerator.backward(out.logits.float().sum() * 0.0)
 
 
 def _step_with_oom_retry(
@@ -544,8 +575,8 @@ def _evaluate_and_track(
     if improved:
         state.best_score, state.best_val_loss, state.best_step = score, val_loss, state.step
         state.evals_without_improvement = 0
-        if _keeps_best(cfg) and (world is None or world.main):
-            ckpt.save_weights(best_dir, model)
+        if _keeps_best(cfg) and (world is None or world.main or world.sharded):
+            ckpt.save_weights(best_dir, model, write=world is None or world.main)
         return False
     state.evals_without_improvement += 1
     patience = cfg.early_stopping.patience

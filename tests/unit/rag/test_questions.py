@@ -127,3 +127,11 @@ def test_generate_needs_a_positive_count(tmp_path, n, capsys):
     args = ["data", "raft", "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "r.jsonl")]
     assert main([*args, "--generate", str(n)]) == 2
     assert f"--generate {n}: ask for at least one question" in capsys.readouterr().err
+
+
+def test_the_model_generator_answers_each_prompt_behind_the_chat_template(tiny_model_dir):
+    from tunesmith.rag.questions import model_generator
+
+    generate = model_generator(str(tiny_model_dir), max_new_tokens=3, batch_size=2)
+    out = generate(["Passage: one.", "Passage: a longer passage here.", "Passage: three."])
+    assert len(out) == 3 and all(isinstance(text, str) for text in out)

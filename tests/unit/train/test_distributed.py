@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import make_tiny_llama
-from tunesmith.config import FullMethod, TrainConfig
+from tunesmith.config import FullMethod, LoraMethod, TrainConfig
 from tunesmith.errors import RunError
 from tunesmith.methods import prepare_model
 from tunesmith.train import checkpoint as ckpt
@@ -44,7 +45,15 @@ def _data() -> TokenData:
     return TokenData(ids, labels)
 
 
-def _train(run_dir: Path, batch_size: int, out: Path, save_every: int | None = None, resume=False) -> None:
+def _train(
+    run_dir: Path,
+    batch_size: int,
+    out: Path,
+    save_every: int | None = None,
+    resume=False,
+    sharding: str = "none",
+    method: Any = None,
+) -> None:
     cfg = TrainConfig(
         epochs=2,
         batch_size=batch_size,
@@ -53,13 +62,14 @@ def _train(run_dir: Path, batch_size: int, out: Path, save_every: int | None = N
         log_every=1,
         precision="fp32",
         save_every=save_every,
+        sharding=sharding,
     )
-    model = prepare_model(make_tiny_llama(VOCAB), FullMethod())
+    model = prepare_model(make_tiny_llama(VOCAB), method or FullMethod())
     train_loop(model, _data(), None, cfg, seed=0, run_dir=run_dir, pad_id=PAD, resume=resume)
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(out))
 
 
-def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
+def _worker(rank: int, world: int, port: int, run_dir: str, sharding: str, method: Any) -> None:
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -69,8 +79,22 @@ def _worker(rank: int, world: int, port: int, run_dir: str) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    _train(Path(run_dir), 2, Path(run_dir) / f"weights-{rank}.safetensors", save_every=3)
+    from tunesmith.train import loop
+
+    def recorded_shard_copy(model: Any) -> Any:  # what each rank holds of the parameters it trains
+        sharded = real_shard_copy(model)
+        held = sum(p.to_local().numel() for p in sharded.parameters())
+        (Path(run_dir) / f"held-{rank}.json").write_text(json.dumps([held, _numel(model)]))
+        return sharded
+
+    real_shard_copy, loop.shard_copy = loop.shard_copy, recorded_shard_copy
+    out = Path(run_dir) / f"weights-{rank}.safetensors"
+    _train(Path(run_dir), 2, out, save_every=3, sharding=sharding, method=method)
     torch.distributed.destroy_process_group()
+
+
+def _numel(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
 
 
 def _free_port() -> int:
@@ -84,11 +108,20 @@ def _losses(run_dir: Path) -> list[float]:
     return [r["train_loss"] for r in rows]
 
 
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize(
+    ("sharding", "method"),
+    [("none", None), ("fsdp", None), ("fsdp", LoraMethod(r=4, alpha=8, dropout=0.0))],
+    ids=["data-parallel", "fsdp-full", "fsdp-lora"],
+)
+def test_two_processes_match_one(tmp_path, sharding, method):
+    """Plain data parallelism and FSDP (parameters, gradients and AdamW moments split across the ranks):
+    the one-process losses and weights either way, and the checkpoints are whole tensors, so a sharded
+    run's checkpoint resumes in one unsharded process."""
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
-    _train(one, 4, one / "weights.safetensors")
-    mp.start_processes(_worker, args=(2, _free_port(), str(two)), nprocs=2, start_method="spawn")
+    _train(one, 4, one / "weights.safetensors", method=method)
+    args = (2, _free_port(), str(two), sharding, method)
+    mp.start_processes(_worker, args=args, nprocs=2, start_method="spawn")
 
     assert len(_losses(one)) == 6  # 3 global batches (4, 4, 1) per epoch, 2 epochs
     assert _losses(two) == pytest.approx(_losses(one), abs=TOL)
@@ -97,8 +130,15 @@ def test_two_processes_match_one(tmp_path):
         weights = load_file(str(two / f"weights-{rank}.safetensors"))
         for name, tensor in reference.items():
             torch.testing.assert_close(weights[name], tensor, atol=TOL, rtol=0)
+    held = (
+        [json.loads((two / f"held-{rank}.json").read_text()) for rank in (0, 1)] if sharding != "none" else []
+    )
+    for mine, whole in held:  # each rank holds about half of every parameter (rows split in two)
+        assert 0.45 * whole < mine < 0.55 * whole
+    extra = [f"held-{rank}.json" for rank in (0, 1)] if held else []
     assert sorted(p.name for p in two.iterdir()) == [  # rank 1 wrote nothing of the run's own
         "checkpoints",
+        *extra,
         "metrics.jsonl",
         "weights-0.safetensors",
         "weights-1.safetensors",
@@ -106,7 +146,7 @@ def test_two_processes_match_one(tmp_path):
 
     # Resume on another world size, same global micro-batch: 1 process x 4 from the 2 x 2 run's step 3.
     shutil.rmtree(two / "checkpoints" / "step-000006")
-    _train(two, 4, two / "resumed.safetensors", resume=True)
+    _train(two, 4, two / "resumed.safetensors", resume=True, method=method)
     assert _losses(two) == pytest.approx(_losses(one), abs=TOL)
     resumed = load_file(str(two / "resumed.safetensors"))
     for name, tensor in reference.items():
@@ -127,14 +167,15 @@ def test_resume_with_another_global_micro_batch_says_how(tmp_path):
         _check_resume_shape(ckpt.TrainState(global_micro_batch=4), cfg, World(0, 1), tmp_path)
 
 
-def test_an_fsdp_launch_is_refused_not_run_unsharded(monkeypatch):
+def test_an_accelerate_fsdp_launch_is_refused_and_pointed_to_train_sharding(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(RunError, match=r"ACCELERATE_USE_FSDP is set.*MULTI_GPU or MULTI_CPU"):
+    with pytest.raises(RunError, match=r"ACCELERATE_USE_FSDP is set.*MULTI_CPU.*train.sharding=fsdp"):
         start_world()
 
 
 @pytest.mark.slow  # two fresh processes import the whole stack: ~1 min on 2 loaded cores
-def test_cli_nproc_2_trains_a_head_run_with_rank_0_writing(tmp_path, tiny_model_dir):
+@pytest.mark.parametrize("sharding", ["none", "fsdp"])
+def test_cli_nproc_2_trains_a_head_run_with_rank_0_writing(tmp_path, tiny_model_dir, sharding):
     import yaml
 
     from tunesmith.cli import main
@@ -150,7 +191,14 @@ def test_cli_nproc_2_trains_a_head_run_with_rank_0_writing(tmp_path, tiny_model_
         "model": {"name": str(tiny_model_dir), "head": "classification"},
         "data": {"train": str(tmp_path / "train.jsonl"), "validation_fraction": 0.2},
         "method": {"name": "lora", "r": 4, "alpha": 8},
-        "train": {"epochs": 2, "batch_size": 2, "lr": 1e-2, "precision": "fp32", "save_every": 2},
+        "train": {
+            "epochs": 2,
+            "batch_size": 2,
+            "lr": 1e-2,
+            "precision": "fp32",
+            "save_every": 2,
+            "sharding": sharding,
+        },
         "eval": {"probes": False, "icl_shots": []},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
