@@ -99,13 +99,22 @@ def sync_gradients(params: list[torch.nn.Parameter], world: World) -> None:
 
 
 @torch.no_grad()
-def broadcast_parameters(params: list[torch.nn.Parameter], world: World) -> None:
+def broadcast_parameters(
+    params: list[torch.nn.Parameter], world: World, device: torch.device | None = None
+) -> None:
     """Rank 0's values of ``params`` on every rank (a freshly initialised head or adapter drawn from a
-    different random state would otherwise differ between ranks from the first step)."""
+    different random state would otherwise differ between ranks from the first step). ``device``: where the
+    process group's backend needs tensors (NCCL: the GPU) when ``params`` are elsewhere (an FSDP run keeps
+    its whole model in host memory)."""
     if world.size == 1:
         return
     for p in params:
-        dist.broadcast(p.data, src=0)
+        if device is None or p.device == device:
+            dist.broadcast(p.data, src=0)
+            continue
+        moved = p.data.to(device)
+        dist.broadcast(moved, src=0)
+        p.data.copy_(moved)
 
 
 def shard_copy(model: Any) -> Any:

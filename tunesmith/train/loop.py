@@ -156,7 +156,7 @@ def train_loop(
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     cfg = plan_and_fit(model, train_data, cfg, precision, world.main)
-    broadcast_parameters([p for p in model.parameters() if p.requires_grad], world)
+    broadcast_parameters([p for p in model.parameters() if p.requires_grad], world, accelerator.device)
     # What the steps update: the model itself, or its FSDP-sharded copy (gathered back into it at the end).
     trained = shard_copy(model) if world.sharded else model
     params = [p for p in trained.parameters() if p.requires_grad]
