@@ -142,6 +142,7 @@ def matmul_peak_flops(dtype_name: str, size: int | None = None, seconds: float =
 
 SIDES = {
     "tunesmith": "tunesmith",
+    "tunesmith-fp32": "tunesmith in fp32",
     "tunesmith-gc": "tunesmith + grad. checkpointing",
     "tunesmith-packed": "tunesmith + packing",
     "tunesmith-ungrouped": "tunesmith, random batches",
@@ -149,11 +150,12 @@ SIDES = {
     "trl": "TRL SFTTrainer + PEFT",
 }
 """Side key -> column title. The tunesmith variants each change one lever of its defaults (TrainConfig
-fields in ``bench.sft_sides.SIDE_SETTINGS``): ``-gc`` turns on gradient checkpointing, the memory setting
-TRL's SFTConfig has on by default (the like-for-like column for peak RSS); ``-packed`` packs rows;
-``-ungrouped`` turns length grouping off (random batches, like TRL's); ``-full-logits`` computes the loss
-through the model's own forward (vocabulary logits at every position, prompts included) instead of the
-output head on target positions only (a lever measurement, not a setting users have)."""
+fields in ``bench.sft_sides.SIDE_SETTINGS``): ``-fp32`` pins fp32 where ``auto`` would pick bf16 (TRL trains
+in fp32 on every CPU here: the like-for-like column for precision); ``-gc`` turns on gradient checkpointing,
+the memory setting TRL's SFTConfig has on by default (the like-for-like column for peak RSS); ``-packed``
+packs rows; ``-ungrouped`` turns length grouping off (random batches, like TRL's); ``-full-logits`` computes
+the loss through the model's own forward (vocabulary logits at every position, prompts included) instead of
+the output head on target positions only (a lever measurement, not a setting users have)."""
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from bench.sides import peak_rss_mb
 LR = 2e-4
 SIDE_SETTINGS: dict[str, dict[str, Any]] = {
     "tunesmith": {},
+    "tunesmith-fp32": {"precision": "fp32"},
     "tunesmith-gc": {"gradient_checkpointing": True},
     "tunesmith-packed": {"packing": True},
     "tunesmith-ungrouped": {"group_by_length": False},
