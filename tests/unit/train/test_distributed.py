@@ -69,7 +69,9 @@ def _train(
     save_file({n: p.detach().contiguous() for n, p in model.named_parameters()}, str(out))
 
 
-def _worker(rank: int, world: int, port: int, run_dir: str, sharding: str, method: Any) -> None:
+def _worker(
+    rank: int, world: int, port: int, run_dir: str, sharding: str, method: Any, resume: bool = False
+) -> None:
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -89,7 +91,7 @@ def _worker(rank: int, world: int, port: int, run_dir: str, sharding: str, metho
 
     real_shard_copy, loop.shard_copy = loop.shard_copy, recorded_shard_copy
     out = Path(run_dir) / f"weights-{rank}.safetensors"
-    _train(Path(run_dir), 2, out, save_every=3, sharding=sharding, method=method)
+    _train(Path(run_dir), 2, out, save_every=3, sharding=sharding, method=method, resume=resume)
     torch.distributed.destroy_process_group()
 
 
@@ -146,6 +148,15 @@ def test_two_processes_match_one(tmp_path, sharding, method):
 
     # Resume on another world size, same global micro-batch: 1 process x 4 from the 2 x 2 run's step 3.
     shutil.rmtree(two / "checkpoints" / "step-000006")
+    if sharding == "fsdp":  # and sharded again: whole tensors cut back into each rank's slices
+        again = tmp_path / "again"
+        shutil.copytree(two, again)
+        args = (2, _free_port(), str(again), sharding, method, True)
+        mp.start_processes(_worker, args=args, nprocs=2, start_method="spawn")
+        assert _losses(again) == pytest.approx(_losses(one), abs=TOL)
+        weights = load_file(str(again / "weights-1.safetensors"))
+        for name, tensor in reference.items():
+            torch.testing.assert_close(weights[name], tensor, atol=TOL, rtol=0)
     _train(two, 4, two / "resumed.safetensors", resume=True, method=method)
     assert _losses(two) == pytest.approx(_losses(one), abs=TOL)
     resumed = load_file(str(two / "resumed.safetensors"))
