@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from tunesmith.errors import RunError
-from tunesmith.methods.freeze import output_head, transformer_blocks
+from tunesmith.models.anatomy import output_head, transformer_blocks
 from tunesmith.runs import AdapterFormat
 
 WEIGHTS_NAME = "bottleneck.safetensors"

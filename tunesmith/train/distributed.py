@@ -134,7 +134,7 @@ def shard_copy(model: Any) -> Any:
 
     from torch.distributed.fsdp import fully_shard
 
-    from tunesmith.methods.freeze import output_head, transformer_blocks
+    from tunesmith.models.anatomy import output_head, transformer_blocks
 
     sharded = copy.deepcopy(model)
     base = sharded.get_base_model() if hasattr(sharded, "get_base_model") else sharded
