@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import DataError, guarded
-
-RETRIEVERS = ("bm25", "embedding", "hybrid")  # tunesmith.rag.index's; repeated so --help loads no torch
+from tunesmith.rag import RETRIEVERS
 
 
 def _counter(tokenizer: str | None) -> Callable[[str], int]:

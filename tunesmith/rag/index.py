@@ -19,13 +19,13 @@ import torch
 
 from tunesmith.errors import DataError
 from tunesmith.io import write_bytes_atomic, write_json_atomic, write_jsonl_atomic
+from tunesmith.rag import RETRIEVERS
 from tunesmith.rag.chunk import Chunk
 from tunesmith.rag.embed import Embedder, fuse_rankings
 from tunesmith.rag.prompt import render_rag_prompt
 
 INDEX_VERSION = 1
 Retriever = Literal["bm25", "embedding", "hybrid"]
-RETRIEVERS: tuple[str, ...] = ("bm25", "embedding", "hybrid")
 
 
 def _tokens(texts: list[str]) -> Any:
