@@ -22,6 +22,7 @@ def _sweep(args: argparse.Namespace) -> int:
         directions=args.direction or None,
         pruner=args.pruner,
         prune_after=args.prune_after,
+        prune_warmup=args.prune_warmup,
         startup_trials=args.startup_trials,
         out=args.out,
         study_name=args.study,
@@ -69,6 +70,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--pruner", choices=PRUNERS, default="median", help="stop bad trials at validation passes")
     p.add_argument("--prune-after", type=int, default=2, help="finished trials before the median pruner acts")
+    p.add_argument(
+        "--prune-warmup", type=int, default=0, help="training steps of a trial before it may be pruned"
+    )
     p.add_argument(
         "--startup-trials",
         type=int,

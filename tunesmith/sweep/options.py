@@ -26,6 +26,10 @@ class SweepOptions:
     pruner: str = "median"
     prune_after: int = 2
     """Trials that finish before the pruner may stop one (its view of a typical trial)."""
+    prune_warmup: int = 0
+    """Training steps of a trial before the pruner may stop it. Early scores are noise: in the emotion sweep
+    the median pruner stopped a trial at step 25 with macro-F1 0.313, below the median of 0.386 and 0.307,
+    and the trial that scored 0.307 there ended at 0.720."""
     startup_trials: int | None = None
     """TPE: trials drawn at random before its model of the space is used; None: a third of the budget,
     2 to 10 (Optuna's fixed 10 would leave a 2-hour sweep of ~8 trials entirely random)."""

@@ -76,6 +76,8 @@ def resolve(opts: SweepOptions) -> Sweep:
         raise ConfigError(f"--direction must be minimize or maximize, got {bad}")
     if opts.sampler not in SAMPLERS or opts.pruner not in PRUNERS:
         raise ConfigError(f"--sampler is one of {SAMPLERS}, --pruner one of {PRUNERS}")
+    if opts.prune_warmup < 0:
+        raise ConfigError(f"--prune-warmup is a number of training steps (>= 0), got {opts.prune_warmup}")
     if opts.sampler == "grid":
         grid_size(params, str(opts.space))  # a continuous parameter fails here, naming it
     out = Path(opts.out) if opts.out else Path(cfg.output_dir) / f"{cfg.name}-sweep"
@@ -171,8 +173,10 @@ def _pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
     if sweep.opts.pruner == "none" or len(sweep.objectives) > 1:
         return optuna.pruners.NopPruner()
     if sweep.opts.pruner == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=sweep.opts.prune_after)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=sweep.opts.prune_warmup or "auto")
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=sweep.opts.prune_after, n_warmup_steps=sweep.opts.prune_warmup
+    )
 
 
 def open_study(sweep: Sweep) -> optuna.Study:

@@ -175,6 +175,11 @@ def test_pruner_and_sampler_follow_the_options(base_config, tmp_path):
     # Optuna prunes single-objective studies only
     assert built(objectives=["val_loss", "timings.train_s"])[0] == "NopPruner"
     assert _pruner(resolve(SweepOptions(config, space, prune_after=3)))._n_startup_trials == 3
+    assert _pruner(resolve(SweepOptions(config, space, prune_warmup=100)))._n_warmup_steps == 100
+    halving = _pruner(resolve(SweepOptions(config, space, pruner="halving", prune_warmup=100)))
+    assert halving._min_resource == 100
+    with pytest.raises(ConfigError, match="--prune-warmup is a number of training steps"):
+        resolve(SweepOptions(config, space, prune_warmup=-1))
 
     # TPE models the space after a third of the budget (2..10), not after Optuna's fixed 10
     def startup(**options):
