@@ -3,12 +3,17 @@ against a serial ``model.generate`` baseline on the same model, in the same proc
 
     .venv/bin/python bench/bench_serve.py                                  # 8 clients x 4 requests, 32 tokens
     .venv/bin/python bench/bench_serve.py --clients 16 --requests 4 --max-tokens 64
+    .venv/bin/python bench/bench_serve.py --engines torch,llama.cpp --llama-server  # the llamacpp extra
 
 The real default model (``default``) is loaded once. Phases: (1) ``serial``: each prompt through
 ``model.generate`` one after another (greedy, left as the model would be used without a server); (2)
 ``server_batched``: N concurrent ``AsyncOpenAI`` clients, each sending its requests one after another, to a
 server on 127.0.0.1 with continuous batching; (3) ``server_unbatched``: the same load with batching off
-(``max_batch_size=1``). Every request is greedy with the same ``max_tokens``; a request may stop earlier at
+(``max_batch_size=1``); (4) per engine in ``--engines``, ``tunesmith serve default --engine E`` started as
+its own process, ``<engine>_process_single`` (one client, requests one after another: single-stream decode)
+and ``<engine>_process_batched``; (5) with ``--llama-server``, llama-cpp-python's own OpenAI server on the
+same GGUF file (a separate process; it runs one request at a time), single and concurrent. Every request
+is greedy with the same ``max_tokens``; a request may stop earlier at
 the end-of-turn token, so tokens/s counts the tokens actually generated (from ``usage``).
 
 Clients and server share this interpreter (the client is light: a few JSON messages per request; the model
@@ -118,7 +123,7 @@ def serial_baseline(served: Any, texts: list[str], max_tokens: int) -> dict[str,
 
 
 async def client_load(
-    url: str, texts: list[str], clients: int, max_tokens: int
+    url: str, texts: list[str], clients: int, max_tokens: int, model: str = "default"
 ) -> tuple[list[float], int, float]:
     """``clients`` concurrent clients splitting ``texts``; each sends its share one request at a time."""
     import openai
@@ -132,7 +137,7 @@ async def client_load(
         for text in share:  # bounded: exactly len(share) requests
             t0 = time.perf_counter()
             resp = await client.chat.completions.create(
-                model="default",
+                model=model,
                 messages=[{"role": "user", "content": text}],
                 max_tokens=max_tokens,
                 temperature=0,
@@ -153,7 +158,9 @@ def batch_sizes(metrics_text: str) -> dict[str, float]:
     return {"batches": int(count), "mean_batch_size": round(total / count, 2) if count else 0.0}
 
 
-def server_phase(registry: Any, texts: list[str], args: argparse.Namespace, batching: bool) -> dict[str, Any]:
+def server_phase(
+    registry: Any, texts: list[str], args: argparse.Namespace, batching: bool, clients: int | None = None
+) -> dict[str, Any]:
     from urllib.request import urlopen
 
     from tunesmith.serve.app import ServeSettings, create_app
@@ -165,11 +172,68 @@ def server_phase(registry: Any, texts: list[str], args: argparse.Namespace, batc
         max_batch_size=args.max_batch if batching else 1,
         batch_wait_ms=args.wait_ms if batching else 0.0,
     )
+    clients = clients or args.clients
     with PeakRss() as rss, ServerThread(create_app(registry, settings)) as server:
-        latencies, tokens, wall = asyncio.run(client_load(server.url, texts, args.clients, args.max_tokens))
+        latencies, tokens, wall = asyncio.run(client_load(server.url, texts, clients, args.max_tokens))
         with urlopen(server.url + "/metrics", timeout=30) as resp:  # loopback only
             metrics = resp.read().decode()
     return {**summarize(latencies, tokens, wall), **batch_sizes(metrics), "peak_rss_mb": rss.peak_mb}
+
+
+def process_phases(name: str, cmd: list[str], texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """A server started as its own process (``cmd`` + ``--port P``), as users run it: one client, then all.
+
+    The in-process phases above share this interpreter with the clients and with the serial baseline's
+    ``model.generate``; measured here, after that baseline had run in the same process, llama.cpp decoded at
+    half its speed (22 vs 44 tokens/s single stream), so the engines are compared as separate processes.
+    """
+    import socket
+    import subprocess
+    from urllib.request import urlopen
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [*cmd, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(3000):  # a first llama.cpp start exports the GGUF: give it minutes
+            try:
+                urlopen(url + "/v1/models", timeout=1).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        asyncio.run(client_load(url, texts[:1], 1, 4))  # warm-up
+        phases = {}
+        for phase, clients, share in (("single", 1, texts[: args.clients]), ("batched", args.clients, texts)):
+            latencies, tokens, wall = asyncio.run(client_load(url, share, clients, args.max_tokens))
+            rss_mb = round(psutil.Process(server.pid).memory_info().rss / 2**20, 1)  # the server process
+            phases[f"{name}_{phase}"] = {**summarize(latencies, tokens, wall), "peak_rss_mb": rss_mb}
+        return phases
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def engine_phases(registry: Any, texts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """``tunesmith serve default --engine E`` per engine; llama-cpp-python's own server on the same GGUF."""
+    import sys
+
+    phases: dict[str, Any] = {}
+    batch = ["--max-batch-size", str(args.max_batch), "--batch-wait-ms", str(args.wait_ms)]
+    for engine in filter(None, args.engines.split(",")):
+        cmd = [sys.executable, "-m", "tunesmith.cli", "serve", "default", "--engine", engine, *batch]
+        phases |= process_phases(f"{engine}_process", [*cmd, "--gguf-type", args.gguf_type], texts, args)
+    if args.llama_server:
+        from tunesmith.serve.llamacpp import gguf_for
+
+        gguf = gguf_for(registry.models["default"], args.gguf_type)
+        cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "default"]
+        cmd += ["--n_ctx", "4096", "--n_threads", str(torch.get_num_threads()), "--verbose", "0"]
+        phases |= process_phases("llama_cpp_server", cmd, texts, args)
+    return phases
 
 
 def main() -> None:
@@ -179,6 +243,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--wait-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--engines", default="", help="comma list of torch,llama.cpp: single + batched phases"
+    )
+    parser.add_argument("--gguf-type", default="f16", help="the GGUF encoding llama.cpp runs")
+    parser.add_argument("--llama-server", action="store_true", help="also llama-cpp-python's own server")
     args = parser.parse_args()
     os.environ.setdefault("TUNESMITH_HOME", str(Path(__file__).resolve().parents[1] / ".tunesmith"))
     from tunesmith.serve.models import load_registry
@@ -199,6 +268,7 @@ def main() -> None:
         "serial": serial,
         "server_batched": server_phase(registry, texts, args, batching=True),
         "server_unbatched": server_phase(registry, texts, args, batching=False),
+        **engine_phases(registry, texts, args),
         "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     batched, unbatched = results["server_batched"], results["server_unbatched"]
@@ -206,8 +276,9 @@ def main() -> None:
     results["speedup_batched_vs_serial"] = round(batched["tokens_per_s"] / serial["tokens_per_s"], 2)
     write_json_atomic(RESULTS, results)
     print(f"{'phase':18} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p99 s':>7} {'batch':>6} {'RSS MB':>8}")
-    for name in ("serial", "server_batched", "server_unbatched"):
-        r = results[name]
+    for name, r in results.items():
+        if not isinstance(r, dict) or "tokens_per_s" not in r:
+            continue
         print(
             f"{name:18} {r['requests_per_s']:7.2f} {r['tokens_per_s']:7.1f} {r['latency_p50_s']:7.2f} "
             f"{r['latency_p99_s']:7.2f} {r.get('mean_batch_size', 1.0):6.2f} {r['peak_rss_mb']:8.0f}"

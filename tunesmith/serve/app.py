@@ -114,13 +114,21 @@ class _Api:
         return served
 
     def _submit(
-        self, served: ServedModel, prompts: list[list[int]], params: SamplingParams | None
+        self,
+        served: ServedModel,
+        prompts: list[list[int]],
+        params: SamplingParams | None,
+        streaming: bool = False,
     ) -> tuple[asyncio.Queue[tuple[int, Event]], list[Job]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
 
         def emitter(index: int) -> Callable[[Event], None]:
             def emit(event: Event) -> None:
+                if isinstance(event, TextDelta) and not streaming:
+                    # Nobody reads it: waking the event loop per token only takes CPU from the decode
+                    # (on 2 cores a non-streamed answer came 1.2x faster without these wake-ups).
+                    return
                 # RuntimeError: the loop closed, the server is stopping and nobody is listening.
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(queue.put_nowait, (index, event))
@@ -160,7 +168,7 @@ class _Api:
         """
         release = self.slots.acquire()
         try:
-            queue, jobs = self._submit(served, prompts, params)
+            queue, jobs = self._submit(served, prompts, params, streaming=chunk is not None)
         except BaseException:
             release()
             raise

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import TYPE_CHECKING
 
 from tunesmith.data.formats import Example
 from tunesmith.data.render import render_prompt
@@ -25,6 +26,9 @@ from tunesmith.serve.decode import DecodeBatch
 from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.models import ServedModel, activate
 from tunesmith.serve.work import Failed, Finished, Job, Scores
+
+if TYPE_CHECKING:
+    from tunesmith.serve.llamacpp import LlamaCppBatch
 
 
 def classification_prompt(served: ServedModel, text: str) -> list[int]:
@@ -48,6 +52,15 @@ def run_classification(jobs: list[Job]) -> None:
         start += len(job.prompts)
 
 
+def _batch_class(served: ServedModel) -> type[DecodeBatch] | type[LlamaCppBatch]:
+    """Where the rows of ``served`` decode: llama.cpp when it has an engine, else the torch model."""
+    if served.engine is None:
+        return DecodeBatch
+    from tunesmith.serve.llamacpp import LlamaCppBatch  # deferred: llama_cpp is an optional extra
+
+    return LlamaCppBatch
+
+
 class Batcher:
     """Owns the models: one worker thread takes jobs off a queue and runs them (generation continuously
     batched).
@@ -66,7 +79,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
-        self._decoding: DecodeBatch | None = None
+        self._decoding: DecodeBatch | LlamaCppBatch | None = None
         metrics.queue_depth = lambda: len(self._pending)
 
     def start(self) -> None:
@@ -121,7 +134,7 @@ class Batcher:
                 self._cond.wait(remaining)
             return self._take_live(batch)
 
-    def _joiners(self, decoding: DecodeBatch) -> list[Job]:
+    def _joiners(self, decoding: DecodeBatch | LlamaCppBatch) -> list[Job]:
         """Queued jobs that may join the running batch: same model, room left, and no other model waiting
         at the head of the queue (then the batch drains instead)."""
         with self._cond:
@@ -143,7 +156,7 @@ class Batcher:
                     if batch[0].params is None:
                         self._classify(batch)
                         continue
-                    self._decoding = DecodeBatch(batch[0].served, self._record)
+                    self._decoding = _batch_class(batch[0].served)(batch[0].served, self._record)
                     self._advance(batch)
                 else:
                     self._advance(self._joiners(self._decoding))

@@ -17,11 +17,14 @@ server starts.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import ConfigError
+
+ENGINES = ("torch", "llama.cpp", "vllm")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -36,7 +39,18 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind; non-loopback needs --api-key-file")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key-file", help="file with one API key per line; clients send `Bearer KEY`")
-    p.add_argument("--engine", choices=("torch", "vllm"), default="torch", help="vllm: hand over to vLLM")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="torch",
+        help="llama.cpp: generate on llama.cpp in this server ('llamacpp' extra); vllm: hand over to vLLM",
+    )
+    p.add_argument(
+        "--gguf-type",
+        choices=("f16", "q8_0", "f32"),
+        default="f16",
+        help="--engine llama.cpp's weight encoding",
+    )
     p.add_argument("--max-concurrent", type=int, default=16, help="requests in progress before 429")
     p.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
@@ -133,6 +147,10 @@ def run_serve(args: argparse.Namespace) -> int:
     keys = read_api_keys(args.api_key_file) if args.api_key_file else ()
     check_bind(args.host, keys)  # before loading anything: a refused bind should fail in milliseconds
     _check_numbers(args)
+    if args.engine == "llama.cpp":
+        from tunesmith.serve.llamacpp import import_llama_cpp  # deferred: an optional extra
+
+        import_llama_cpp()  # before loading any model: a missing extra should fail in milliseconds
     if args.engine == "vllm":
         from tunesmith.serve.vllm import exec_vllm  # deferred: `tunesmith --help` loads no command
 
@@ -157,6 +175,12 @@ def run_serve(args: argparse.Namespace) -> int:
         capture = Capture(args.capture, int(args.capture_rotate_mb * 2**20), int(args.capture_max_mb * 2**20))
         print(f"tunesmith: capturing requests and answers (redacted) to {args.capture}; POST /v1/feedback on")
     registry = load_registry(args.sources, use_run_index=not args.no_index)
+    if args.engine == "llama.cpp":
+        from tunesmith.serve.llamacpp import attach_engines  # deferred: llama_cpp is an optional extra
+
+        attach_engines(
+            list(registry.models.values()), args.gguf_type, 1 if args.no_batching else args.max_batch_size
+        )
     settings = ServeSettings(
         api_keys=keys,
         max_body_bytes=args.max_body_bytes,
@@ -170,9 +194,12 @@ def run_serve(args: argparse.Namespace) -> int:
         capture=capture,
     )
     for served in registry.models.values():
-        rag = " (retrieves from its rag.index)" if served.index is not None and index is None else ""
-        print(f"tunesmith: serving {served.id!r} ({served.kind}, {served.task}) from {served.source}{rag}")
+        extra = " (retrieves from its rag.index)" if served.index is not None and index is None else ""
+        extra += " on llama.cpp" if served.engine is not None else ""
+        print(f"tunesmith: serving {served.id!r} ({served.kind}, {served.task}) from {served.source}{extra}")
     print(f"tunesmith: {len(registry.bases)} model(s) in memory; API at http://{args.host}:{args.port}/v1")
+    if args.engine == "torch" and importlib.util.find_spec("llama_cpp") is not None:
+        print("tunesmith: llama-cpp-python is installed: --engine llama.cpp decodes faster on a CPU")
     jobs_root = None
     if args.jobs:
         from tunesmith.models.loading import tunesmith_home  # deferred: `--help` starts no server stack

@@ -29,7 +29,7 @@ from transformers import DynamicCache
 from tunesmith.infer.batching import collate
 from tunesmith.infer.generate import model_device
 from tunesmith.serve.models import ServedModel
-from tunesmith.serve.work import Failed, Finished, Job, Row
+from tunesmith.serve.work import Finished, Job, Row, fail_rows
 
 
 def eos_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -129,9 +129,7 @@ class DecodeBatch:
 
     def fail(self, message: str) -> None:
         """End every row still running with ``Failed``: the batch is unusable (an error, a shutdown)."""
-        for row in self.rows:
-            if row.done is None:
-                row.job.emit(Failed(message))
+        fail_rows(self.rows, message)
         self.rows = []
         self.cache = DynamicCache()
 

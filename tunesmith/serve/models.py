@@ -66,6 +66,8 @@ class ServedModel:
     server was given ``--index`` (which wins) or ``--no-index``."""
     rag_k: int = 4
     """The run's ``rag.k``: chunks per question unless ``--rag-k`` is given."""
+    engine: Any = None
+    """A ``LlamaCppEngine`` when ``--engine llama.cpp`` generates for this id; None: the torch model does."""
     created: int = field(default_factory=lambda: int(time.time()))
 
 

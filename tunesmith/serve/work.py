@@ -75,6 +75,13 @@ class Job:
         return self.served.id, self.params is None
 
 
+def fail_rows(rows: list[Row], message: str) -> None:
+    """Tell every row still running that it failed (a batch that cannot go on: an error, a shutdown)."""
+    for row in rows:
+        if row.done is None:
+            row.job.emit(Failed(message))
+
+
 class Row:
     """One generation in a decode batch: its sampler, its text so far and what has been streamed."""
 
