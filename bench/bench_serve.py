@@ -227,9 +227,9 @@ def engine_phases(registry: Any, texts: list[str], args: argparse.Namespace) -> 
         cmd = [sys.executable, "-m", "tunesmith.cli", "serve", "default", "--engine", engine, *batch]
         phases |= process_phases(f"{engine}_process", [*cmd, "--gguf-type", args.gguf_type], texts, args)
     if args.llama_server:
-        from tunesmith.serve.llamacpp import gguf_for
+        from tunesmith.export.gguf_export import cached_gguf
 
-        gguf = gguf_for(registry.models["default"], args.gguf_type)
+        gguf = cached_gguf("default", "default", args.gguf_type)
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "default"]
         cmd += ["--n_ctx", "4096", "--n_threads", str(torch.get_num_threads()), "--verbose", "0"]
         phases |= process_phases("llama_cpp_server", cmd, texts, args)

@@ -10,6 +10,8 @@ scale (about 8.5 bits a weight). Norm vectors stay f32 in every encoding, as lla
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +24,11 @@ from gguf import MODEL_ARCH, GGMLQuantizationType, get_tensor_name_map
 from gguf.quants import quantize
 
 from tunesmith.errors import ModelError
-from tunesmith.export.common import GGUF_TYPES, ExportOptions, Source, load_merged
+from tunesmith.export.common import GGUF_TYPES, ExportOptions, Source, load_merged, open_source
 from tunesmith.export.gguf_vocab import add_vocab
 from tunesmith.export.modelfile import render_modelfile
 from tunesmith.io import write_text_atomic
+from tunesmith.runs import RunDir
 
 GGUF_NAME = "model.gguf"
 _Q8_BLOCK = 32
@@ -188,3 +191,38 @@ def export_gguf(source: Source, out: Path, options: ExportOptions) -> dict[str, 
     modelfile, chatml = render_modelfile(tokenizer, source.cfg.data.system_prompt, f"./{GGUF_NAME}")
     write_text_atomic(out / "Modelfile", modelfile)
     return {"gguf_file": GGUF_NAME, **details, "modelfile_template": "chatml" if chatml else None}
+
+
+def _fingerprint(folder: Path) -> str:
+    """What identifies a model's weights on disk: its files' names, sizes and modification times."""
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cached_gguf(model_id: str, source: str, gguf_type: str) -> Path:
+    """The GGUF file of ``source`` (a run dir, LoRA merged in; a model dir; ``default``), exported on first
+    use to ``<tunesmith home>/cache/gguf``, cached by its weights files (for ``serve --engine llama.cpp``)."""
+    from tunesmith.models.loading import load_causal_lm, load_tokenizer, resolve_model_path, tunesmith_home
+
+    run = RunDir(Path(source))
+    is_run = run.config.is_file()
+    weights = run.saved() if is_run else resolve_model_path(source)
+    if not isinstance(weights, Path):
+        raise ModelError(f"{source}: --engine llama.cpp serves local models only (found no directory)")
+    folder = tunesmith_home() / "cache" / "gguf" / f"{model_id}-{_fingerprint(weights)}-{gguf_type}"
+    path = folder / "model.gguf"
+    if path.is_file():
+        return path
+    print(f"tunesmith: exporting {model_id!r} to GGUF {gguf_type} for llama.cpp (once; cached in {folder})")
+    if is_run:
+        model, tokenizer = load_merged(open_source(source))
+    else:
+        model, tokenizer = load_causal_lm(source, "float32"), load_tokenizer(source)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f"model.gguf.{os.getpid()}.tmp"
+    write_gguf(model, tokenizer, partial, gguf_type, name=model_id)
+    partial.replace(path)  # atomic: a crash leaves no half-written model.gguf to be trusted next time
+    return path

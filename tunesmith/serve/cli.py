@@ -176,11 +176,12 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"tunesmith: capturing requests and answers (redacted) to {args.capture}; POST /v1/feedback on")
     registry = load_registry(args.sources, use_run_index=not args.no_index)
     if args.engine == "llama.cpp":
-        from tunesmith.serve.llamacpp import attach_engines  # deferred: llama_cpp is an optional extra
+        from tunesmith.export.gguf_export import cached_gguf  # deferred: gguf loads for this engine only
+        from tunesmith.serve.llamacpp import attach_engines
 
-        attach_engines(
-            list(registry.models.values()), args.gguf_type, 1 if args.no_batching else args.max_batch_size
-        )
+        models = [m for m in registry.models.values() if m.task != "classification"]
+        ggufs = {m.id: cached_gguf(m.id, m.source, args.gguf_type) for m in models}
+        attach_engines(models, ggufs, 1 if args.no_batching else args.max_batch_size)
     settings = ServeSettings(
         api_keys=keys,
         max_body_bytes=args.max_body_bytes,

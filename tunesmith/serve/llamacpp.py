@@ -22,9 +22,7 @@ loaded), models hot-loaded after start (the jobs API's fine-tuned models): they 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -72,43 +70,6 @@ an older numbering, in which 3 was ERROR: that passes the warnings printed on ev
 def _log_errors_only(level: int, text: bytes, user_data: Any) -> None:
     if level == _GGML_LOG_ERROR:
         logging.getLogger("tunesmith.llama_cpp").error(text.decode("utf-8", "replace").rstrip())
-
-
-def _fingerprint(folder: Path) -> str:
-    """What identifies a model's weights on disk: its files' names, sizes and modification times."""
-    digest = hashlib.sha256(str(folder.resolve()).encode())
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-def gguf_for(served: ServedModel, gguf_type: str) -> Path:
-    """The GGUF file of ``served`` (LoRA merged in), exported on first use, cached by its weights' files."""
-    from tunesmith.export.common import load_merged, open_source  # deferred: export pulls gguf
-    from tunesmith.export.gguf_export import write_gguf
-    from tunesmith.models.loading import load_causal_lm, load_tokenizer, resolve_model_path, tunesmith_home
-    from tunesmith.runs import RunDir
-
-    run = RunDir(Path(served.source))
-    is_run = run.config.is_file()
-    weights = run.saved() if is_run else resolve_model_path(served.source)
-    if not isinstance(weights, Path):
-        raise ModelError(f"{served.source}: --engine llama.cpp serves local models only (found no directory)")
-    folder = tunesmith_home() / "cache" / "gguf" / f"{served.id}-{_fingerprint(weights)}-{gguf_type}"
-    path = folder / "model.gguf"
-    if path.is_file():
-        return path
-    print(f"tunesmith: exporting {served.id!r} to GGUF {gguf_type} for llama.cpp (once; cached in {folder})")
-    if is_run:
-        model, tokenizer = load_merged(open_source(served.source))
-    else:
-        model, tokenizer = load_causal_lm(served.source, "float32"), load_tokenizer(served.source)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"model.gguf.{os.getpid()}.tmp"
-    write_gguf(model, tokenizer, partial, gguf_type, name=served.id)
-    partial.replace(path)  # atomic: a crash leaves no half-written model.gguf to be trusted next time
-    return path
 
 
 def _shared_prefix(a: list[int], b: list[int]) -> int:
@@ -316,9 +277,8 @@ class LlamaCppBatch:
         self.last = [self.last[i] for i in keep]
 
 
-def attach_engines(models: list[ServedModel], gguf_type: str, slots: int) -> None:
-    """Give every generating model id its llama.cpp engine (exporting its GGUF on first use)."""
+def attach_engines(models: list[ServedModel], ggufs: dict[str, Path], slots: int) -> None:
+    """Give every generating model id its llama.cpp engine on its GGUF file (``ggufs``: by model id)."""
     for served in models:
-        if served.task == "classification":
-            continue  # label scoring stays on the torch model
-        served.engine = LlamaCppEngine(gguf_for(served, gguf_type), slots, served.context_length)
+        if served.task != "classification":  # label scoring stays on the torch model
+            served.engine = LlamaCppEngine(ggufs[served.id], slots, served.context_length)

@@ -145,6 +145,7 @@ def test_a_full_cache_evicts_idle_prefixes_then_says_so(tiny, monkeypatch):
 def test_server_answers_through_llama_cpp_as_the_torch_run_does(tmp_path, default_tokenizer, monkeypatch):
     pytest.importorskip("llama_cpp")
     from tests.unit.serve.test_serve import _chat_ids
+    from tunesmith.export.gguf_export import cached_gguf
     from tunesmith.serve.app import ServeSettings, create_app
     from tunesmith.serve.llamacpp import attach_engines
     from tunesmith.serve.server import ServerThread
@@ -152,7 +153,8 @@ def test_server_answers_through_llama_cpp_as_the_torch_run_does(tmp_path, defaul
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
     run_dir = write_chat_run(tmp_path, default_tokenizer, [{"messages": []}])
     registry = load_registry([str(run_dir)])
-    attach_engines(list(registry.models.values()), "f32", slots=4)
+    served = registry.models["shop-bot"]
+    attach_engines([served], {"shop-bot": cached_gguf("shop-bot", served.source, "f32")}, slots=4)
     assert registry.models["shop-bot"].engine is not None
     messages = [{"role": "user", "content": "Hi there"}]
     model, _, _ = load_trained(run_dir)
@@ -169,12 +171,16 @@ def test_server_answers_through_llama_cpp_as_the_torch_run_does(tmp_path, defaul
 
 
 def test_gguf_export_is_cached_by_the_weights_files(tmp_path, default_tokenizer, monkeypatch):
-    from tunesmith.serve.llamacpp import gguf_for
+    from tunesmith.export.gguf_export import cached_gguf
 
     monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
     run_dir = write_chat_run(tmp_path, default_tokenizer, [{"messages": []}])
     registry = load_registry([str(run_dir)])
     served = registry.models["shop-bot"]
+
+    def gguf_for(served, gguf_type):
+        return cached_gguf(served.id, served.source, gguf_type)
+
     path = gguf_for(served, "f16")
     assert path.is_file() and path.read_bytes()[:4] == b"GGUF"
     written = path.stat().st_mtime_ns
