@@ -179,9 +179,10 @@ def run_serve(args: argparse.Namespace) -> int:
         from tunesmith.export.gguf_export import cached_gguf  # deferred: gguf loads for this engine only
         from tunesmith.serve.llamacpp import attach_engines
 
-        models = [m for m in registry.models.values() if m.task != "classification"]
-        ggufs = {m.id: cached_gguf(m.id, m.source, args.gguf_type) for m in models}
-        attach_engines(models, ggufs, 1 if args.no_batching else args.max_batch_size)
+        models = list(registry.models.values())
+        generating = [m for m in models if m.task != "classification"]  # label scoring stays on torch
+        ggufs = {m.id: cached_gguf(m.id, m.source, args.gguf_type) for m in generating}
+        attach_engines(ggufs, models, 1 if args.no_batching else args.max_batch_size)
     settings = ServeSettings(
         api_keys=keys,
         max_body_bytes=args.max_body_bytes,

@@ -118,7 +118,6 @@ class LlamaCppEngine:
         self.clock = 0
         self.reused_tokens = 0
         """Prompt tokens not prefilled because a slot already held them (prefix caching)."""
-        self.prefilled_tokens = 0
 
     def close(self) -> None:
         if self.ctx:
@@ -212,7 +211,6 @@ class LlamaCppEngine:
                 self._seq_rm(slot, 0)
                 self.release(slot)
             raise
-        self.prefilled_tokens += sum(len(p) - skip for (_, skip), p in zip(claims, prompts, strict=True))
         return slots, logits
 
     def step(self, slots: list[int], tokens: list[int]) -> list[torch.Tensor]:
@@ -277,8 +275,8 @@ class LlamaCppBatch:
         self.last = [self.last[i] for i in keep]
 
 
-def attach_engines(models: list[ServedModel], ggufs: dict[str, Path], slots: int) -> None:
-    """Give every generating model id its llama.cpp engine on its GGUF file (``ggufs``: by model id)."""
+def attach_engines(ggufs: dict[str, Path], models: list[ServedModel], slots: int) -> None:
+    """Give each model id in ``ggufs`` its llama.cpp engine on that GGUF file; the others keep torch."""
     for served in models:
-        if served.task != "classification":  # label scoring stays on the torch model
+        if served.id in ggufs:
             served.engine = LlamaCppEngine(ggufs[served.id], slots, served.context_length)

@@ -154,7 +154,7 @@ def test_server_answers_through_llama_cpp_as_the_torch_run_does(tmp_path, defaul
     run_dir = write_chat_run(tmp_path, default_tokenizer, [{"messages": []}])
     registry = load_registry([str(run_dir)])
     served = registry.models["shop-bot"]
-    attach_engines([served], {"shop-bot": cached_gguf("shop-bot", served.source, "f32")}, slots=4)
+    attach_engines({"shop-bot": cached_gguf("shop-bot", served.source, "f32")}, [served], slots=4)
     assert registry.models["shop-bot"].engine is not None
     messages = [{"role": "user", "content": "Hi there"}]
     model, _, _ = load_trained(run_dir)
