@@ -85,7 +85,12 @@ def test_rows_joining_and_leaving_generate_what_torch_generates(tiny, default_to
     assert batch.admit(model, jobs[:1]) == 1
     for _ in range(3):
         batch.step(model)
+    forwards = []
+    decode = engine._decode
+    engine._decode = lambda chunk: (forwards.append(len(chunk)), decode(chunk))[1]
     assert batch.admit(model, jobs[1:]) == 3
+    # One forward: the newcomers' prompts and the running row's next token (its 5th) together.
+    assert len(forwards) == 1 and len(batch.rows[0].ids) == 5
     while len(batch):
         batch.step(model)
     assert [d.completion_tokens for d in done] == [4, 9, 14]  # short rows left first
