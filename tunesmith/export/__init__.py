@@ -4,7 +4,8 @@
     export("runs/lora-demo", "gguf", "exports/gguf", gguf_type="q8_0")
 
 Formats: ``merged`` (standalone transformers model), ``adapter`` (the PEFT adapter alone), ``gguf``
-(llama.cpp / Ollama, with a Modelfile), ``int8`` (CPU int8, load with ``tunesmith.export.int8.load_int8``).
+(llama.cpp / Ollama, with a Modelfile), ``gguf-lora`` (the base's GGUF plus the adapter as a GGUF LoRA
+adapter, for LoRA runs), ``int8`` (CPU int8, load with ``tunesmith.export.int8.load_int8``).
 Every export writes ``manifest.json`` (run, base model and data hashes, version, time, each file's sha256)
 and appears atomically: the output folder is replaced only once everything was written.
 """
@@ -26,6 +27,7 @@ from tunesmith.export.common import (
     write_manifest,
 )
 from tunesmith.export.gguf_export import export_gguf
+from tunesmith.export.gguf_lora import export_gguf_lora
 from tunesmith.export.hf import export_adapter, export_merged
 from tunesmith.export.int8 import export_int8
 from tunesmith.io import atomic_dir
@@ -36,6 +38,7 @@ FORMATS: dict[str, ExportFn] = {
     "merged": export_merged,
     "adapter": export_adapter,
     "gguf": export_gguf,
+    "gguf-lora": export_gguf_lora,
     "int8": export_int8,
 }
 
@@ -52,7 +55,7 @@ def export(
         run_dir: A finished run directory (``config.yaml`` plus ``adapter/`` or ``model/``).
         fmt: One of ``FORMATS``.
         out: Output folder. Replaced atomically if it is empty, missing or a previous export.
-        gguf_type: ``f16``, ``q8_0`` or ``f32``; used by ``gguf`` only.
+        gguf_type: ``f16``, ``q8_0`` or ``f32``; used by ``gguf`` and ``gguf-lora`` (the base) only.
         force: Also replace a non-empty folder that is not a previous export.
 
     Raises:
@@ -75,7 +78,7 @@ def export(
     options = ExportOptions(gguf_type=gguf_type)
     with atomic_dir(out) as tmp:
         details = FORMATS[fmt](source, tmp, options)
-        write_manifest(tmp, fmt, source, {"gguf_type": gguf_type} if fmt == "gguf" else {}, details)
+        write_manifest(tmp, fmt, source, {"gguf_type": gguf_type} if fmt.startswith("gguf") else {}, details)
     return out
 
 

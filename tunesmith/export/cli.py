@@ -15,6 +15,8 @@ _NEXT_STEP = {
     "merged": "load it with transformers: AutoModelForCausalLM.from_pretrained({out!r})",
     "adapter": "load it with peft: PeftModel.from_pretrained(base, {out!r}); manifest.json names the base",
     "gguf": "run it: ollama create NAME -f {out}/Modelfile   or   llama-cli -m {out}/model.gguf",
+    "gguf-lora": "run it: ollama create NAME -f {out}/Modelfile   or   "
+    "llama-cli -m {out}/model.gguf --lora {out}/adapter.gguf",
     "int8": "load it: from tunesmith.export.int8 import load_int8; model, tok = load_int8({out!r})",
 }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,7 @@ def export_gguf(source: Source, out: Path, options: ExportOptions) -> dict[str, 
     return {"gguf_file": GGUF_NAME, **details, "modelfile_template": "chatml" if chatml else None}
 
 
-def _fingerprint(folder: Path) -> str:
+def weights_fingerprint(folder: Path) -> str:
     """What identifies a model's weights on disk: its files' names, sizes and modification times."""
     digest = hashlib.sha256(str(folder.resolve()).encode())
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -205,24 +206,35 @@ def _fingerprint(folder: Path) -> str:
 def cached_gguf(model_id: str, source: str, gguf_type: str) -> Path:
     """The GGUF file of ``source`` (a run dir, LoRA merged in; a model dir; ``default``), exported on first
     use to ``<tunesmith home>/cache/gguf``, cached by its weights files (for ``serve --engine llama.cpp``)."""
-    from tunesmith.models.loading import load_causal_lm, load_tokenizer, resolve_model_path, tunesmith_home
+    from tunesmith.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 
     run = RunDir(Path(source))
     is_run = run.config.is_file()
     weights = run.saved() if is_run else resolve_model_path(source)
     if not isinstance(weights, Path):
         raise ModelError(f"{source}: --engine llama.cpp serves local models only (found no directory)")
-    folder = tunesmith_home() / "cache" / "gguf" / f"{model_id}-{_fingerprint(weights)}-{gguf_type}"
-    path = folder / "model.gguf"
+
+    def write(partial: Path) -> None:
+        if is_run:
+            model, tokenizer = load_merged(open_source(source))
+        else:
+            model, tokenizer = load_causal_lm(source, "float32"), load_tokenizer(source)
+        write_gguf(model, tokenizer, partial, gguf_type, name=model_id)
+
+    return cache_file(f"{model_id}-{weights_fingerprint(weights)}-{gguf_type}", GGUF_NAME, write)
+
+
+def cache_file(key: str, name: str, write: Callable[[Path], Any]) -> Path:
+    """``<tunesmith home>/cache/gguf/<key>/<name>``, written by ``write(temp path)`` the first time."""
+    from tunesmith.models.loading import tunesmith_home
+
+    folder = tunesmith_home() / "cache" / "gguf" / key
+    path = folder / name
     if path.is_file():
         return path
-    print(f"tunesmith: exporting {model_id!r} to GGUF {gguf_type} for llama.cpp (once; cached in {folder})")
-    if is_run:
-        model, tokenizer = load_merged(open_source(source))
-    else:
-        model, tokenizer = load_causal_lm(source, "float32"), load_tokenizer(source)
+    print(f"tunesmith: exporting {key} to GGUF for llama.cpp (once; cached in {folder})")
     folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / f"model.gguf.{os.getpid()}.tmp"
-    write_gguf(model, tokenizer, partial, gguf_type, name=model_id)
-    partial.replace(path)  # atomic: a crash leaves no half-written model.gguf to be trusted next time
+    partial = folder / f"{name}.{os.getpid()}.tmp"
+    write(partial)
+    partial.replace(path)  # atomic: a crash leaves no half-written file to be trusted next time
     return path

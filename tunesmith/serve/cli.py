@@ -19,10 +19,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from tunesmith.serve.models import ServedModel
 
 ENGINES = ("torch", "llama.cpp", "vllm")
 
@@ -176,13 +180,11 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"tunesmith: capturing requests and answers (redacted) to {args.capture}; POST /v1/feedback on")
     registry = load_registry(args.sources, use_run_index=not args.no_index)
     if args.engine == "llama.cpp":
-        from tunesmith.export.gguf_export import cached_gguf  # deferred: gguf loads for this engine only
-        from tunesmith.serve.llamacpp import attach_engines
+        from tunesmith.serve.llamacpp import attach_engines  # deferred: an optional extra
 
         models = list(registry.models.values())
-        generating = [m for m in models if m.task != "classification"]  # label scoring stays on torch
-        ggufs = {m.id: cached_gguf(m.id, m.source, args.gguf_type) for m in generating}
-        attach_engines(ggufs, models, 1 if args.no_batching else args.max_batch_size)
+        files = llama_cpp_files(models, args.gguf_type)
+        attach_engines(files, models, 1 if args.no_batching else args.max_batch_size)
     settings = ServeSettings(
         api_keys=keys,
         max_body_bytes=args.max_body_bytes,
@@ -198,6 +200,7 @@ def run_serve(args: argparse.Namespace) -> int:
     for served in registry.models.values():
         extra = " (retrieves from its rag.index)" if served.index is not None and index is None else ""
         extra += " on llama.cpp" if served.engine is not None else ""
+        extra += " (a GGUF LoRA adapter on its base's model)" if served.lora is not None else ""
         print(f"tunesmith: serving {served.id!r} ({served.kind}, {served.task}) from {served.source}{extra}")
     print(f"tunesmith: {len(registry.bases)} model(s) in memory; API at http://{args.host}:{args.port}/v1")
     if args.engine == "torch" and importlib.util.find_spec("llama_cpp") is not None:
@@ -210,3 +213,35 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"tunesmith: fine-tuning API on, state in {jobs_root}")
     serve_forever(create_app(registry, settings, jobs_root), args.host, args.port)
     return 0
+
+
+def llama_cpp_files(models: list[ServedModel], gguf_type: str) -> dict[str, tuple[Path, Path | None]]:
+    """``{model id: (GGUF, GGUF LoRA adapter or None)}`` for ``--engine llama.cpp``, exported once and cached.
+
+    LoRA runs whose base serves another id too (the base itself, or other runs on it) apply a GGUF adapter
+    on the base's GGUF: one model and one KV cache for them all. A LoRA run alone on its base is merged
+    (no adapter cost per step), as is one whose adapter GGUF cannot express (DoRA, ...). Classification
+    ids stay on torch (label scoring).
+    """
+    from tunesmith.export.gguf_export import cached_gguf  # deferred: gguf loads for this engine only
+    from tunesmith.export.gguf_lora import cached_gguf_lora
+
+    generating = [m for m in models if m.task != "classification"]
+    sharing = Counter(m.base.key for m in generating)
+
+    def base_gguf(served: ServedModel) -> Path:  # named by the base's folder: every id on it finds one file
+        return cached_gguf(Path(served.base.key).name, served.base.key, gguf_type)
+
+    files: dict[str, tuple[Path, Path | None]] = {}
+    for served in generating:
+        if served.kind == "base":
+            files[served.id] = (base_gguf(served), None)
+        elif served.kind == "adapter" and sharing[served.base.key] > 1:
+            try:
+                adapter = cached_gguf_lora(served.id, Path(served.source), Path(served.base.key))
+                files[served.id] = (base_gguf(served), adapter)
+            except ModelError as err:
+                print(f"tunesmith: {served.id!r} runs merged on llama.cpp: {err}")
+        if served.id not in files:
+            files[served.id] = (cached_gguf(served.id, served.source, gguf_type), None)
+    return files

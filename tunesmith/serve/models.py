@@ -68,6 +68,8 @@ class ServedModel:
     """The run's ``rag.k``: chunks per question unless ``--rag-k`` is given."""
     engine: Any = None
     """A ``LlamaCppEngine`` when ``--engine llama.cpp`` generates for this id; None: the torch model does."""
+    lora: Any = None
+    """The llama.cpp LoRA adapter this id applies on its engine's model (None: the model as it is)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
 

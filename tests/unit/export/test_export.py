@@ -454,6 +454,6 @@ def test_cli_export(adapter_run, tmp_path, capsys):
     assert args.gguf_type == "f16" and args.force is False
     assert args.func(args) == 0
     assert f"exported adapter to {out}" in capsys.readouterr().out
-    assert set(FORMATS) == {"merged", "adapter", "gguf", "int8"}
+    assert set(FORMATS) == {"merged", "adapter", "gguf", "gguf-lora", "int8"}
     with pytest.raises(SystemExit):
         parser.parse_args(["export", str(adapter_run), "--format", "onnx", "--out", str(out)])

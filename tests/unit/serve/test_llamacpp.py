@@ -17,6 +17,7 @@ from tests.conftest import make_tiny_llama
 from tests.unit.serve.tiny_runs import write_chat_run
 from tunesmith.export.gguf_export import write_gguf
 from tunesmith.infer.generate import generate_texts
+from tunesmith.models.loading import load_causal_lm
 from tunesmith.runs import load_trained
 from tunesmith.serve.models import LoadedBase, ServedModel, load_registry
 from tunesmith.serve.work import Finished, Job, SamplingParams
@@ -152,6 +153,7 @@ def test_server_answers_through_llama_cpp_as_the_torch_run_does(tmp_path, defaul
     from tests.unit.serve.test_serve import _chat_ids
     from tunesmith.export.gguf_export import cached_gguf
     from tunesmith.serve.app import ServeSettings, create_app
+    from tunesmith.serve.cli import llama_cpp_files
     from tunesmith.serve.llamacpp import attach_engines
     from tunesmith.serve.server import ServerThread
 
@@ -159,7 +161,9 @@ def test_server_answers_through_llama_cpp_as_the_torch_run_does(tmp_path, defaul
     run_dir = write_chat_run(tmp_path, default_tokenizer, [{"messages": []}])
     registry = load_registry([str(run_dir)])
     served = registry.models["shop-bot"]
-    attach_engines({"shop-bot": cached_gguf("shop-bot", served.source, "f32")}, [served], slots=4)
+    files = llama_cpp_files([served], "f32")
+    assert files == {"shop-bot": (cached_gguf("shop-bot", served.source, "f32"), None)}  # alone: merged
+    attach_engines(files, [served], slots=4)
     assert registry.models["shop-bot"].engine is not None
     messages = [{"role": "user", "content": "Hi there"}]
     model, _, _ = load_trained(run_dir)
@@ -173,6 +177,44 @@ def test_server_answers_through_llama_cpp_as_the_torch_run_does(tmp_path, defaul
         streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert resp.choices[0].message.content.strip() == expected
     assert streamed.strip() == expected
+
+
+def test_runs_on_one_base_share_its_engine_through_gguf_adapters(tmp_path, default_tokenizer, monkeypatch):
+    """The base and a LoRA run on it served together: one llama.cpp model, the run's adapter applied to its
+    rows only; each id answers what its torch model generates, and a prefix cached under one id is not
+    reused by the other (its keys and values differ)."""
+    pytest.importorskip("llama_cpp")
+    from tunesmith.serve.cli import llama_cpp_files
+    from tunesmith.serve.llamacpp import LlamaCppBatch, attach_engines
+
+    monkeypatch.setenv("TUNESMITH_HOME", str(tmp_path / "home"))
+    run_dir = write_chat_run(tmp_path, default_tokenizer, [{"messages": []}])
+    registry = load_registry([str(tmp_path / "base"), str(run_dir)])
+    models = list(registry.models.values())
+    files = llama_cpp_files(models, "f32")
+    assert files["base"][1] is None and files["shop-bot"][1].name == "adapter.gguf"
+    assert files["base"][0] == files["shop-bot"][0]  # the base's GGUF, exported once
+    attach_engines(files, models, slots=4)
+    base, run = registry.models["base"], registry.models["shop-bot"]
+    assert base.engine is run.engine and base.lora is None and run.lora is not None
+    tuned, _, _ = load_trained(run_dir)
+    prompt = SHARED + "Do you sell glue?"
+    want = {}
+    plain = load_causal_lm(str(tmp_path / "base"), "float32").eval()  # the registry's copy has the adapter
+    for served, model in ((run, tuned.eval()), (base, plain)):
+        done: list[Finished] = []
+        batch = LlamaCppBatch(served, lambda model_id, finished: None)
+        reused = served.engine.reused_tokens
+        batch.admit(model, [_job(served, default_tokenizer, prompt, 8, done)])
+        while len(batch):
+            batch.step(model)
+        assert served.engine.reused_tokens == reused  # the other id's cached prompt is not this id's
+        ids = [default_tokenizer(prompt)["input_ids"]]
+        with torch.no_grad():
+            want[served.id] = generate_texts(model, default_tokenizer, ids, 8)[0]
+        assert done[0].text.strip() == want[served.id]
+    assert want["base"] != want["shop-bot"]  # the adapter changes the answer: the check above has teeth
+    run.engine.close()
 
 
 def test_gguf_export_is_cached_by_the_weights_files(tmp_path, default_tokenizer, monkeypatch):
