@@ -77,6 +77,8 @@ def _val_loss(model: Any, val: Any, pad_id: int) -> float:
 
 
 def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
     from tunesmith.config import LoraMethod, TrainConfig
     from tunesmith.methods import prepare_model
     from tunesmith.models.loading import load_causal_lm, load_tokenizer
@@ -85,6 +87,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(_model_ref(args))
     data, val = _validation(tokenizer, args.data_dir, args.max_length)
+    torch.manual_seed(0)  # the LoRA initialisation: the same on every run, so runs compare number for number
     model = prepare_model(
         load_causal_lm(_model_ref(args)), LoraMethod(r=args.lora_r, alpha=2.0 * args.lora_r)
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.distributed.fsdp import FSDPModule
 
 from tunesmith.faults import fault_point
 from tunesmith.infer.batching import TokenData, iter_eval_batches
@@ -21,6 +22,9 @@ LossFn = Callable[[Any, dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tens
 CHUNK_POSITIONS = 2048
 """Target positions projected to the vocabulary at once: bounds the logits tensor to 2048 x vocab floats
 (~400 MB for a 49k vocab) however large the batch."""
+TRAIN_CHUNK_POSITIONS = 512
+"""The same while training through :class:`FrozenHeadCrossEntropy` (two chunks' floats live at once, at the
+step's memory peak: 2 x 512 x 49k x 4 B = 200 MB)."""
 
 
 def causal_lm_parts(model: Any) -> tuple[Any, Any] | None:
@@ -68,6 +72,8 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
     decoder, head = parts
     hidden = decoder(**model_inputs(batch)).last_hidden_state
     picked, wanted = hidden[:, :-1][mask], targets[mask]
+    if picked.requires_grad and _frozen_linear(model, head):
+        return FrozenHeadCrossEntropy.apply(picked, wanted, head.weight), mask.sum()
     loss_sum = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, picked.shape[0], CHUNK_POSITIONS):
         logits = head(picked[start : start + CHUNK_POSITIONS]).float()
@@ -75,6 +81,51 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Te
             logits, wanted[start : start + CHUNK_POSITIONS], reduction="sum"
         )
     return loss_sum, mask.sum()
+
+
+def _frozen_linear(model: Any, head: Any) -> bool:
+    """A plain linear head that does not train, outside FSDP: a sharded model gathers and frees the head's
+    weight around the module's own calls and its gradient hooks, which :class:`FrozenHeadCrossEntropy`
+    (reading the weight directly, giving it no gradient) would bypass."""
+    return (
+        isinstance(head, torch.nn.Linear)
+        and not head.weight.requires_grad
+        and (head.bias is None or not head.bias.requires_grad)
+        and not isinstance(head, FSDPModule)
+        and not isinstance(model, FSDPModule)
+    )
+
+
+class FrozenHeadCrossEntropy(torch.autograd.Function):
+    """Summed next-token cross-entropy of ``hidden @ weight.T`` (a head that does not train: LoRA, freeze),
+    with its gradient w.r.t. ``hidden`` computed during the forward, chunk by chunk.
+
+    Autograd would keep a vocabulary row of log-probabilities per target position for the backward pass
+    (49,152 floats for the default model; 1,536 targets = 300 MB) and then build two more such tensors at
+    its start, while every layer's activations are still held: the training step's memory peak. Here the
+    backward keeps hidden-size floats per target (576), and the forward holds two chunks of
+    :data:`TRAIN_CHUNK_POSITIONS` rows at a time. Same FLOPs (the head's backward matmul moves into the
+    forward); the loss is the same kernel's sum as ``F.cross_entropy``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        loss = hidden.new_zeros((), dtype=torch.float32)
+        grad = torch.empty_like(hidden)
+        for start in range(0, hidden.shape[0], TRAIN_CHUNK_POSITIONS):
+            rows = slice(start, start + TRAIN_CHUNK_POSITIONS)
+            log_probs = F.log_softmax(F.linear(hidden[rows], weight).float(), dim=-1)
+            loss = loss + F.nll_loss(log_probs, targets[rows], reduction="sum")
+            d_logits = log_probs.exp_()  # softmax - one-hot: d(loss)/d(logits), in place
+            d_logits[torch.arange(d_logits.shape[0], device=d_logits.device), targets[rows]] -= 1.0
+            grad[rows] = (d_logits.to(weight.dtype) @ weight).to(grad.dtype)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss.to(grad.dtype), None, None
 
 
 def full_logits_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

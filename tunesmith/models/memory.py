@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from tunesmith.models.fused import is_fused
+
 MB = 1024 * 1024
 OVERHEAD = 1.10
 """Multiplier for allocator slack and transient buffers (activation gradients of one layer at a time)."""
@@ -78,17 +80,23 @@ def activation_floats_per_token(
     """Saved activation values per token of a micro-batch (calibrated; see the module docstring).
 
     Per layer: ~6 x hidden (8 when base weights train: norm/residual copies kept for their grads) + 4 x
-    intermediate (gate, up, act, product) + 2 x kv width + heads; plus the rank-r LoRA intermediates. The
-    loss head keeps one vocabulary row of logits per *target* token, the final norm ~1-3 x hidden.
+    intermediate (gate, up, act, product; 3 once :func:`~tunesmith.models.fused.fuse_gated_mlps` ran) + 2 x
+    kv width + heads; plus the rank-r LoRA intermediates. The
+    loss head keeps one vocabulary row of logits per *target* token when it trains, the final norm ~1-3 x
+    hidden.
     Checkpointing keeps only each layer's input (hidden), plus (``recompute``) one layer's full set while
-    the backward pass recomputes it.
+    the backward pass recomputes it. A head that does not train keeps hidden-size floats per target instead
+    of a vocabulary row (the loss computes its gradient in the forward: ``FrozenHeadCrossEntropy``).
     """
     _, hidden, inter, kv, heads, layers, vocab = _shape(model)
     base_trains = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
-    per_layer = (8 if base_trains else 6) * hidden + 4 * inter + 2 * kv + heads + 2 + _lora_floats(model)
+    gated = 3 if any(is_fused(m) for m in model.modules()) else 4  # models/fused.py: the silu is recomputed
+    per_layer = (8 if base_trains else 6) * hidden + gated * inter + 2 * kv + heads + 2 + _lora_floats(model)
     recomputed = per_layer if recompute else 0
     stored = hidden * layers + recomputed if checkpointing else per_layer * layers
-    return stored + (3 if base_trains else 1) * hidden + vocab * target_fraction
+    head = model.get_output_embeddings()
+    per_target = vocab if head is None or head.weight.requires_grad else hidden
+    return stored + (3 if base_trains else 1) * hidden + per_target * target_fraction
 
 
 def plan_memory(
@@ -107,7 +115,7 @@ def plan_memory(
     weights += sum(b.numel() * b.element_size() for b in model.buffers())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     act_bytes = 2 if precision == "bf16" else 4
-    # Every chunk's logits stay saved for the backward pass, so chunking does not cap them in training.
+    # A head that trains keeps every chunk's logits for the backward pass: chunking does not cap them then.
     fraction = target_tokens / max(tokens, 1)
     activations = activation_floats_per_token(model, fraction, checkpointing) * tokens * act_bytes
     return MemoryPlan(weights / MB, trainable * 4 / MB, trainable * 8 / MB, activations / MB)

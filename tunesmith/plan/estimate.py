@@ -26,6 +26,7 @@ import torch
 from tunesmith.config import LoraMethod, RunConfig
 from tunesmith.data.prepare import prepare_data
 from tunesmith.methods import prepare_model
+from tunesmith.models.fused import fuse_gated_mlps
 from tunesmith.models.loading import load_causal_lm, load_tokenizer
 from tunesmith.models.memory import MB, MemoryPlan, plan_memory
 from tunesmith.plan.candidates import Candidate, meta_model
@@ -106,6 +107,7 @@ def data_shape(cfg: RunConfig) -> DataShape:
 
 
 def _plan(model: Any, shape: DataShape) -> MemoryPlan:
+    fuse_gated_mlps(model)  # as the training loop does before it plans
     return plan_memory(model, shape.rows * shape.width, shape.targets, shape.precision)
 
 

@@ -39,6 +39,7 @@ from tunesmith.errors import RunError
 from tunesmith.faults import fault_point
 from tunesmith.infer.batching import TokenData, count_targets, count_tokens
 from tunesmith.infer.loss import LossFn, causal_lm_loss, evaluate_loss
+from tunesmith.models.fused import fuse_gated_mlps
 from tunesmith.models.memory import fit_micro_batch, plan_memory
 from tunesmith.runs import RunDir
 from tunesmith.train import checkpoint as ckpt
@@ -155,6 +156,7 @@ def train_loop(
         model = model.to(accelerator.device)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
+    fuse_gated_mlps(model)  # same numbers, one intermediate-size tensor less kept per token and layer
     cfg = plan_and_fit(model, train_data, cfg, precision, world.main)
     broadcast_parameters([p for p in model.parameters() if p.requires_grad], world, accelerator.device)
     # What the steps update: the model itself, or its FSDP-sharded copy (gathered back into it at the end).

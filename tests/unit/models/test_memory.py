@@ -10,6 +10,7 @@ from tests.unit.train.test_train_loop import PAD, VOCAB, _cfg, _losses, _run
 from tunesmith.config import FullMethod, LoraMethod
 from tunesmith.infer.batching import collate
 from tunesmith.methods import prepare_model
+from tunesmith.models.fused import fuse_gated_mlps
 from tunesmith.models.memory import (
     MB,
     activation_floats_per_token,
@@ -33,10 +34,13 @@ def _batch(rows: int = 4, width: int = 48, target_from: int = 16) -> dict[str, t
 
 @pytest.mark.parametrize("method", [FullMethod(), LoraMethod(r=8, alpha=16)], ids=["full", "lora"])
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "ckpt"])
-def test_activation_estimate_matches_measured(method, checkpointing):
+@pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
+def test_activation_estimate_matches_measured(method, checkpointing, fused):
     model = prepare_model(make_tiny_llama(VOCAB), method).train()
     if checkpointing:
         enable_gradient_checkpointing(model)
+    if fused:
+        assert fuse_gated_mlps(model) == 2
     batch = _batch()
     tokens = batch["input_ids"].numel()
     targets = int((batch["labels"][:, 1:] != -100).sum())

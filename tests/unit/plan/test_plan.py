@@ -13,6 +13,7 @@ from tunesmith.cli import main
 from tunesmith.config import LoraMethod
 from tunesmith.errors import ModelError
 from tunesmith.methods import prepare_model
+from tunesmith.models.fused import fuse_gated_mlps
 from tunesmith.models.memory import plan_memory
 from tunesmith.plan import estimate as est
 from tunesmith.plan.candidates import parameter_count, resolve_candidate
@@ -55,18 +56,21 @@ def test_meta_plans_equal_the_real_models_plans(tiny_model_dir, default_tokenize
     candidate, shape = resolve_candidate(str(tiny_model_dir)), _shape()
     cfg = _config(tiny_model_dir)
     real = make_tiny_llama(len(default_tokenizer))
+    assert fuse_gated_mlps(real) == 2  # as the loop trains it
     assert est.memory_full(candidate, shape, cfg) == plan_memory(real, 128, 128)
     lora = prepare_model(make_tiny_llama(len(default_tokenizer)), cfg.method)  # r=4, not the default 16
+    fuse_gated_mlps(lora)
     assert isinstance(cfg.method, LoraMethod) and cfg.method.r == 4
     assert est.memory_lora(candidate, shape, cfg) == plan_memory(lora, 128, 128)
 
 
 def test_methods_order_memory_as_expected():
-    """Qwen2.5-1.5B, 4 x 256 tokens: full > LoRA > QLoRA > head, with QLoRA's weights ~4.5 bits a linear."""
+    """Qwen2.5-1.5B, 4 x 256 tokens: full > LoRA > head > QLoRA, with QLoRA's weights ~4.5 bits a linear
+    (the head keeps the whole fp32 base; QLoRA's 4-bit base and small activations weigh less here)."""
     candidate, shape = resolve_candidate("Qwen2.5-1.5B-Instruct"), _shape(width=256, targets=1024)
     cfg = None  # no LoRA settings in a config: LoRA's defaults
     plans = {m: fn(candidate, shape, cfg) for m, fn in est.METHODS.items()}
-    totals = [plans[m].total_mb for m in ("full", "lora", "qlora", "head")]
+    totals = [plans[m].total_mb for m in ("full", "lora", "head", "qlora")]
     assert totals == sorted(totals, reverse=True)
     assert plans["full"].weights_mb == pytest.approx(PUBLISHED["Qwen/Qwen2.5-1.5B-Instruct"] * 4 / 2**20)
     linear = 1_543_714_304 - 151_936 * 1536 - (28 * 2 + 1) * 1536 - 28 * (1536 + 2 * 256)  # minus biases

@@ -68,8 +68,8 @@ def test_retain_loss_and_gradient_equal_a_plain_reference():
     assert int(units) == int(ref_units) == 5 + 8 + 3 + 7  # every answer token is one unit
     assert float(ref_kl) > 1e-3  # the adapter moved the model: the KL term is really there
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-6)
-    for a, b in zip(ours, _grads(model), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    for a, b in zip(ours, _grads(model), strict=True):  # float rounding, at the gradient's own scale
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.abs().max()))
     assert loss_fn.pop_stats()["retain_kl"] == pytest.approx(float(ref_kl), abs=1e-6)  # logged rounded
 
 
