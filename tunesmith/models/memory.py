@@ -74,6 +74,24 @@ def _lora_floats(model: Any) -> int:
     return total // max(1, _shape(model)[5])
 
 
+def _activation_parts(
+    model: Any, target_fraction: float, checkpointing: bool, recompute: bool
+) -> tuple[float, float]:
+    """Saved values per token, split into (those that stay fp32 under bf16 autocast, the rest)."""
+    _, hidden, inter, kv, heads, layers, vocab = _shape(model)
+    base_trains = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    gated = 3 if any(is_fused(m) for m in model.modules()) else 4  # models/fused.py: the silu is recomputed
+    wide = (8 if base_trains else 6) * hidden  # the residual stream, the norms, the linears' inputs
+    narrow = gated * inter + 2 * kv + heads + 2 + _lora_floats(model)
+    if checkpointing:
+        wide_kept, narrow_kept = hidden * layers + (wide if recompute else 0), narrow if recompute else 0
+    else:
+        wide_kept, narrow_kept = wide * layers, narrow * layers
+    head = model.get_output_embeddings()
+    per_target = vocab if head is None or head.weight.requires_grad else hidden  # fp32 either way
+    return wide_kept + (3 if base_trains else 1) * hidden + per_target * target_fraction, narrow_kept
+
+
 def activation_floats_per_token(
     model: Any, target_fraction: float, checkpointing: bool = False, recompute: bool = True
 ) -> float:
@@ -81,22 +99,29 @@ def activation_floats_per_token(
 
     Per layer: ~6 x hidden (8 when base weights train: norm/residual copies kept for their grads) + 4 x
     intermediate (gate, up, act, product; 3 once :func:`~tunesmith.models.fused.fuse_gated_mlps` ran) + 2 x
-    kv width + heads; plus the rank-r LoRA intermediates. The
-    loss head keeps one vocabulary row of logits per *target* token when it trains, the final norm ~1-3 x
-    hidden.
-    Checkpointing keeps only each layer's input (hidden), plus (``recompute``) one layer's full set while
-    the backward pass recomputes it. A head that does not train keeps hidden-size floats per target instead
-    of a vocabulary row (the loss computes its gradient in the forward: ``FrozenHeadCrossEntropy``).
+    kv width + heads; plus the rank-r LoRA intermediates. The loss head keeps one vocabulary row of logits
+    per *target* token when it trains, a hidden-size gradient when it does not (``FrozenHeadCrossEntropy``);
+    the final norm ~1-3 x hidden. Checkpointing keeps only each layer's input (hidden), plus (``recompute``)
+    one layer's full set while the backward pass recomputes it.
     """
-    _, hidden, inter, kv, heads, layers, vocab = _shape(model)
-    base_trains = any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
-    gated = 3 if any(is_fused(m) for m in model.modules()) else 4  # models/fused.py: the silu is recomputed
-    per_layer = (8 if base_trains else 6) * hidden + gated * inter + 2 * kv + heads + 2 + _lora_floats(model)
-    recomputed = per_layer if recompute else 0
-    stored = hidden * layers + recomputed if checkpointing else per_layer * layers
-    head = model.get_output_embeddings()
-    per_target = vocab if head is None or head.weight.requires_grad else hidden
-    return stored + (3 if base_trains else 1) * hidden + per_target * target_fraction
+    return sum(_activation_parts(model, target_fraction, checkpointing, recompute))
+
+
+def activation_bytes_per_token(
+    model: Any, target_fraction: float, precision: str, checkpointing: bool = False, recompute: bool = True
+) -> float:
+    """Saved activation bytes per token: 4 a value in fp32. Under bf16 autocast the hidden-size values stay
+    fp32-sized (the residual stream and the norms are fp32, the linears keep bf16 copies of their inputs
+    besides: on the default model, LoRA, 2 fp32 + 7.3 bf16 such tensors a layer against 6 fp32 without
+    autocast), and so do the loss's rows; the rest is halved. Measured there: 0.81x the fp32 bytes, not 0.5x.
+    """
+    wide, narrow = _activation_parts(model, target_fraction, checkpointing, recompute)
+    if precision != "bf16":
+        return 4 * (wide + narrow)
+    _, _, inter, _, _, layers, _ = _shape(model)
+    full_layers = (1 if recompute else 0) if checkpointing else layers
+    # and ~0.6-0.75 more intermediate-size tensor a layer in bf16 (measured: default model and tiny Llama)
+    return 4 * wide + 2 * (narrow + 0.75 * inter * full_layers)
 
 
 def plan_memory(
@@ -108,16 +133,15 @@ def plan_memory(
         model: the prepared model (after the method is applied: trainable parameters are what they will be).
         tokens: positions per micro-batch including padding (rows x width).
         target_tokens: positions inside the loss; the head keeps a vocabulary row of logits for each.
-        precision: accelerate's mixed-precision name; ``bf16`` halves the activation bytes.
+        precision: accelerate's mixed-precision name; ``bf16`` halves most activation bytes.
         checkpointing: whether gradient checkpointing is on.
     """
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     weights += sum(b.numel() * b.element_size() for b in model.buffers())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    act_bytes = 2 if precision == "bf16" else 4
     # A head that trains keeps every chunk's logits for the backward pass: chunking does not cap them then.
     fraction = target_tokens / max(tokens, 1)
-    activations = activation_floats_per_token(model, fraction, checkpointing) * tokens * act_bytes
+    activations = activation_bytes_per_token(model, fraction, precision, checkpointing) * tokens
     return MemoryPlan(weights / MB, trainable * 4 / MB, trainable * 8 / MB, activations / MB)
 
 
