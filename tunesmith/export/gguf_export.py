@@ -118,6 +118,16 @@ def _is_tied(model: Any) -> bool:
     return head.weight is embed.weight or head.weight.data_ptr() == embed.weight.data_ptr()
 
 
+def rotary_rows(gguf_stem: str, rows: np.ndarray, shape: LlamaShape) -> np.ndarray:
+    """``rows`` (a weight, or a LoRA B, of the tensor ``gguf_stem``) in llama.cpp's rotary order: Q's and K's
+    are reordered (:func:`permute_qk`), every other tensor's are returned as they are."""
+    if gguf_stem.endswith(".attn_q"):
+        return permute_qk(rows, shape.head_count)
+    if gguf_stem.endswith(".attn_k"):
+        return permute_qk(rows, shape.head_count_kv)
+    return rows
+
+
 def _add_tensors(writer: Any, model: Any, shape: LlamaShape, gguf_type: str) -> dict[str, int]:
     """Map, permute, encode and queue every weight; returns a count of tensors per GGML type."""
     names = get_tensor_name_map(MODEL_ARCH.LLAMA, shape.block_count)
@@ -130,11 +140,7 @@ def _add_tensors(writer: Any, model: Any, shape: LlamaShape, gguf_type: str) -> 
         gguf_stem = names.get_name(stem)
         if gguf_stem is None:
             raise ModelError(f"no GGUF name for the tensor {hf_name!r}; this Llama variant is not supported")
-        data = tensor.detach().to(torch.float32).cpu().numpy()
-        if gguf_stem.endswith(".attn_q"):
-            data = permute_qk(data, shape.head_count)
-        elif gguf_stem.endswith(".attn_k"):
-            data = permute_qk(data, shape.head_count_kv)
+        data = rotary_rows(gguf_stem, tensor.detach().to(torch.float32).cpu().numpy(), shape)
         array, raw_type = encode_tensor(data, gguf_type)
         writer.add_tensor(f"{gguf_stem}.{suffix}", array, raw_dtype=raw_type)
         counts[raw_type.name if raw_type is not None else str(array.dtype)] += 1

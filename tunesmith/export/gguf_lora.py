@@ -10,7 +10,7 @@ adds a small file; llama.cpp pays for it in decoding (~5 ms a step: default mode
 The file holds, for each adapted weight, ``<gguf name>.lora_a`` (r x in) and ``.lora_b`` (out x r), and
 ``adapter.lora.alpha``: llama.cpp adds ``alpha / r * B @ A`` to the weight's output, PEFT's
 ``lora_alpha / r`` scaling (rsLoRA's ``alpha / sqrt(r)`` is written as ``alpha * sqrt(r)``). Q and K rows go
-through the same rotary reordering as the base weights (:func:`~tunesmith.export.gguf_export.permute_qk`):
+through the same rotary reordering as the base weights (:func:`~tunesmith.export.gguf_export.rotary_rows`):
 only ``lora_b``'s rows, since A's rows are rank directions. Written f32: an adapter is small (the default
 model's r 16 all-linear adapter: 4.9M values, 20 MB), and exact.
 
@@ -39,7 +39,7 @@ from tunesmith.export.gguf_export import (
     LlamaShape,
     cache_file,
     llama_shape,
-    permute_qk,
+    rotary_rows,
     weights_fingerprint,
     write_gguf,
 )
@@ -102,11 +102,7 @@ def write_gguf_lora(adapter_dir: Path, shape: LlamaShape, path: Path, name: str)
             gguf_stem = names.get_name(module)
             if gguf_stem is None or not gguf_stem.startswith("blk.") or set(pair) != {"A", "B"}:
                 raise ModelError(f"{adapter_dir}: no GGUF adapter tensor for {module!r}; merge it instead")
-            lora_b = pair["B"]
-            if gguf_stem.endswith(".attn_q"):
-                lora_b = permute_qk(lora_b, shape.head_count)
-            elif gguf_stem.endswith(".attn_k"):
-                lora_b = permute_qk(lora_b, shape.head_count_kv)
+            lora_b = rotary_rows(gguf_stem, pair["B"], shape)  # A's rows are rank directions: as they are
             writer.add_tensor(f"{gguf_stem}.weight.lora_a", pair["A"])
             writer.add_tensor(f"{gguf_stem}.weight.lora_b", np.ascontiguousarray(lora_b))
         writer.write_header_to_file()
