@@ -78,6 +78,25 @@ class PeakRss:
         return round(self.peak / 2**20, 1)
 
 
+POLICY = (
+    "You are the assistant of a neighbourhood store. Answer in two sentences at most, quote opening hours,"
+    " prices and dates exactly as the policy states them, and say so when the policy does not cover it."
+)
+
+
+def system_prompt(words: int) -> str | None:
+    """A shared system prompt of about ``words`` words (the store policy repeated); None for 0."""
+    if words <= 0:
+        return None
+    text = (POLICY + " ") * (words // len(POLICY.split()) + 1)
+    return " ".join(text.split()[:words])
+
+
+def chat(text: str, system: str | None) -> list[dict[str, str]]:
+    head = [{"role": "system", "content": system}] if system else []
+    return [*head, {"role": "user", "content": text}]
+
+
 def questions(n: int) -> list[str]:
     return [f"Customer {i}: can you explain your policy on {TOPICS[i % len(TOPICS)]}?" for i in range(n)]
 
@@ -97,16 +116,14 @@ def summarize(latencies: list[float], tokens: int, wall: float) -> dict[str, flo
 
 
 @torch.no_grad()
-def serial_baseline(served: Any, texts: list[str], max_tokens: int) -> dict[str, Any]:
+def serial_baseline(served: Any, texts: list[str], max_tokens: int, system: str | None) -> dict[str, Any]:
     """Each prompt through ``model.generate`` alone, one after another: no server, no batching."""
     model, tokenizer = served.base.model, served.tokenizer
     latencies, tokens = [], 0
     start = time.perf_counter()
     for text in texts:
         t0 = time.perf_counter()
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-        )
+        prompt = tokenizer.apply_chat_template(chat(text, system), add_generation_prompt=True, tokenize=False)
         ids = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
         out = model.generate(
             ids,
@@ -123,7 +140,7 @@ def serial_baseline(served: Any, texts: list[str], max_tokens: int) -> dict[str,
 
 
 async def client_load(
-    url: str, texts: list[str], clients: int, max_tokens: int, model: str = "default"
+    url: str, texts: list[str], clients: int, max_tokens: int, system: str | None = None
 ) -> tuple[list[float], int, float]:
     """``clients`` concurrent clients splitting ``texts``; each sends its share one request at a time."""
     import openai
@@ -137,8 +154,8 @@ async def client_load(
         for text in share:  # bounded: exactly len(share) requests
             t0 = time.perf_counter()
             resp = await client.chat.completions.create(
-                model=model,
-                messages=[{"role": "user", "content": text}],
+                model="default",
+                messages=chat(text, system),
                 max_tokens=max_tokens,
                 temperature=0,
             )
@@ -159,7 +176,7 @@ def batch_sizes(metrics_text: str) -> dict[str, float]:
 
 
 def server_phase(
-    registry: Any, texts: list[str], args: argparse.Namespace, batching: bool, clients: int | None = None
+    registry: Any, texts: list[str], args: argparse.Namespace, batching: bool, prefix_cache: bool = True
 ) -> dict[str, Any]:
     from urllib.request import urlopen
 
@@ -171,10 +188,15 @@ def server_phase(
         max_tokens_cap=max(args.max_tokens, 64),
         max_batch_size=args.max_batch if batching else 1,
         batch_wait_ms=args.wait_ms if batching else 0.0,
+        prefix_cache_mb=ServeSettings.prefix_cache_mb if prefix_cache else 0.0,
     )
-    clients = clients or args.clients
+    for served in registry.models.values():
+        served.prefixes = None  # each phase starts with an empty prefix cache
+    system = system_prompt(args.system_words)
     with PeakRss() as rss, ServerThread(create_app(registry, settings)) as server:
-        latencies, tokens, wall = asyncio.run(client_load(server.url, texts, clients, args.max_tokens))
+        latencies, tokens, wall = asyncio.run(
+            client_load(server.url, texts, args.clients, args.max_tokens, system)
+        )
         with urlopen(server.url + "/metrics", timeout=30) as resp:  # loopback only
             metrics = resp.read().decode()
     return {**summarize(latencies, tokens, wall), **batch_sizes(metrics), "peak_rss_mb": rss.peak_mb}
@@ -205,10 +227,11 @@ def process_phases(name: str, cmd: list[str], texts: list[str], args: argparse.N
                 break
             except OSError:
                 time.sleep(0.1)
-        asyncio.run(client_load(url, texts[:1], 1, 4))  # warm-up
+        system = system_prompt(args.system_words)
+        asyncio.run(client_load(url, texts[:1], 1, 4, system))  # warm-up
         phases = {}
         for phase, clients, share in (("single", 1, texts[: args.clients]), ("batched", args.clients, texts)):
-            latencies, tokens, wall = asyncio.run(client_load(url, share, clients, args.max_tokens))
+            latencies, tokens, wall = asyncio.run(client_load(url, share, clients, args.max_tokens, system))
             rss_mb = round(psutil.Process(server.pid).memory_info().rss / 2**20, 1)  # the server process
             phases[f"{name}_{phase}"] = {**summarize(latencies, tokens, wall), "peak_rss_mb": rss_mb}
         return phases
@@ -248,6 +271,9 @@ def main() -> None:
     )
     parser.add_argument("--gguf-type", default="f16", help="the GGUF encoding llama.cpp runs")
     parser.add_argument("--llama-server", action="store_true", help="also llama-cpp-python's own server")
+    parser.add_argument(
+        "--system-words", type=int, default=0, help="a shared system prompt of N words in every request"
+    )
     args = parser.parse_args()
     os.environ.setdefault("TUNESMITH_HOME", str(Path(__file__).resolve().parents[1] / ".tunesmith"))
     from tunesmith.serve.models import load_registry
@@ -255,9 +281,10 @@ def main() -> None:
     registry = load_registry(["default"])
     served = registry.models["default"]
     texts = questions(args.clients * args.requests)
-    serial_baseline(served, texts[:1], 4)  # warm-up: first-call allocations out of the timings
+    system = system_prompt(args.system_words)
+    serial_baseline(served, texts[:1], 4, system)  # warm-up: first-call allocations out of the timings
     with PeakRss() as rss:
-        serial = {**serial_baseline(served, texts, args.max_tokens), "peak_rss_mb": rss.peak_mb}
+        serial = {**serial_baseline(served, texts, args.max_tokens, system), "peak_rss_mb": rss.peak_mb}
     results = {
         "config": vars(args) | {"model": "default", "torch_threads": torch.get_num_threads()},
         "machine": {
@@ -267,6 +294,9 @@ def main() -> None:
         },
         "serial": serial,
         "server_batched": server_phase(registry, texts, args, batching=True),
+        "server_batched_no_prefix_cache": server_phase(
+            registry, texts, args, batching=True, prefix_cache=False
+        ),
         "server_unbatched": server_phase(registry, texts, args, batching=False),
         **engine_phases(registry, texts, args),
         "process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),

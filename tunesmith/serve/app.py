@@ -69,6 +69,8 @@ class ServeSettings:
     max_batch_size: int = 8
     """Rows decoding together (continuous batching); 1 turns batching off."""
     batch_wait_ms: float = 5.0
+    prefix_cache_mb: float = 128.0
+    """Per served model, keys and values of shared prompt heads the torch engine keeps; 0: off."""
     index: Any = None
     """A loaded ``tunesmith.rag.index.RetrievalIndex`` (``--index``): chat questions to every model get its
     top ``rag_k`` chunks in the prompt shape ``data raft`` trains on, and the response lists their ids under
@@ -91,7 +93,9 @@ class _Api:
 
     def __init__(self, registry: Registry, settings: ServeSettings, metrics: Metrics) -> None:
         self.registry, self.settings, self.metrics = registry, settings, metrics
-        self.batcher = Batcher(metrics, settings.max_batch_size, settings.batch_wait_ms)
+        self.batcher = Batcher(
+            metrics, settings.max_batch_size, settings.batch_wait_ms, settings.prefix_cache_mb
+        )
         self.slots = Slots(settings.max_concurrent, metrics)
         self.resolve: Callable[[str], None] | None = None
 

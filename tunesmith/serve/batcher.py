@@ -25,6 +25,7 @@ from tunesmith.infer.generate import label_log_likelihoods, label_token_ids
 from tunesmith.serve.decode import DecodeBatch
 from tunesmith.serve.metrics import Metrics
 from tunesmith.serve.models import ServedModel, activate
+from tunesmith.serve.prefix import PrefixStore
 from tunesmith.serve.work import Failed, Finished, Job, Scores
 
 if TYPE_CHECKING:
@@ -69,10 +70,15 @@ class Batcher:
         metrics: where batch sizes, token counts and cancellations are recorded.
         max_batch_size: most rows decoding together; 1 turns batching off.
         wait_ms: how long the first job of a new batch waits for company.
+        prefix_cache_mb: per served model, the keys and values of shared prompt heads the torch engine keeps
+            (:mod:`tunesmith.serve.prefix`); 0 turns prefix caching off.
     """
 
-    def __init__(self, metrics: Metrics, max_batch_size: int = 8, wait_ms: float = 5.0) -> None:
+    def __init__(
+        self, metrics: Metrics, max_batch_size: int = 8, wait_ms: float = 5.0, prefix_cache_mb: float = 0.0
+    ) -> None:
         self.metrics = metrics
+        self.prefix_bytes = int(prefix_cache_mb * 2**20)
         self.max_batch_size = max(1, max_batch_size)
         self.wait_s = max(0.0, wait_ms) / 1000.0
         self._pending: deque[Job] = deque()
@@ -156,7 +162,10 @@ class Batcher:
                     if batch[0].params is None:
                         self._classify(batch)
                         continue
-                    self._decoding = _batch_class(batch[0].served)(batch[0].served, self._record)
+                    served = batch[0].served
+                    if served.prefixes is None and self.prefix_bytes > 0:
+                        served.prefixes = PrefixStore(self.prefix_bytes)
+                    self._decoding = _batch_class(served)(served, self._record)
                     self._advance(batch)
                 else:
                     self._advance(self._joiners(self._decoding))

@@ -64,6 +64,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--no-batching", action="store_true", help="one request per forward")
     p.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=128.0,
+        help="per model, keys/values of shared prompt heads kept (torch engine; 0: off)",
+    )
+    p.add_argument(
         "--jobs",
         action="store_true",
         help="also serve the OpenAI fine-tuning API (/v1/files, /v1/fine_tuning/jobs; docs/jobs.md)",
@@ -132,6 +138,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.capture_max_mb <= 0 or args.capture_rotate_mb <= 0:
         raise ConfigError("--capture-max-mb and --capture-rotate-mb must be positive")
+    if args.prefix_cache_mb < 0:
+        raise ConfigError(f"--prefix-cache-mb must be >= 0, got {args.prefix_cache_mb}")
     if args.batch_wait_ms < 0:
         raise ConfigError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
 
@@ -192,6 +200,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
         max_batch_size=1 if args.no_batching else args.max_batch_size,
         batch_wait_ms=0.0 if args.no_batching else args.batch_wait_ms,
+        prefix_cache_mb=args.prefix_cache_mb,
         index=index,
         rag_k=args.rag_k,
         jobs_workers=args.jobs_workers,

@@ -13,6 +13,10 @@ padded on the left and masked out. Each row keeps its own position ids (tokens i
 padding never shifts RoPE. Columns that every row masks out are cut from the left as rows leave, so the
 cache does not keep the length of rows long gone.
 
+Prefix caching (:mod:`tunesmith.serve.prefix`): newcomers whose prompts start with a stored head are
+prefilled as their own group, after the head's keys and values; their rows are then [head][padding][rest],
+a hole the mask covers and the position ids skip.
+
 The cache is always a plain :class:`~transformers.DynamicCache` (every layer a full-length layer), also for
 models with sliding-window layers: their attention masks still apply the window, and only plain layers can
 be spliced and cut. It costs memory beyond the window, which serving's short contexts do not reach.
@@ -29,6 +33,7 @@ from transformers import DynamicCache
 from tunesmith.infer.batching import collate
 from tunesmith.infer.generate import model_device
 from tunesmith.serve.models import ServedModel
+from tunesmith.serve.prefix import PrefixStore, windowed
 from tunesmith.serve.work import Finished, Job, Row, fail_rows
 
 
@@ -77,33 +82,77 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def admit(self, model: Any, jobs: list[Job]) -> int:
-        """Prefill ``jobs`` as one left-padded forward, draw their first tokens and splice them in.
+        """Prefill ``jobs``, draw their first tokens and splice them in: one left-padded forward for the
+        jobs that start with the same stored head (:mod:`tunesmith.serve.prefix`), or with none.
 
         Returns:
             The rows in the batch right after the join (rows that end on their first token included).
         """
+        ends = eos_ids(model, self.served.tokenizer)
+        store = None if windowed(model) else self.served.prefixes
+        heads = [store.match(job.prompt_ids) if store is not None else None for job in jobs]
+        rows: list[Row] = []
+        for head in dict.fromkeys(heads):  # distinct heads, in order of arrival
+            group = [job for job, h in zip(jobs, heads, strict=True) if h == head]
+            group_rows = [Row(job, ends, self.on_done) for job in group]
+            cache, mask, logits = self._prefill(model, [job.prompt_ids for job in group], head or ())
+            first = torch.tensor([row.pick(logits[i]) for i, row in enumerate(group_rows)])
+            if store is not None:
+                self._store_heads(store, group, cache, mask, len(head or ()))
+            self._splice(group_rows, cache, mask, mask.sum(-1), first)
+            for row, token in zip(group_rows, first.tolist(), strict=True):
+                row.push(token)
+            rows += group_rows
+        joined = len(self.rows)
+        self._drop_ended()
+        return joined
+
+    def _prefill(
+        self, model: Any, prompts: list[list[int]], head: tuple[int, ...]
+    ) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """One forward over ``prompts`` after their shared stored ``head`` (empty: none).
+
+        Returns:
+            The cache (the head's columns, then each prompt's rest padded on the left), its mask, and each
+            row's last-position logits.
+        """
         tokenizer = self.served.tokenizer
-        ends = eos_ids(model, tokenizer)
-        rows = [Row(job, ends, self.on_done) for job in jobs]
-        batch = collate([job.prompt_ids for job in jobs], None, tokenizer.pad_token_id, pad_left=True)
+        batch = collate([ids[len(head) :] for ids in prompts], None, tokenizer.pad_token_id, pad_left=True)
         mask = batch["attention_mask"].long()
-        device = model_device(model)
         cache = DynamicCache()
+        if head:
+            assert self.served.prefixes is not None
+            for index, (keys, values) in enumerate(self.served.prefixes.heads[head]):
+                rows = len(prompts)
+                cache.update(keys.expand(rows, -1, -1, -1), values.expand(rows, -1, -1, -1), index)
+            mask = torch.cat([mask.new_ones(len(prompts), len(head)), mask], dim=1)
+        device = model_device(model)
         out = model(
             input_ids=batch["input_ids"].to(device),
             attention_mask=mask.to(device),
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),
+            # Position ids count real tokens only: the padding between a head and the rest shifts nothing.
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, len(head) :].to(device),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,  # only the last position's logits: the full vocabulary row per token is costly
         )
-        first = [row.pick(out.logits[i, -1]) for i, row in enumerate(rows)]
-        self._splice(rows, cache, mask, mask.sum(-1), torch.tensor(first))
-        joined = len(self.rows)
-        for row, token in zip(rows, first, strict=True):
-            row.push(token)
-        self._drop_ended()
-        return joined
+        return cache, mask, out.logits[:, -1]
+
+    @staticmethod
+    def _store_heads(
+        store: PrefixStore, jobs: list[Job], cache: DynamicCache, mask: torch.Tensor, reused: int
+    ) -> None:
+        """Copy the keys and values of the heads worth storing out of a prefill's cache."""
+        for i, job in enumerate(jobs):
+            length = store.worth_storing(job.prompt_ids, reused)
+            if not length:
+                continue
+            columns = mask[i].nonzero().squeeze(-1)[:length]  # the row's real tokens, across any padding
+            layers = [
+                (layer.keys[i : i + 1, :, columns.to(layer.keys.device)], layer.values[i : i + 1, :, columns])
+                for layer in cache.layers
+            ]
+            store.put(tuple(job.prompt_ids[:length]), layers)
 
     @torch.inference_mode()
     def step(self, model: Any) -> None:

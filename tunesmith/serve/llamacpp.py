@@ -40,6 +40,7 @@ import torch
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.serve.decode import eos_ids
 from tunesmith.serve.models import ServedModel
+from tunesmith.serve.prefix import shared_length
 from tunesmith.serve.work import Finished, Job, Row, fail_rows
 
 PREFILL_CHUNK = 512
@@ -78,15 +79,6 @@ an older numbering, in which 3 was ERROR: that passes the warnings printed on ev
 def _log_errors_only(level: int, text: bytes, user_data: Any) -> None:
     if level == _GGML_LOG_ERROR:
         logging.getLogger("tunesmith.llama_cpp").error(text.decode("utf-8", "replace").rstrip())
-
-
-def _shared_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class LlamaCppEngine:
@@ -173,7 +165,7 @@ class LlamaCppEngine:
             raise RuntimeError("no free llama.cpp slot: more rows than --max-batch-size")
 
         def shared(slot: int) -> int:  # at least the last prompt token is computed: its logits draw
-            return _shared_prefix(self.cached[slot], prompt[:-1]) if self.owner[slot] == adapter else 0
+            return shared_length(self.cached[slot], prompt[:-1]) if self.owner[slot] == adapter else 0
 
         best = max(range(len(self.cached)), key=shared)
         reuse = shared(best)

@@ -29,6 +29,7 @@ from tunesmith.models.loading import DEFAULT_MODEL, load_causal_lm, load_tokeniz
 from tunesmith.objective import RewardObjective
 from tunesmith.pipelines.scoring import ScoreFn, reward_scorer
 from tunesmith.runs import RunDir, read_run_config
+from tunesmith.serve.prefix import PrefixStore
 
 
 @dataclass
@@ -70,6 +71,8 @@ class ServedModel:
     """A ``LlamaCppEngine`` when ``--engine llama.cpp`` generates for this id; None: the torch model does."""
     lora: Any = None
     """The llama.cpp LoRA adapter this id applies on its engine's model (None: the model as it is)."""
+    prefixes: PrefixStore | None = None
+    """The torch engine's cached prompt heads for this id (set by the batcher; None: not cached)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
 
