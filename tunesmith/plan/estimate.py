@@ -50,6 +50,7 @@ class DataShape:
     steps: int
     precision: str  # accelerate's name: bf16 or no
     num_labels: int | None  # a classification head's labels, else None
+    grad_accum: int = 1  # micro-batches per optimizer step (train.grad_accum)
 
 
 @dataclass
@@ -103,12 +104,16 @@ def data_shape(cfg: RunConfig) -> DataShape:
         steps=steps,
         precision=pick_mixed_precision(cfg.train.precision),
         num_labels=len(data.label_names or []) or 2 if head else None,
+        grad_accum=cfg.train.grad_accum,
     )
 
 
 def _plan(model: Any, shape: DataShape) -> MemoryPlan:
     fuse_gated_mlps(model)  # as the training loop does before it plans
-    return plan_memory(model, shape.rows * shape.width, shape.targets, shape.precision)
+    tokens = shape.rows * shape.width
+    return plan_memory(
+        model, tokens, shape.targets, shape.precision, width=shape.width, grad_accum=shape.grad_accum
+    )
 
 
 def _lora(cfg: RunConfig | None) -> LoraMethod:

@@ -40,7 +40,7 @@ from tunesmith.faults import fault_point
 from tunesmith.infer.batching import TokenData, count_targets, count_tokens
 from tunesmith.infer.loss import LossFn, causal_lm_loss, evaluate_loss
 from tunesmith.models.fused import fuse_gated_mlps
-from tunesmith.models.memory import fit_micro_batch, plan_memory
+from tunesmith.models.memory import MemoryPlan, fit_micro_batch, plan_memory
 from tunesmith.runs import RunDir
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.batching import batches_per_epoch, iter_batches
@@ -475,14 +475,18 @@ def plan_and_fit(
 ) -> TrainConfig:
     """Print the memory plan for the worst-case micro-batch; with a budget, shrink the micro-batch to fit.
 
-    Worst case = every row as long as the longest example, every label a target (an upper bound); an example
-    of several rows (a preference pair, a prompt's sampled completions) counts all of them.
+    Worst case = every row as long as the longest example, some padded (attention then takes its masked
+    path), every label a target (an upper bound); an example of several rows (a preference pair, a prompt's
+    sampled completions) counts all of them.
     """
     rows_per_example, longest = data.plan_shape()
 
-    def estimate(micro: int) -> float:
+    def plan(micro: int, accum: int) -> MemoryPlan:
         tokens = micro * rows_per_example * longest
-        return plan_memory(model, tokens, tokens, precision, cfg.gradient_checkpointing).total_mb
+        return plan_memory(model, tokens, tokens, precision, cfg.gradient_checkpointing, longest, accum)
+
+    def estimate(micro: int) -> float:
+        return plan(micro, cfg.batch_size * cfg.grad_accum // micro).total_mb
 
     if cfg.memory_budget_mb is not None:
         micro, accum = fit_micro_batch(cfg.batch_size, cfg.grad_accum, estimate, cfg.memory_budget_mb)
@@ -492,10 +496,8 @@ def plan_and_fit(
                     f"tunesmith: micro-batch {micro} x grad_accum {accum} fits {cfg.memory_budget_mb:.0f} MB"
                 )
             cfg = cfg.model_copy(update={"batch_size": micro, "grad_accum": accum})
-    tokens = cfg.batch_size * rows_per_example * longest
-    plan = plan_memory(model, tokens, tokens, precision, cfg.gradient_checkpointing)
     if verbose:
-        print(f"tunesmith: {plan.line()}")
+        print(f"tunesmith: {plan(cfg.batch_size, cfg.grad_accum).line()}")
     return cfg
 
 

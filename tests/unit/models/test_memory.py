@@ -13,8 +13,10 @@ from tunesmith.methods import prepare_model
 from tunesmith.models.fused import fuse_gated_mlps
 from tunesmith.models.memory import (
     MB,
+    TRAIN_CHUNK_POSITIONS,
     activation_bytes_per_token,
     fit_micro_batch,
+    loss_chunk_bytes,
     plan_memory,
     saved_activation_bytes,
 )
@@ -25,9 +27,13 @@ ACTIVATION_TOLERANCE = 0.10
 """The per-token formula is calibrated on Llama shapes; 10% covers the small per-model constants it drops."""
 
 
-def _batch(rows: int = 4, width: int = 48, target_from: int = 16) -> dict[str, torch.Tensor]:
+def _batch(
+    rows: int = 4, width: int = 48, target_from: int = 16, padded: bool = False
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, VOCAB, (rows, width), generator=g).tolist()
+    if padded:  # the first row keeps the width, the others are shorter
+        ids = [row[: width - 3 * i] for i, row in enumerate(ids)]
     labels = [[-100] * target_from + row[target_from:] for row in ids]
     return collate(ids, labels, PAD)
 
@@ -36,20 +42,88 @@ def _batch(rows: int = 4, width: int = 48, target_from: int = 16) -> dict[str, t
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "ckpt"])
 @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
 @pytest.mark.parametrize("precision", ["no", "bf16"], ids=["fp32", "bf16"])
-def test_activation_estimate_matches_measured(method, checkpointing, fused, precision):
+@pytest.mark.parametrize("padded", [False, True], ids=["equal", "padded"])
+def test_activation_estimate_matches_measured(method, checkpointing, fused, precision, padded):
+    """Padded rows take attention's masked path (keys and values repeated to every head, a mask a layer)."""
     model = prepare_model(make_tiny_llama(VOCAB), method).train()
     if checkpointing:
         enable_gradient_checkpointing(model)
     if fused:
         assert fuse_gated_mlps(model) == 2
-    batch = _batch()
+    batch = _batch(padded=padded)
     tokens = batch["input_ids"].numel()
     targets = int((batch["labels"][:, 1:] != -100).sum())
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         measured = saved_activation_bytes(model, causal_lm_loss, batch)
     # Saved tensors only: the layer recomputed during checkpointed backward is a transient on top.
-    per_token = activation_bytes_per_token(model, targets / tokens, precision, checkpointing, recompute=False)
+    width = batch["input_ids"].shape[1] if padded else 0
+    per_token = activation_bytes_per_token(
+        model, targets / tokens, precision, checkpointing, recompute=False, masked_width=width
+    )
     assert per_token * tokens == pytest.approx(measured, rel=ACTIVATION_TOLERANCE)
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"], ids=["fp32", "bf16"])
+def test_padding_costs_what_the_plan_says(precision):
+    """Padded rows against rows of one length, same width: the saved bytes grow by the masked attention
+    path's share (repeated keys and values, a mask a layer): +11% of the tiny model's in fp32, +7% in bf16."""
+    model = prepare_model(make_tiny_llama(VOCAB), LoraMethod(r=4, alpha=8)).train()
+    fuse_gated_mlps(model)
+    measured, planned = [], []
+    for padded in (False, True):
+        batch = _batch(padded=padded)
+        tokens, width = batch["input_ids"].numel(), batch["input_ids"].shape[1]
+        targets = int((batch["labels"][:, 1:] != -100).sum())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            measured.append(saved_activation_bytes(model, causal_lm_loss, batch))
+        per_token = activation_bytes_per_token(
+            model, targets / tokens, precision, masked_width=width if padded else 0
+        )
+        planned.append(per_token * tokens)
+    assert measured[1] - measured[0] > 0.05 * measured[0]  # fp32: +11%, bf16: +7%
+    assert planned[1] - planned[0] == pytest.approx(measured[1] - measured[0], rel=0.05)
+
+
+def _peak_live_bytes(fn) -> int:
+    """The most bytes of CPU tensors created while ``fn`` runs that were alive at once, replayed from the
+    torch profiler's memory timeline (``_memory_profile``: private, stable under the pinned torch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        fn()
+    live: dict = {}
+    current = peak = 0
+    for _, action, (key, _), nbytes in prof._memory_profile().timeline:
+        if action.name == "CREATE":
+            current += nbytes - live.get(key, 0)
+            live[key] = nbytes
+        elif action.name == "DESTROY":
+            current -= live.pop(key, 0)
+        peak = max(peak, current)
+    return peak
+
+
+@pytest.mark.parametrize("method", [FullMethod(), LoraMethod(r=4, alpha=8)], ids=["full", "lora"])
+@pytest.mark.parametrize("precision", ["no", "bf16"], ids=["fp32", "bf16"])
+def test_forward_peak_is_saved_activations_plus_the_loss_chunks(method, precision):
+    """The step's peak (the end of the forward) = what autograd saved + the loss's logits in flight: two
+    chunks with a frozen head, not three (a chunk's log-probs kept while the next one's logits are made)."""
+    vocab = 4096  # chunks of 512 x 4096 fp32 = 8 MB: the loss's share dominates the tiny model's
+    model = prepare_model(make_tiny_llama(vocab), method).train()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, vocab, (4, 300), generator=g).tolist()
+    batch = collate(ids, ids, PAD)  # every position a target: 1,196, three chunks
+    targets = int((batch["labels"][:, 1:] != -100).sum())
+    assert targets > 2 * TRAIN_CHUNK_POSITIONS
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        saved = saved_activation_bytes(model, causal_lm_loss, batch)
+        peak = _peak_live_bytes(lambda: causal_lm_loss(model, batch))
+    chunks = loss_chunk_bytes(model, targets)
+    frozen_head = isinstance(method, LoraMethod)
+    assert chunks == 4 * (2 * TRAIN_CHUNK_POSITIONS if frozen_head else targets) * vocab
+    assert peak == pytest.approx(saved + chunks, rel=0.05)
 
 
 def test_plan_counts_weights_grads_and_adamw_exactly():
@@ -58,7 +132,15 @@ def test_plan_counts_weights_grads_and_adamw_exactly():
     plan = plan_memory(model, tokens=64, target_tokens=32)
     assert plan.grads_mb == pytest.approx(trainable * 4 / MB)
     assert plan.optimizer_mb == pytest.approx(trainable * 8 / MB)
-    assert plan.total_mb > plan.weights_mb + plan.grads_mb + plan.optimizer_mb + plan.activations_mb
+    # One micro-batch a step: the gradients are built as the backward frees the activations (and freed
+    # after the optimizer step), so the larger of the two counts; accumulating, they live through forwards.
+    forward = plan.activations_mb + plan.loss_mb
+    assert plan.total_mb == pytest.approx(
+        (plan.weights_mb + plan.optimizer_mb + max(forward, plan.grads_mb)) * 1.1
+    )
+    accumulating = plan_memory(model, tokens=64, target_tokens=32, grad_accum=2)
+    assert accumulating.total_mb == pytest.approx(plan.total_mb + min(forward, plan.grads_mb) * 1.1)
+    assert "grads" in accumulating.line() and "max(" not in accumulating.line()
     bf16 = plan_memory(model, 64, 32, precision="bf16").activations_mb  # hidden-size values stay fp32-sized
     assert plan.activations_mb / 2 < bf16 < plan.activations_mb
     assert plan.line().startswith("memory plan: ~")
@@ -76,8 +158,9 @@ def test_fit_micro_batch_keeps_global_batch():
 
 def test_budget_shrinks_micro_batch_in_the_loop(tmp_path, capsys):
     model = prepare_model(make_tiny_llama(VOCAB), FullMethod())
-    full = plan_memory(model, 8 * 13, 8 * 13).total_mb
-    half = plan_memory(model, 4 * 13, 4 * 13).total_mb
+    full = plan_memory(model, 8 * 13, 8 * 13, width=13).total_mb
+    half = plan_memory(model, 4 * 13, 4 * 13, width=13, grad_accum=2).total_mb
+    assert half < full
     _run(tmp_path, "fit", _cfg(batch_size=8, max_steps=2, memory_budget_mb=(full + half) / 2))
     out = capsys.readouterr().out
     assert "micro-batch 4 x grad_accum 2 fits" in out and "memory plan: ~" in out

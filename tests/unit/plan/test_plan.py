@@ -57,26 +57,28 @@ def test_meta_plans_equal_the_real_models_plans(tiny_model_dir, default_tokenize
     cfg = _config(tiny_model_dir)
     real = make_tiny_llama(len(default_tokenizer))
     assert fuse_gated_mlps(real) == 2  # as the loop trains it
-    assert est.memory_full(candidate, shape, cfg) == plan_memory(real, 128, 128)
+    assert est.memory_full(candidate, shape, cfg) == plan_memory(real, 128, 128, width=32)
     lora = prepare_model(make_tiny_llama(len(default_tokenizer)), cfg.method)  # r=4, not the default 16
     fuse_gated_mlps(lora)
     assert isinstance(cfg.method, LoraMethod) and cfg.method.r == 4
-    assert est.memory_lora(candidate, shape, cfg) == plan_memory(lora, 128, 128)
+    assert est.memory_lora(candidate, shape, cfg) == plan_memory(lora, 128, 128, width=32)
 
 
 def test_methods_order_memory_as_expected():
-    """Qwen2.5-1.5B, 4 x 256 tokens: full > LoRA > head > QLoRA, with QLoRA's weights ~4.5 bits a linear
-    (the head keeps the whole fp32 base; QLoRA's 4-bit base and small activations weigh less here)."""
+    """Qwen2.5-1.5B, 4 x 256 tokens: full > LoRA > QLoRA > head, with QLoRA's weights ~4.5 bits a linear
+    (the head keeps the whole fp32 base, but QLoRA's loss holds two 512 x 151,936 chunks of logits)."""
     candidate, shape = resolve_candidate("Qwen2.5-1.5B-Instruct"), _shape(width=256, targets=1024)
     cfg = None  # no LoRA settings in a config: LoRA's defaults
     plans = {m: fn(candidate, shape, cfg) for m, fn in est.METHODS.items()}
-    totals = [plans[m].total_mb for m in ("full", "lora", "head", "qlora")]
+    totals = [plans[m].total_mb for m in ("full", "lora", "qlora", "head")]
     assert totals == sorted(totals, reverse=True)
     assert plans["full"].weights_mb == pytest.approx(PUBLISHED["Qwen/Qwen2.5-1.5B-Instruct"] * 4 / 2**20)
     linear = 1_543_714_304 - 151_936 * 1536 - (28 * 2 + 1) * 1536 - 28 * (1536 + 2 * 256)  # minus biases
     expected = (linear * 4.5 / 8 + (1_543_714_304 - linear) * 4) / 2**20 + plans["lora"].grads_mb
     assert plans["qlora"].weights_mb == pytest.approx(expected)
     assert plans["head"].grads_mb < 1  # the score head alone trains
+    assert plans["qlora"].loss_mb == pytest.approx(2 * 512 * 151_936 * 4 / 2**20)
+    assert plans["head"].loss_mb == 0
 
 
 def test_speed_scales_by_flops_per_token(tiny_model_dir):
