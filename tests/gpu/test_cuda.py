@@ -89,8 +89,8 @@ def test_qlora_gradients_on_cuda_equal_lora_on_the_dequantized_base(tmp_path):
 
 
 def test_memory_plan_against_the_cuda_peak(capsys):
-    """Full fine-tuning of a ~170M-parameter Llama, one step of 8 x 256 tokens: weights, gradients, AdamW
-    states and activations all count, as in the planner."""
+    """Full fine-tuning of a ~170M-parameter Llama, one step of 8 x 256 tokens: weights, AdamW states and
+    the larger of the activations (with the loss's logits) and the gradients count, as in the planner."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)

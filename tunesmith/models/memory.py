@@ -37,9 +37,9 @@ class MemoryPlan:
     grads_mb: float
     optimizer_mb: float
     activations_mb: float
-    loss_mb: float = 0.0
+    loss_mb: float
     """The loss's logits in flight at the end of the forward, beside every saved activation."""
-    grads_in_forward: bool = True
+    grads_in_forward: bool
     """Whether gradients exist during a forward pass: only when micro-batches accumulate. Otherwise the loop
     frees them after each optimizer step and the backward pass builds them as it frees the activations, so
     the peak is the larger of the two (the forward's end, or the optimizer step), not their sum: for full
@@ -61,13 +61,17 @@ class MemoryPlan:
         )
 
 
+def _head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def _shape(model: Any) -> tuple[Any, int, int, int, int, int, int]:
     """(config, hidden, intermediate, kv width, heads, layers, vocab) of a Llama-shaped model."""
     config = model.config
     hidden = config.hidden_size
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    head_dim = _head_dim(config)
     intermediate = getattr(config, "intermediate_size", 4 * hidden)
     return (
         config,
@@ -101,8 +105,7 @@ def _attention_floats(model: Any, masked_width: int) -> int:
     config, _, _, kv, heads, _, _ = _shape(model)
     if masked_width <= 0:
         return 2 * kv + heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 2 * heads * head_dim + heads + masked_width
+    return 2 * heads * _head_dim(config) + heads + masked_width
 
 
 def _activation_parts(
